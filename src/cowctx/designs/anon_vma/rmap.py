@@ -1,0 +1,409 @@
+"""mm/rmap.c's anon_vma functions, Linux 6.18.44.
+
+Object lifetimes, the reuse heuristic (``num_children``/``num_active_vmas``,
+commit 2555283eb40d), the merge rules of mm/vma.c that depend on anon_vma
+state (6.18.y with the ``vma_is_fork_child``/``copied_from`` fixes) and every
+acquisition of the root rwsem, recorded in the ledger with what it covered.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, cast
+
+from cowctx.designs.anon_vma.structs import AnonVma, AnonVmaChain, AnonVmaVma
+from cowctx.metrics.ledger import LockHold, ObjectKind
+from cowctx.mm.constants import VM_ACCESS_FLAGS, VM_SOFTDIRTY
+from cowctx.mm.folio import Folio
+from cowctx.mm.mm_types import VmAreaStruct, linear_page_index, vma_address, vma_pages
+from cowctx.rmap.protocol import AnonRmap, RmapWalkControl
+
+if TYPE_CHECKING:
+    from cowctx.mm.vma import VmaMergeStruct, VmaPrepare
+
+ANON_VMA = ObjectKind("anon_vma", 104)
+"""96-byte object plus the free pointer kept outside it (SLAB_TYPESAFE_BY_RCU)."""
+ANON_VMA_CHAIN = ObjectKind("anon_vma_chain", 64)
+
+RWSEM = "anon_vma.rwsem"
+
+
+def _avma(vma: VmAreaStruct) -> AnonVmaVma:
+    return cast(AnonVmaVma, vma)
+
+
+def _av(vma: VmAreaStruct) -> AnonVma | None:
+    return cast("AnonVma | None", vma.anon_vma)
+
+
+def folio_anon_vma(folio: Folio) -> AnonVma:
+    """``folio_anon_vma()``: the anon_vma an anon folio's mapping points to."""
+    return cast(AnonVma, folio.mapping)
+
+
+def vma_is_fork_child(vma: VmAreaStruct | None) -> bool:
+    """``vma_is_fork_child()``: faulted and with a chain that is not exactly one AVC,
+    which a VMA that inherited links at fork keeps for life."""
+    return vma is not None and vma.anon_vma is not None and len(_avma(vma).anon_vma_chain) != 1
+
+
+def anon_vma_compatible(a: VmAreaStruct, b: VmAreaStruct) -> bool:
+    """``anon_vma_compatible()``: ``a`` just below ``b``, mergeable but for the
+    access bits, and linear in pgoff."""
+    return (
+        a.vm_end == b.vm_start
+        and a.vm_file is b.vm_file
+        and not (a.vm_flags ^ b.vm_flags) & ~(VM_ACCESS_FLAGS | VM_SOFTDIRTY)
+        and b.vm_pgoff == a.vm_pgoff + vma_pages(a)
+    )
+
+
+def reusable_anon_vma(old: VmAreaStruct, a: VmAreaStruct, b: VmAreaStruct) -> AnonVma | None:
+    """``reusable_anon_vma()``: ``old``'s anon_vma if compatible and not a fork child's."""
+    if anon_vma_compatible(a, b):
+        anon_vma = _av(old)
+        if anon_vma is not None and len(_avma(old).anon_vma_chain) == 1:
+            return anon_vma
+    return None
+
+
+class AnonVmaRmap(AnonRmap):
+    """The anon_vma / anon_vma_chain reverse map."""
+
+    name: ClassVar[str] = "anon_vma"
+    vma_type = AnonVmaVma
+    object_kinds = (ANON_VMA, ANON_VMA_CHAIN)
+
+    def __init__(self, machine):  # type: ignore[no-untyped-def]
+        super().__init__(machine)
+        self._next_av_id = 0
+        self.anon_vmas: dict[int, AnonVma] = {}
+        """Every allocated, not yet freed anon_vma, by id."""
+        self._prepare_holds: dict[int, LockHold] = {}
+        self.ksm_refs: dict[int, int] = {}
+        """anon_vma id -> references held by KSM rmap_items."""
+
+    # --- objects ----------------------------------------------------------------------
+
+    def anon_vma_alloc(self) -> AnonVma:
+        av = AnonVma(self._next_av_id)
+        self._next_av_id += 1
+        self.anon_vmas[av.av_id] = av
+        self.ledger.alloc("anon_vma")
+        return av
+
+    def anon_vma_free(self, av: AnonVma) -> None:
+        assert not av.freed, av
+        av.freed = True
+        del self.anon_vmas[av.av_id]
+        self.ledger.free("anon_vma")
+
+    def anon_vma_chain_alloc(self, vma: AnonVmaVma, anon_vma: AnonVma) -> AnonVmaChain:
+        self.ledger.alloc("anon_vma_chain")
+        return AnonVmaChain(vma, anon_vma)
+
+    def anon_vma_chain_free(self, avc: AnonVmaChain) -> None:
+        self.ledger.free("anon_vma_chain")
+
+    @staticmethod
+    def anon_vma_chain_link(vma: AnonVmaVma, avc: AnonVmaChain, anon_vma: AnonVma) -> None:
+        """``anon_vma_chain_link()``: head of the VMA's chain, into the anon_vma's tree."""
+        vma.anon_vma_chain.append(avc)
+        anon_vma.rb_root.insert(avc)
+
+    def get_anon_vma(self, av: AnonVma) -> None:
+        av.refcount += 1
+
+    def put_anon_vma(self, av: AnonVma) -> None:
+        """``put_anon_vma()`` → ``__put_anon_vma()``: the root goes last."""
+        av.refcount -= 1
+        if av.refcount:
+            return
+        root = av.root
+        self.anon_vma_free(av)
+        if root is not av:
+            root.refcount -= 1
+            if root.refcount == 0:
+                self.anon_vma_free(root)
+
+    # --- locking ----------------------------------------------------------------------
+
+    def _lock(self, mode: str, site: str) -> LockHold:
+        return self.ledger.lock(RWSEM, mode, site)
+
+    # --- first fault --------------------------------------------------------------------
+
+    def find_mergeable_anon_vma(self, vma: VmAreaStruct) -> AnonVma | None:
+        """``find_mergeable_anon_vma()``: the next VMA first, then the previous one."""
+        mm = vma.vm_mm
+        nxt = mm.vma_next(vma)
+        if nxt is not None and nxt.vm_start == vma.vm_end:
+            anon_vma = reusable_anon_vma(nxt, vma, nxt)
+            if anon_vma is not None:
+                return anon_vma
+        prev = mm.vma_prev(vma)
+        if prev is not None:
+            return reusable_anon_vma(prev, prev, vma)
+        return None
+
+    def anon_vma_prepare(self, vma: VmAreaStruct) -> None:
+        """``__anon_vma_prepare()``: one AVC always; an anon_vma only when no
+        touching neighbour has a reusable one (then a new root, num_children=1)."""
+        v = _avma(vma)
+        anon_vma = self.find_mergeable_anon_vma(vma)
+        if anon_vma is None:
+            anon_vma = self.anon_vma_alloc()
+            anon_vma.num_children += 1  # self-parent link for new root
+        avc = self.anon_vma_chain_alloc(v, anon_vma)
+        hold = self._lock("write", "__anon_vma_prepare")
+        v.anon_vma = anon_vma
+        self.anon_vma_chain_link(v, avc, anon_vma)
+        anon_vma.num_active_vmas += 1
+        hold.vmas, hold.objects = 1, 1
+        self.ledger.unlock(hold)
+
+    # --- fork and clone -------------------------------------------------------------
+
+    def anon_vma_clone(self, dst: VmAreaStruct, src: VmAreaStruct) -> None:
+        self._anon_vma_clone(_avma(dst), _avma(src))
+
+    def _anon_vma_clone(self, dst: AnonVmaVma, src: AnonVmaVma) -> None:
+        """``anon_vma_clone()``: link ``dst`` to every anon_vma of ``src``'s chain,
+        oldest first, under one hold of the root lock.  With ``dst.anon_vma``
+        unset (fork) the oldest anon_vma with no active VMA and fewer than two
+        children is reused."""
+        if not src.anon_vma_chain:
+            return
+        hold = self._lock("write", "anon_vma_clone")
+        for pavc in list(src.anon_vma_chain):
+            anon_vma = pavc.anon_vma
+            avc = self.anon_vma_chain_alloc(dst, anon_vma)
+            self.anon_vma_chain_link(dst, avc, anon_vma)
+            hold.objects += 1
+            if (
+                dst.anon_vma is None
+                and src.anon_vma is not None
+                and anon_vma.num_children < 2
+                and anon_vma.num_active_vmas == 0
+            ):
+                dst.anon_vma = anon_vma
+        if dst.anon_vma is not None:
+            _av(dst).num_active_vmas += 1  # type: ignore[union-attr]
+        hold.vmas = 1
+        self.ledger.unlock(hold)
+
+    def anon_vma_fork(self, vma: VmAreaStruct, pvma: VmAreaStruct) -> None:
+        """``anon_vma_fork()``: clone the parent's chain (maybe reusing an anon_vma);
+        otherwise a new anon_vma under the parent VMA's, pinning the root."""
+        v, pv = _avma(vma), _avma(pvma)
+        parent_av = _av(pv)
+        if parent_av is None:
+            return
+        v.anon_vma = None
+        self._anon_vma_clone(v, pv)
+        if v.anon_vma is not None:
+            return
+        anon_vma = self.anon_vma_alloc()
+        anon_vma.num_active_vmas += 1
+        avc = self.anon_vma_chain_alloc(v, anon_vma)
+        anon_vma.root = parent_av.root
+        anon_vma.parent = parent_av
+        self.get_anon_vma(anon_vma.root)
+        v.anon_vma = anon_vma
+        hold = self._lock("write", "anon_vma_fork")
+        self.anon_vma_chain_link(v, avc, anon_vma)
+        anon_vma.parent.num_children += 1
+        hold.vmas, hold.objects = 1, 1
+        self.ledger.unlock(hold)
+
+    # --- teardown -------------------------------------------------------------------
+
+    def unlink_anon_vmas(self, vma: VmAreaStruct) -> None:
+        """``unlink_anon_vmas()``: every AVC of ``vma`` goes, newest first; an
+        anon_vma whose tree empties is put after the lock is dropped."""
+        v = _avma(vma)
+        chain = v.anon_vma_chain
+        if not chain and v.anon_vma is None:
+            return
+        hold = self._lock("write", "unlink_anon_vmas")
+        hold.vmas = 1
+        emptied: list[AnonVmaChain] = []
+        for avc in reversed(chain):
+            anon_vma = avc.anon_vma
+            anon_vma.rb_root.remove(avc)
+            hold.objects += 1
+            if not anon_vma.rb_root:
+                anon_vma.parent.num_children -= 1
+                emptied.append(avc)
+            else:
+                self.anon_vma_chain_free(avc)
+        if v.anon_vma is not None:
+            _av(v).num_active_vmas -= 1  # type: ignore[union-attr]
+            v.anon_vma = None
+        self.ledger.unlock(hold)
+        for avc in emptied:  # newest first, so the root is put last
+            self.put_anon_vma(avc.anon_vma)
+            self.anon_vma_chain_free(avc)
+        v.anon_vma_chain = []
+
+    # --- VMA changes (vma_prepare / vma_complete) ---------------------------------------
+
+    def vma_prepare(self, vp: VmaPrepare) -> None:
+        """Write-lock ``vp.anon_vma``'s root and take the changing VMAs' AVCs out of
+        their trees (``anon_vma_interval_tree_pre_update_vma``)."""
+        if vp.anon_vma is None:
+            return
+        hold = self._lock("write", "vma_prepare")
+        for vma in (vp.vma, vp.adj_next):
+            if vma is None:
+                continue
+            for avc in _avma(vma).anon_vma_chain:
+                avc.anon_vma.rb_root.remove(avc)
+                hold.objects += 1
+            hold.vmas += 1
+        self._prepare_holds[id(vp)] = hold
+
+    def vma_complete(self, vp: VmaPrepare) -> None:
+        hold = self._prepare_holds.pop(id(vp), None)
+        if hold is None:
+            return
+        for vma in (vp.vma, vp.adj_next):
+            if vma is None:
+                continue
+            for avc in _avma(vma).anon_vma_chain:
+                avc.anon_vma.rb_root.insert(avc)
+        self.ledger.unlock(hold)
+
+    def move_page_tables(
+        self, vma: VmAreaStruct, new_vma: VmAreaStruct, need_rmap_locks: bool
+    ) -> None:
+        """``take_rmap_locks()``: only when rmap walkers could otherwise miss PTEs."""
+        if need_rmap_locks and vma.anon_vma is not None:
+            hold = self._lock("write", "take_rmap_locks")
+            hold.vmas = 2
+            self.ledger.unlock(hold)
+
+    # --- merge rules --------------------------------------------------------------------
+
+    def is_mergeable_anon_vma(self, vmg: VmaMergeStruct, merge_next: bool) -> bool:
+        """``is_mergeable_anon_vma()`` (6.18.y): case 1 (target unfaulted, range
+        faulted) refuses a fork-child source or mremap source; case 2 (target
+        faulted, range not) refuses a fork-child target; case 3 needs equality."""
+        tgt = vmg.next if merge_next else vmg.prev
+        assert tgt is not None
+        tgt_anon, src_anon = tgt.anon_vma, vmg.anon_vma
+        if tgt_anon is None and src_anon is not None:
+            return not vma_is_fork_child(vmg.middle) and not vma_is_fork_child(vmg.copied_from)
+        if tgt_anon is not None and src_anon is None:
+            return not vma_is_fork_child(tgt)
+        return src_anon is tgt_anon
+
+    def are_anon_vmas_compatible(self, vma1: VmAreaStruct, vma2: VmAreaStruct) -> bool:
+        a1, a2 = vma1.anon_vma, vma2.anon_vma
+        return a1 is None or a2 is None or a1 is a2
+
+    # --- folios -----------------------------------------------------------------------
+
+    def folio_add_new_anon_rmap(
+        self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
+    ) -> None:
+        """``__folio_set_anon()``: an exclusive folio points at the VMA's anon_vma,
+        a non-exclusive one (swap-in) at the root, the oldest possible."""
+        anon_vma = _av(vma)
+        assert anon_vma is not None
+        folio.mapping = anon_vma if exclusive else anon_vma.root
+        folio.index = linear_page_index(vma, address)
+
+    def folio_move_anon_rmap(self, folio: Folio, vma: VmAreaStruct) -> None:
+        """``folio_move_anon_rmap()``: one store, no anon_vma lock needed."""
+        folio.mapping = vma.anon_vma
+
+    # --- rmap walk ----------------------------------------------------------------------
+
+    def rmap_walk(self, folio: Folio, rwc: RmapWalkControl) -> None:
+        """``rmap_walk_anon()``: only the anon_vma in ``folio->mapping`` is walked;
+        every descendant VMA has an AVC in its tree.  Read lock on the root."""
+        anon_vma = folio_anon_vma(folio)
+        cost = rwc.cost.cost
+        hold = self._lock("read", "rmap_walk_anon")
+        cost["anchors"] += 1
+        pgoff = folio.index
+        for avc in anon_vma.rb_root.foreach(pgoff, pgoff):
+            cost["chain_entries"] += 1
+            cost["vma_lookups"] += 1
+            hold.objects += 1
+            vma = avc.vma
+            address = vma_address(vma, pgoff)
+            if address is None:
+                continue
+            hold.vmas += 1
+            if rwc.invalid_vma is not None and rwc.invalid_vma(vma):
+                continue
+            if not rwc.rmap_one(folio, vma, address):
+                break
+            if rwc.done is not None and rwc.done(folio):
+                break
+        self.ledger.unlock(hold)
+
+    # --- KSM -------------------------------------------------------------------------
+
+    def ksm_rmap_item_anchor(self, vma: VmAreaStruct) -> object:
+        """``try_to_merge_with_ksm_page()``: ``rmap_item->anon_vma = vma->anon_vma``
+        with ``get_anon_vma()``: KSM can outlive every mapping of the anon_vma."""
+        anon_vma = _av(vma)
+        assert anon_vma is not None
+        self.get_anon_vma(anon_vma)
+        self.ksm_refs[anon_vma.av_id] = self.ksm_refs.get(anon_vma.av_id, 0) + 1
+        return anon_vma
+
+    def ksm_rmap_item_release(self, anchor: object) -> None:
+        anon_vma = cast(AnonVma, anchor)
+        self.ksm_refs[anon_vma.av_id] -= 1
+        if not self.ksm_refs[anon_vma.av_id]:
+            del self.ksm_refs[anon_vma.av_id]
+        self.put_anon_vma(anon_vma)
+
+    def rmap_walk_ksm_item(
+        self, folio: Folio, item: object, rwc: RmapWalkControl, search_new_forks: bool
+    ) -> bool:
+        """``rmap_walk_ksm()`` for one rmap_item: the whole tree of its anon_vma,
+        VMAs covering the item's address, of its own mm (first pass) or of
+        other mms, i.e. forked since (second pass)."""
+        anon_vma = cast(AnonVma, item.anchor)  # type: ignore[attr-defined]
+        address: int = item.address  # type: ignore[attr-defined]
+        item_mm = item.mm  # type: ignore[attr-defined]
+        cost = rwc.cost.cost
+        hold = self._lock("read", "rmap_walk_ksm")
+        cost["anchors"] += 1
+        go_on = True
+        for avc in anon_vma.rb_root.foreach(0, 1 << 62):
+            cost["chain_entries"] += 1
+            hold.objects += 1
+            vma = avc.vma
+            if address < vma.vm_start or address >= vma.vm_end:
+                continue
+            if (vma.vm_mm is item_mm) == search_new_forks:
+                continue
+            cost["vma_lookups"] += 1
+            hold.vmas += 1
+            if rwc.invalid_vma is not None and rwc.invalid_vma(vma):
+                continue
+            if not rwc.rmap_one(folio, vma, address) or (rwc.done is not None and rwc.done(folio)):
+                go_on = False
+                break
+        self.ledger.unlock(hold)
+        return go_on
+
+    def extra_refs(self, av: AnonVma) -> int:
+        """References held beyond the tree and descendants (KSM rmap_items)."""
+        return self.ksm_refs.get(av.av_id, 0)
+
+    def describe_folio(self, folio: Folio) -> str:
+        av = folio.mapping
+        return f"AV{av.av_id}" if isinstance(av, AnonVma) else repr(av)
+
+    # --- invariants -------------------------------------------------------------------
+
+    def check_invariants(self) -> list[str]:
+        from cowctx.designs.anon_vma.checks import check_anon_vma_invariants
+
+        return check_anon_vma_invariants(self)

@@ -1,0 +1,464 @@
+"""Run a scenario on the running Linux kernel and report what it did (design ``linux``).
+
+The method is reference/kernel-oracle.md's: libc-free workers with no anonymous memory of
+their own, one command per step over a socket, a private tracefs instance drained after every
+step, pointer-matched kmem events classified by rmap call site, and /proc for the final
+layout and page sharing.  Everything the run sets up is torn down in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import os
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cowctx.linux import pagemap
+from cowctx.linux.build import BuildError, ensure_worker
+from cowctx.linux.tracefs import (
+    EVENTS,
+    KINDS,
+    ObjectLedger,
+    StepCounts,
+    TraceError,
+    TraceInstance,
+    remove_stale_instances,
+    tracefs_root,
+)
+from cowctx.linux.worker import (
+    FILE_FD_BASE,
+    OP_EXEC,
+    OP_SYSCALL,
+    OP_TOUCH,
+    TOUCH_FILL,
+    TOUCH_READ,
+    TOUCH_STAMP,
+    WorkerError,
+    WorkerProcess,
+    get_child_subreaper,
+    kill_and_reap,
+    set_child_subreaper,
+)
+from cowctx.scenario.schema import (
+    WINDOW_BASE,
+    ExecStep,
+    ExitStep,
+    ForkStep,
+    MadviseStep,
+    MmapStep,
+    MprotectStep,
+    MremapStep,
+    MunmapStep,
+    ReadStep,
+    Scenario,
+    WriteStep,
+)
+
+PAGE_SIZE = 4096
+
+# x86-64 syscall numbers and flags (the worker runs raw syscalls)
+SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_MREMAP, SYS_MADVISE = 9, 10, 11, 25, 28
+PROT = {"none": 0, "r": 1, "rw": 3, "rx": 5, "rwx": 7}
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
+MAP_NORESERVE, MAP_POPULATE, MAP_FIXED_NOREPLACE = 0x4000, 0x8000, 0x100000
+MMAP_FLAGS = {"noreserve": MAP_NORESERVE, "populate": MAP_POPULATE}
+MREMAP_FLAGS = {"maymove": 1, "fixed": 2, "dontunmap": 4}
+MADV = {
+    "dontneed": 4,
+    "free": 8,
+    "dontfork": 10,
+    "dofork": 11,
+    "mergeable": 12,
+    "unmergeable": 13,
+    "hugepage": 14,
+    "nohugepage": 15,
+    "wipeonfork": 18,
+    "keeponfork": 19,
+    "cold": 20,
+    "pageout": 21,
+}
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernel cannot be observed here; the message says why."""
+
+
+class ModelOnlyStep(ValueError):
+    """The scenario has a step only the model can run (ksm, migrate, reclaim, referenced)."""
+
+
+class KernelRunError(RuntimeError):
+    """The run failed; the message names the step."""
+
+
+def _addr(page: int) -> int:
+    return WINDOW_BASE + page * PAGE_SIZE
+
+
+def kernel_unavailable_reason() -> str | None:
+    """None when scenarios can run on this kernel, else a precise reason why not."""
+    if platform.system() != "Linux":
+        return f"not Linux ({platform.system()})"
+    if platform.machine() != "x86_64":
+        return f"the worker uses x86-64 syscalls; this machine is {platform.machine()}"
+    if os.geteuid() != 0:
+        return "not root: tracefs, /proc/kpagecount and /proc/kpageflags need root"
+    try:
+        root = tracefs_root()
+    except TraceError as exc:
+        return f"no tracefs: {exc}"
+    for ev in EVENTS:
+        if not (root / "events" / "kmem" / ev / "enable").exists():
+            return f"tracepoint kmem/{ev} is not available in {root}"
+    for path in ("/proc/self/pagemap", "/proc/kpagecount", "/proc/kpageflags"):
+        try:
+            with open(path, "rb") as f:
+                f.read(8)
+        except OSError as exc:
+            return f"cannot read {path}: {exc.strerror}"
+    if not hasattr(os, "pidfd_open") or not hasattr(os, "memfd_create"):
+        return "Python lacks os.pidfd_open / os.memfd_create"
+    try:
+        ensure_worker()
+    except BuildError as exc:
+        return f"cannot build the worker: {exc}"
+    except OSError as exc:
+        return f"cannot build the worker: {exc}"
+    return None
+
+
+def file_page_pattern(file_index: int, page: int) -> bytes:
+    """Distinct, never-uniform content for page `page` of scenario file `file_index`."""
+    head = f"cowctx file {file_index} page {page}\n".encode()
+    return (head * (PAGE_SIZE // len(head) + 1))[:PAGE_SIZE]
+
+
+def _make_files(scenario: Scenario) -> tuple[dict[str, int], list[int]]:
+    """memfd (shmem) files, one per scenario file; returns name -> worker fd, controller fds."""
+    names: dict[str, int] = {}
+    fds: list[int] = []
+    try:
+        for i, (name, spec) in enumerate(scenario.files.items()):
+            fd = os.memfd_create(f"cowctx-{name}", os.MFD_CLOEXEC)
+            fds.append(fd)
+            data = b"".join(file_page_pattern(i, p) for p in range(spec.pages))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            names[name] = FILE_FD_BASE + i
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return names, fds
+
+
+def _errno_name(ret: int) -> str:
+    return errno_mod.errorcode.get(-ret, f"E{-ret}")
+
+
+def _kernel_info() -> dict[str, Any]:
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    aliases = read("/sys/kernel/slab/anon_vma_chain/aliases")
+    return {
+        "release": platform.release(),
+        "thp": read("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "ksm_run": read("/sys/kernel/mm/ksm/run"),
+        "anon_vma_chain_cache_aliases": int(aliases) if aliases and aliases.isdigit() else None,
+    }
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT while cleaning up, so Ctrl-C cannot leave tracing or processes behind."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Run:
+    """State of one run: processes by name in creation order, trace, ledger."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.procs: dict[str, WorkerProcess] = {}
+        self.all_procs: list[WorkerProcess] = []
+        self.ledger = ObjectLedger()
+        self.trace: TraceInstance | None = None
+        self.file_fd: dict[str, int] = {}
+
+    def add(self, proc: WorkerProcess) -> None:
+        self.procs[proc.name] = proc
+        self.all_procs.append(proc)
+        self.ledger.pids.add(proc.pid)
+
+    def run_step(self, i: int, step: Any) -> dict[str, Any]:
+        what = f"step {i} ({step.op}, {step.proc})"
+        proc = self.procs[step.proc]
+        err: str | None = None
+        exec_pid: int | None = None
+        if isinstance(step, ForkStep):
+            r, child = proc.fork(what, i, step.child)
+            time_ns = r.time_ns
+            if child is None:
+                err = _errno_name(r.ret)
+            else:
+                self.add(child)
+        elif isinstance(step, ExitStep):
+            time_ns = proc.exit(what, i)
+            del self.procs[step.proc]
+        elif isinstance(step, ExecStep):
+            exec_pid = proc.pid
+            r = proc.call(what, OP_EXEC, i, name=step.proc)
+            time_ns = r.time_ns
+            if r.ret < 0:
+                err = _errno_name(r.ret)
+        elif isinstance(step, ReadStep | WriteStep):
+            args = self._touch_args(i, step)
+            r = proc.call(what, OP_TOUCH, i, args=args)
+            time_ns = r.time_ns
+            if r.sig:
+                err = signal.Signals(r.sig).name
+        else:
+            nr, args = self._syscall(step)
+            r = proc.call(what, OP_SYSCALL, i, nr=nr, args=args)
+            time_ns = r.time_ns
+            if -4095 <= r.ret < 0:
+                err = _errno_name(r.ret)
+            elif isinstance(step, MmapStep) and r.ret != args[0]:
+                raise KernelRunError(
+                    f"{what}: mmap placed the mapping at {r.ret:#x}, not {args[0]:#x}"
+                )
+        assert self.trace is not None
+        counts: StepCounts = self.ledger.account(self.trace.drain(), exec_pid=exec_pid)
+        return {
+            "op": step.op,
+            "proc": step.proc,
+            "errno": err,
+            "time_ns": time_ns,
+            "objects": counts.as_dict(),
+        }
+
+    @staticmethod
+    def _touch_args(i: int, step: ReadStep | WriteStep) -> tuple[int, ...]:
+        addr = _addr(step.page)
+        if isinstance(step, ReadStep):
+            return (addr, step.pages, TOUCH_READ, 0, 0)
+        if step.value is not None:
+            return (addr, step.pages, TOUCH_FILL, step.value, 0)
+        # default write: an 8-byte stamp (step, page), unique to this write, then a fill
+        stamp = ((i + 1) << 32) | (step.page + 1)
+        return (addr, step.pages, TOUCH_STAMP, 0, stamp)
+
+    def _syscall(self, step: Any) -> tuple[int, tuple[int, ...]]:
+        addr, length = _addr(step.page), step.pages * PAGE_SIZE
+        if isinstance(step, MmapStep):
+            flags = MAP_FIXED_NOREPLACE | (MAP_SHARED if step.shared else MAP_PRIVATE)
+            for f in step.flags:
+                flags |= MMAP_FLAGS[f]
+            if step.file is None:
+                flags |= MAP_ANONYMOUS
+                fd, off = -1, 0
+            else:
+                fd, off = self.file_fd[step.file], step.file_page * PAGE_SIZE
+            return SYS_MMAP, (addr, length, PROT[step.prot], flags, fd, off)
+        if isinstance(step, MunmapStep):
+            return SYS_MUNMAP, (addr, length)
+        if isinstance(step, MprotectStep):
+            return SYS_MPROTECT, (addr, length, PROT[step.prot])
+        if isinstance(step, MremapStep):
+            flags = 0
+            for f in step.flags:
+                flags |= MREMAP_FLAGS[f]
+            new_addr = _addr(step.new_page) if step.new_page is not None else 0
+            return SYS_MREMAP, (addr, length, step.new_pages * PAGE_SIZE, flags, new_addr)
+        if isinstance(step, MadviseStep):
+            return SYS_MADVISE, (addr, length, MADV[step.advice])
+        raise KernelRunError(f"op {step.op!r} has no syscall")  # pragma: no cover
+
+    def final_state(self) -> dict[str, Any]:
+        live = [p for p in self.all_procs if p.alive]
+        maps: dict[str, list[list[object]]] = {}
+        pages: list[tuple[str, list[pagemap.PageInfo]]] = []
+        with pagemap.PhysReader() as phys:
+            for p in live:
+                lines = pagemap.read_window_maps(p.pid)
+                maps[p.name] = [m.as_list() for m in lines]
+                pages.append((p.name, pagemap.read_window_pages(p.pid, lines, phys)))
+        return {
+            "objects": self.ledger.totals(),
+            "maps": maps,
+            "pages": pagemap.number_folios(pages),
+        }
+
+
+class KernelSession:
+    """One tracefs instance for many scenarios: the setup and teardown of an instance wait for
+    RCU grace periods (tens of ms), a run inside a session only toggles tracing_on.
+
+    Use as a context manager; leaving it disables the events and removes the instance.
+    """
+
+    def __init__(self) -> None:
+        self.trace: TraceInstance | None = None
+        self.binary: Path | None = None
+
+    def __enter__(self) -> KernelSession:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        reason = kernel_unavailable_reason()
+        if reason is not None:
+            raise KernelUnavailable(reason)
+        self.binary = ensure_worker()
+        root = tracefs_root()
+        remove_stale_instances(root)
+        trace = TraceInstance(root)
+        try:
+            trace.start(tracing=False)
+        except BaseException:
+            with _sigint_deferred():
+                trace.stop()
+            raise
+        self.trace = trace
+
+    def close(self) -> None:
+        if self.trace is not None:
+            with _sigint_deferred():
+                self.trace.stop()
+            self.trace = None
+
+    def run(self, scenario: Scenario) -> dict[str, Any]:
+        """Run one scenario; see run_on_kernel."""
+        _refuse_model_only(scenario)
+        if self.trace is None or self.binary is None:
+            raise KernelRunError("the kernel session is not open")
+        trace = self.trace
+        t_start = time.monotonic_ns()
+        run = _Run(scenario)
+        run.trace = trace
+        file_fds: list[int] = []
+        was_subreaper = get_child_subreaper()
+        result: dict[str, Any]
+        try:
+            set_child_subreaper(True)
+            run.file_fd, file_fds = _make_files(scenario)
+            run.add(WorkerProcess.spawn(self.binary, "p0", file_fds))
+            for fd in file_fds:
+                os.close(fd)  # the workers hold them now
+            file_fds = []
+            lost_before = trace.lost_events()
+            trace.set_tracing(True)
+            trace.drain()
+            t_kernel = time.monotonic_ns()
+            steps = []
+            for i, step in enumerate(scenario.steps):
+                try:
+                    steps.append(run.run_step(i, step))
+                except (WorkerError, KernelRunError):
+                    raise
+                except OSError as exc:
+                    raise KernelRunError(f"step {i} ({step.op}, {step.proc}): {exc}") from exc
+            final = run.final_state()
+            run.ledger.account(trace.drain())
+            t_end = time.monotonic_ns()
+            trace.set_tracing(False)
+            lost = trace.lost_events() - lost_before
+            if lost:
+                raise KernelRunError(f"the trace buffer dropped {lost} events: counts not exact")
+            result = {
+                "scenario": scenario.name,
+                "design": "linux",
+                "steps": steps,
+                "final": final,
+                "other_events": run.ledger.other_events(),
+                "pids": {p.name: p.pid for p in run.all_procs},
+                "kernel": {**_kernel_info(), "trace_instance": trace.name},
+                "wall_ns": {"steps": t_end - t_kernel, "run": t_end - t_start},
+            }
+        finally:
+            with _sigint_deferred():
+                problems = _cleanup(run, file_fds, was_subreaper)
+        if problems:
+            raise KernelRunError("cleanup incomplete: " + "; ".join(problems))
+        return result
+
+
+def _refuse_model_only(scenario: Scenario) -> None:
+    for i in scenario.model_only_steps:
+        op = scenario.steps[i].op
+        raise ModelOnlyStep(
+            f"scenario {scenario.name}: step {i} ({op}) is model-only; the kernel cannot run it"
+        )
+
+
+def run_on_kernel(scenario: Scenario, session: KernelSession | None = None) -> dict[str, Any]:
+    """Run `scenario` on this machine's kernel; the SCENARIO.md result with design ``linux``.
+
+    Result: ``{"scenario", "design": "linux",
+    "steps": [{"op", "proc", "errno", "time_ns", "objects": {kind: {"allocated", "freed"}}}],
+    "final": {"objects": {kind: {"live", "allocated", "freed"}},
+              "maps": {proc: [[start_page, end_page, perms]]},
+              "pages": {proc: [{"page", "folio", "mapcount", "anon", "zero_page"}]}},
+    "other_events": {"by_kind", "by_call_site", "own_live", "anomalies"},
+    "pids": {proc: pid}, "kernel": {...}, "wall_ns": {"steps", "run"}}``
+    with kind in ``anon_vma``, ``anon_vma_chain``.  ``time_ns`` is measured in the worker
+    around the syscall, the touches, the clone or the whole exec; for ``exit`` (no reply) the
+    controller measures from the command to the task becoming a zombie.
+
+    Without `session`, a tracefs instance is set up and removed around this one run
+    (two RCU grace periods, some 50-80 ms); inside a KernelSession a small run costs ~2 ms.
+    Raises ModelOnlyStep for ksm / migrate / reclaim / referenced steps, KernelUnavailable when
+    the kernel cannot be observed, KernelRunError / WorkerError when a step goes wrong.
+    """
+    _refuse_model_only(scenario)
+    if session is not None:
+        return session.run(scenario)
+    with KernelSession() as own:
+        return own.run(scenario)
+
+
+def _cleanup(run: _Run, file_fds: list[int], was_subreaper: bool) -> list[str]:
+    """Tracing off, every scenario process killed and reaped, fds closed."""
+    problems = []
+    if run.trace is not None:
+        try:
+            run.trace.set_tracing(False)
+        except OSError as exc:
+            problems.append(f"cannot turn tracing off: {exc}")
+    left = kill_and_reap(run.all_procs)
+    if left:
+        problems.append(f"processes not reaped: {', '.join(left)}")
+    for fd in file_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        set_child_subreaper(was_subreaper)
+    return problems
+
+
+__all__ = [
+    "KINDS",
+    "KernelRunError",
+    "KernelSession",
+    "KernelUnavailable",
+    "ModelOnlyStep",
+    "kernel_unavailable_reason",
+    "run_on_kernel",
+]

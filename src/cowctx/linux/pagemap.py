@@ -1,0 +1,198 @@
+"""VMA layout and page sharing of the scenario window, read from /proc.
+
+/proc/PID/maps gives merges and splits; /proc/PID/pagemap gives the PFN behind each virtual
+page, and /proc/kpagecount and /proc/kpageflags what that physical page is (anon, zero page,
+KSM, THP) and how many PTEs map it.  PFNs differ from run to run, so pages are reported
+with folio ids numbered in order of first appearance.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cowctx.scenario.schema import WINDOW_BASE, WINDOW_PAGES
+
+PAGE_SIZE = 4096
+WINDOW_END = WINDOW_BASE + WINDOW_PAGES * PAGE_SIZE
+
+PM_PRESENT = 1 << 63
+PM_SWAP = 1 << 62
+PM_MMAP_EXCLUSIVE = 1 << 56
+"""pagemap bit 56: the page is mapped exactly once (also for file pages)."""
+PM_PFN_MASK = (1 << 55) - 1
+
+KPF_COMPOUND_HEAD = 15
+KPF_COMPOUND_TAIL = 16
+KPF_ANON = 12
+KPF_THP = 22
+KPF_KSM = 21
+KPF_ZERO_PAGE = 24
+
+
+@dataclass(frozen=True, slots=True)
+class MapLine:
+    """One VMA of /proc/PID/maps, clipped to the window, in window page numbers."""
+
+    start_page: int
+    end_page: int
+    perms: str
+
+    def as_list(self) -> list[object]:
+        return [self.start_page, self.end_page, self.perms]
+
+
+def read_window_maps(pid: int) -> list[MapLine]:
+    """The VMAs of `pid` that intersect the scenario window, sorted by start."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            rng, perms = line.split()[:2]
+            lo_s, hi_s = rng.split("-")
+            lo, hi = int(lo_s, 16), int(hi_s, 16)
+            lo, hi = max(lo, WINDOW_BASE), min(hi, WINDOW_END)
+            if lo >= hi:
+                continue
+            out.append(
+                MapLine((lo - WINDOW_BASE) // PAGE_SIZE, (hi - WINDOW_BASE) // PAGE_SIZE, perms)
+            )
+    out.sort(key=lambda m: m.start_page)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PageInfo:
+    """What the kernel shows about one present page of the window."""
+
+    page: int
+    pfn: int
+    head_pfn: int
+    mapcount: int
+    flags: int
+    mapped_once: bool
+
+    @property
+    def anon(self) -> bool:
+        return bool(self.flags >> KPF_ANON & 1)
+
+    @property
+    def zero_page(self) -> bool:
+        return bool(self.flags >> KPF_ZERO_PAGE & 1)
+
+    @property
+    def ksm(self) -> bool:
+        return bool(self.flags >> KPF_KSM & 1)
+
+    @property
+    def thp(self) -> bool:
+        return bool(self.flags >> KPF_THP & 1)
+
+
+class PhysReader:
+    """Reads /proc/kpagecount and /proc/kpageflags, with a per-PFN cache."""
+
+    def __init__(self) -> None:
+        self._count = os.open("/proc/kpagecount", os.O_RDONLY)
+        self._flags = os.open("/proc/kpageflags", os.O_RDONLY)
+        self._cache: dict[int, tuple[int, int]] = {}
+        self._head: dict[int, int] = {}
+
+    def close(self) -> None:
+        os.close(self._count)
+        os.close(self._flags)
+
+    def __enter__(self) -> PhysReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, pfn: int) -> tuple[int, int]:
+        """(mapcount, flags) of one physical page."""
+        hit = self._cache.get(pfn)
+        if hit is None:
+            (count,) = struct.unpack("<Q", os.pread(self._count, 8, pfn * 8))
+            (flags,) = struct.unpack("<Q", os.pread(self._flags, 8, pfn * 8))
+            hit = self._cache[pfn] = (count, flags)
+        return hit
+
+    def head_of(self, pfn: int, flags: int) -> int:
+        """The head page of the folio containing `pfn`: walk back over tail pages.
+
+        Heads are memoised, so the pages of a THP read in order cost one step each."""
+        walked = []
+        p = pfn
+        while flags >> KPF_COMPOUND_TAIL & 1 and p > 0:
+            known = self._head.get(p)
+            if known is not None:
+                p = known
+                break
+            walked.append(p)
+            p -= 1
+            flags = self.get(p)[1]
+        for q in walked:
+            self._head[q] = p
+        return p
+
+
+def read_window_pages(pid: int, maps: Sequence[MapLine], phys: PhysReader) -> list[PageInfo]:
+    """Present pages of `pid` in the window VMAs, ascending by page."""
+    out = []
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for m in maps:
+            n = m.end_page - m.start_page
+            vaddr = WINDOW_BASE + m.start_page * PAGE_SIZE
+            raw = os.pread(fd, 8 * n, (vaddr // PAGE_SIZE) * 8)
+            for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
+                if not entry & PM_PRESENT:
+                    continue
+                pfn = entry & PM_PFN_MASK
+                count, flags = phys.get(pfn)
+                out.append(
+                    PageInfo(
+                        page=m.start_page + i,
+                        pfn=pfn,
+                        head_pfn=phys.head_of(pfn, flags),
+                        mapcount=count,
+                        flags=flags,
+                        mapped_once=bool(entry & PM_MMAP_EXCLUSIVE),
+                    )
+                )
+    finally:
+        os.close(fd)
+    return out
+
+
+def number_folios(
+    pages_by_proc: Iterable[tuple[str, list[PageInfo]]],
+) -> dict[str, list[dict[str, object]]]:
+    """SCENARIO.md `final.pages`: folio ids in order of first appearance, zero page None.
+
+    `pages_by_proc` must come in process creation order with pages ascending, so the ids
+    are stable across runs that map the same pages the same way.
+    """
+    ids: dict[int, int] = {}
+    result: dict[str, list[dict[str, object]]] = {}
+    for proc, pages in pages_by_proc:
+        rows = []
+        for p in pages:
+            if p.zero_page:
+                folio = None
+                mapcount = 0
+            else:
+                folio = ids.setdefault(p.head_pfn, len(ids))
+                mapcount = p.mapcount
+            rows.append(
+                {
+                    "page": p.page,
+                    "folio": folio,
+                    "mapcount": mapcount,
+                    "anon": p.anon,
+                    "zero_page": p.zero_page,
+                }
+            )
+        result[proc] = rows
+    return result

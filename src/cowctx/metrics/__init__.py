@@ -1,0 +1,1 @@
+"""The metrics ledger: objects, locks and rmap walks, as the designs report them."""

@@ -1,0 +1,95 @@
+"""Fork, exit and exec: ``dup_mmap()`` (mm/mmap.c in 6.18), ``exit_mmap()``,
+``exec_mmap()``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowctx.mm.constants import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK
+from cowctx.mm.memory import copy_page_range, zap_pte_range
+from cowctx.mm.mm_types import MmStruct, TaskStruct
+
+if TYPE_CHECKING:
+    from cowctx.mm.machine import Machine
+
+
+def dup_mmap(m: Machine, mm: MmStruct, oldmm: MmStruct) -> None:
+    """``dup_mmap()``: walk the parent's VMAs in ascending order.
+
+    VM_DONTCOPY VMAs are left out; VM_WIPEONFORK ones are copied without anon
+    state or PTEs; every other VMA goes through ``anon_vma_fork()`` and then
+    ``copy_page_range()``.  VM_LOCKED/VM_LOCKONFAULT are not inherited.
+    """
+    for mpnt in oldmm.vmas():
+        if mpnt.vm_flags & VM_DONTCOPY:
+            continue
+        tmp = m.vm_area_dup(mpnt, mm)
+        tmp.vm_mm = mm
+        if mpnt.vm_flags & VM_WIPEONFORK:
+            tmp.anon_vma = None
+        else:
+            m.rmap.anon_vma_fork(tmp, mpnt)
+        tmp.vm_flags &= ~VM_LOCKED_MASK
+        mm.vma_store(tmp)
+        mm.map_count += 1
+        if not mpnt.vm_flags & VM_WIPEONFORK:
+            copy_page_range(m, tmp, mpnt)
+    m.rmap.dup_mmap(mm, oldmm)
+
+
+def copy_process(m: Machine, parent: TaskStruct, comm: str, pid: int) -> TaskStruct:
+    """``copy_process()`` without CLONE_VM: a new task with a duplicated mm."""
+    assert parent.mm is not None and not parent.exit_state
+    mm = m.mm_alloc()
+    child = TaskStruct(pid, comm, mm, parent)
+    mm.owner = child
+    mm.mmap_base, mm.start_brk, mm.brk = parent.mm.mmap_base, parent.mm.start_brk, parent.mm.brk
+    dup_mmap(m, mm, parent.mm)
+    parent.children.append(child)
+    return child
+
+
+def exit_mmap(m: Machine, mm: MmStruct) -> None:
+    """``exit_mmap()``: zap every PTE, then ``free_pgtables()`` unlinks every VMA's
+    anon state in ascending order, then the VMAs are freed."""
+    vmas = mm.vmas()
+    for vma in vmas:
+        zap_pte_range(m, mm, vma.vm_start, vma.vm_end)
+    assert not mm.pgd, "PTEs outside every VMA"
+    for vma in vmas:
+        m.rmap.unlink_anon_vmas(vma)
+    for vma in vmas:
+        mm.vma_erase(vma)
+        m.vm_area_free(vma)
+    mm.map_count = 0
+    m.rmap.mmput(mm)
+
+
+def mmput(m: Machine, mm: MmStruct) -> None:
+    mm.mm_users -= 1
+    if mm.mm_users == 0:
+        exit_mmap(m, mm)
+
+
+def do_exit(m: Machine, task: TaskStruct) -> None:
+    """``do_exit()``: drop the mm and hand the children to the subreaper."""
+    assert not task.exit_state
+    mm, task.mm = task.mm, None
+    if mm is not None:
+        mmput(m, mm)
+    task.exit_state = True
+    if task.parent is not None and task in task.parent.children:
+        task.parent.children.remove(task)
+    for child in task.children:
+        child.parent = None
+    task.children = []
+
+
+def exec_mmap(m: Machine, task: TaskStruct) -> None:
+    """``exec_mmap()``: a fresh mm replaces the old one, which is dropped."""
+    old = task.mm
+    assert old is not None
+    mm = m.mm_alloc()
+    mm.owner = task
+    task.mm = mm
+    mmput(m, old)

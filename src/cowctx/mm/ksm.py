@@ -1,0 +1,64 @@
+"""KSM (mm/ksm.c), reduced to what matters to anon rmap: which mms and VMAs are
+mergeable, stable nodes with their rmap_items, unmerging, and the KSM rmap
+walk (``rmap_walk_ksm``).  The scan that merges pages is ``ksm_do_scan``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cowctx.mm.folio import Folio
+from cowctx.mm.mm_types import MmStruct, VmAreaStruct
+from cowctx.rmap.protocol import RmapWalkControl
+
+if TYPE_CHECKING:
+    from cowctx.mm.machine import Machine
+
+
+@dataclass(eq=False)
+class KsmRmapItem:
+    """``struct ksm_rmap_item`` in the stable tree: who mapped the KSM page, and
+    the rmap anchor (anon_vma, or the design's equivalent) pinned at merge time."""
+
+    mm: MmStruct
+    address: int
+    anchor: object
+
+
+@dataclass(eq=False)
+class KsmStableNode:
+    """``struct ksm_stable_node``: one KSM folio and its rmap_items."""
+
+    folio: Folio
+    rmap_items: list[KsmRmapItem] = field(default_factory=list)
+
+
+class Ksm:
+    """The KSM daemon's state."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.mm_slots: dict[int, MmStruct] = {}
+        self.stable_nodes: list[KsmStableNode] = []
+
+    def ksm_enter(self, mm: MmStruct) -> None:
+        """``__ksm_enter()``: the mm will be scanned."""
+        self.mm_slots.setdefault(mm.mm_id, mm)
+
+    def unmerge_ksm_pages(self, vma: VmAreaStruct, start: int, end: int) -> None:
+        """``unmerge_ksm_pages()``: break every KSM page mapped in the range."""
+        from cowctx.mm.ksm_scan import break_ksm_range
+
+        if self.stable_nodes:
+            break_ksm_range(self.machine, vma, start, end)
+
+    def rmap_walk_ksm(self, folio: Folio, rwc: RmapWalkControl) -> None:
+        """``rmap_walk_ksm()``: each rmap_item's anchor is walked, first for the
+        rmap_item's own mm, then again for mms forked from it since the merge
+        (they map the KSM page at the same address)."""
+        node = folio.mapping
+        assert isinstance(node, KsmStableNode)
+        for search_new_forks in (False, True):
+            for item in list(node.rmap_items):
+                if not self.machine.rmap.rmap_walk_ksm_item(folio, item, rwc, search_new_forks):
+                    return

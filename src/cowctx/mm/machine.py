@@ -1,0 +1,283 @@
+"""The machine: tasks, mms, physical memory, files, swap, and the syscall entry points.
+
+One :class:`Machine` runs one anonymous rmap design (``rmap``), which it drives
+only through the hooks of :class:`~cowctx.rmap.protocol.AnonRmap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from cowctx.metrics.ledger import Ledger, ObjectKind
+from cowctx.mm import fork as _fork
+from cowctx.mm import madvise as _madvise
+from cowctx.mm import mmap as _mmap
+from cowctx.mm import mprotect as _mprotect
+from cowctx.mm import mremap as _mremap
+from cowctx.mm.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from cowctx.mm.content import ContentSource
+from cowctx.mm.file import File
+from cowctx.mm.folio import ZERO_PFN, Folio
+from cowctx.mm.ksm import Ksm
+from cowctx.mm.memory import handle_mm_fault
+from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
+from cowctx.mm.swap import SwapSpace
+from cowctx.rmap.protocol import AnonRmap
+
+VM_AREA_STRUCT = ObjectKind("vm_area_struct", 192)
+
+
+class Machine:
+    """A machine running Linux 6.18's mm with one anon rmap design plugged in."""
+
+    def __init__(self, rmap: Callable[[Machine], AnonRmap]) -> None:
+        self.ledger = Ledger()
+        self.ledger.register(VM_AREA_STRUCT)
+        zero = Folio(ZERO_PFN, 0)
+        self.mem_map: dict[int, Folio] = {ZERO_PFN: zero}
+        self.zero_folio = zero
+        self._next_pfn = ZERO_PFN + 1
+        self._next_pid = 1
+        self._next_mm_id = 1
+        self._next_vma_id = 1
+        self._next_file_id = 1
+        self.tasks: dict[int, TaskStruct] = {}
+        self.files: dict[str, File] = {}
+        self.contents = ContentSource()
+        self.swap = SwapSpace()
+        self.swap_enabled = False
+        """Whether reclaim may swap anon folios out (the reference machine has no
+        swap, so MADV_PAGEOUT leaves anon folios alone); the ``reclaim`` client
+        always uses the model's swap."""
+        self.ksm = Ksm(self)
+        self.rmap: AnonRmap = rmap(self)
+        self.after_op: list[Callable[[str], None]] = []
+        """Called after every top-level operation with its name (the oracle hooks here)."""
+
+    # --- operation bracketing ---------------------------------------------------------
+
+    @contextmanager
+    def operation(self, name: str) -> Iterator[None]:
+        """Label ledger records with ``name`` for the duration of one operation."""
+        outer = self.ledger.op
+        self.ledger.op = name
+        try:
+            yield
+        finally:
+            self.ledger.op = outer
+
+    # --- physical memory --------------------------------------------------------------
+
+    def alloc_folio(self, content: int) -> Folio:
+        pfn = self._next_pfn
+        self._next_pfn = pfn + 1
+        folio = Folio(pfn, content)
+        self.mem_map[pfn] = folio
+        return folio
+
+    def free_folio(self, folio: Folio) -> None:
+        """The last reference to an anon folio is gone."""
+        assert folio.mapcount == 0 and folio.swapcache is None, folio
+        del self.mem_map[folio.pfn]
+        folio.freed = True
+        if folio.anon and not folio.ksm:
+            self.rmap.folio_free(folio)
+
+    def filemap_get_folio(self, file: File, index: int) -> Folio:
+        """``shmem_get_folio()``: the page-cache folio, created on first use."""
+        folio = file.i_pages.get(index)
+        if folio is None:
+            folio = self.alloc_folio(file.initial_content(index))
+            folio.mapping = file
+            folio.index = index
+            file.i_pages[index] = folio
+        return folio
+
+    def create_file(self, name: str, pages: int) -> File:
+        """A shmem file with distinct, non-uniform content on every page."""
+        if name in self.files:
+            raise ValueError(f"file {name!r} exists")
+        base = self.contents.unique_block(pages)
+        file = File(name, pages, lambda index: base + index)
+        self.files[name] = file
+        return file
+
+    def shmem_zero_setup(self, pages: int) -> File:
+        """``shmem_zero_setup()``: the shmem object behind MAP_SHARED|MAP_ANONYMOUS."""
+        name = f"dev/zero#{self._next_file_id}"
+        self._next_file_id += 1
+        return File(name, pages, lambda index: 0, anon_shared=True)
+
+    # --- VMAs and mms -----------------------------------------------------------------
+
+    def mm_alloc(self) -> MmStruct:
+        mm = self.rmap.mm_type(self._next_mm_id)
+        self._next_mm_id += 1
+        self.rmap.mm_init(mm)
+        return mm
+
+    def vm_area_alloc(self, mm: MmStruct) -> VmAreaStruct:
+        vma = self.rmap.vma_type(mm, self._next_vma_id)
+        self._next_vma_id += 1
+        self.ledger.alloc("vm_area_struct")
+        return vma
+
+    def vm_area_dup(self, old: VmAreaStruct, mm: MmStruct | None = None) -> VmAreaStruct:
+        """``vm_area_dup()``: a copy of ``old`` (anon_vma pointer included), empty lists."""
+        new = self.vm_area_alloc(mm or old.vm_mm)
+        new.copy_fields_from(old)
+        return new
+
+    def vm_area_free(self, vma: VmAreaStruct) -> None:
+        self.ledger.free("vm_area_struct")
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def spawn(self, comm: str) -> TaskStruct:
+        """A new process with an empty address space (as after exec)."""
+        task = TaskStruct(self._next_pid, comm, None, None)
+        self._next_pid += 1
+        with self.operation("exec"):
+            task.mm = self.mm_alloc()
+            task.mm.owner = task
+        self.tasks[task.pid] = task
+        return task
+
+    def fork(self, parent: TaskStruct, comm: str) -> TaskStruct:
+        """``fork()``: the child gets a copy of the parent's mm (``dup_mmap``)."""
+        with self.operation("fork"):
+            child = _fork.copy_process(self, parent, comm, self._next_pid)
+        self._next_pid += 1
+        self.tasks[child.pid] = child
+        self._done("fork")
+        return child
+
+    def exit(self, task: TaskStruct) -> None:
+        """``do_exit()``: the mm goes (``exit_mmap``), children are reparented."""
+        with self.operation("exit"):
+            _fork.do_exit(self, task)
+        self._done("exit")
+
+    def execve(self, task: TaskStruct) -> None:
+        """``execve()`` of the same program: the task gets a fresh mm."""
+        with self.operation("exec"):
+            _fork.exec_mmap(self, task)
+        self._done("exec")
+
+    def live_tasks(self) -> list[TaskStruct]:
+        return [t for t in self.tasks.values() if not t.exit_state]
+
+    def live_mms(self) -> list[MmStruct]:
+        return [t.mm for t in self.tasks.values() if not t.exit_state and t.mm is not None]
+
+    # --- syscalls ---------------------------------------------------------------------
+
+    def mmap(
+        self,
+        task: TaskStruct,
+        addr: int,
+        length: int,
+        prot: int,
+        flags: int,
+        file: File | None = None,
+        pgoff: int = 0,
+    ) -> int:
+        with self.operation("mmap"):
+            result = _mmap.do_mmap(self, _mm(task), addr, length, prot, flags, file, pgoff)
+        self._done("mmap")
+        return result
+
+    def munmap(self, task: TaskStruct, addr: int, length: int) -> None:
+        with self.operation("munmap"):
+            _mmap.do_vmi_munmap(self, _mm(task), addr, length)
+        self._done("munmap")
+
+    def mprotect(self, task: TaskStruct, addr: int, length: int, prot: int) -> None:
+        with self.operation("mprotect"):
+            _mprotect.do_mprotect_pkey(self, _mm(task), addr, length, prot)
+        self._done("mprotect")
+
+    def mremap(
+        self, task: TaskStruct, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0
+    ) -> int:
+        with self.operation("mremap"):
+            result = _mremap.do_mremap(self, _mm(task), addr, old_len, new_len, flags, new_addr)
+        self._done("mremap")
+        return result
+
+    def madvise(self, task: TaskStruct, addr: int, length: int, advice: int) -> None:
+        with self.operation("madvise"):
+            _madvise.do_madvise(self, _mm(task), addr, length, advice)
+        self._done("madvise")
+
+    def brk(self, task: TaskStruct, brk: int) -> int:
+        with self.operation("brk"):
+            result = _mmap.do_brk(self, _mm(task), brk)
+        self._done("brk")
+        return result
+
+    # --- user accesses ----------------------------------------------------------------
+
+    def access(self, task: TaskStruct, addr: int, write: bool, value: int | None = None) -> int:
+        """A load or store of the byte at ``addr``; returns the page's content.
+
+        A store fills the page with ``value`` (a byte) or, without one, stamps
+        it with content no other page has.  Faults as the kernel would; raises
+        :class:`~cowctx.mm.errors.AccessFault` for SIGSEGV/SIGBUS.
+        """
+        with self.operation("fault"):
+            folio = handle_mm_fault(self, _mm(task), addr & PAGE_MASK, write)
+            if write:
+                assert folio is not None
+                folio.content = self.contents.unique() if value is None else value
+        self._done("fault")
+        return 0 if folio is None else folio.content
+
+    def access_range(
+        self, task: TaskStruct, addr: int, pages: int, write: bool, value: int | None = None
+    ) -> None:
+        """Touch ``pages`` pages from ``addr`` in order (stops at the first fault)."""
+        for i in range(pages):
+            self.access(task, addr + i * PAGE_SIZE, write, value)
+
+    # --- hooks the mm code calls into other subsystems --------------------------------
+
+    def ksm_enter(self, mm: MmStruct) -> None:
+        self.ksm.ksm_enter(mm)
+
+    def unmerge_ksm_pages(self, vma: VmAreaStruct, start: int, end: int) -> None:
+        self.ksm.unmerge_ksm_pages(vma, start, end)
+
+    def ksm_unmerge_range(self, vma: VmAreaStruct, start: int, end: int) -> None:
+        """``prep_move_vma()``: KSM pages are broken before a move."""
+        from cowctx.mm.constants import VM_MERGEABLE
+
+        if vma.vm_flags & VM_MERGEABLE:
+            self.ksm.unmerge_ksm_pages(vma, start, end)
+
+    def reclaim_folio(self, folio: Folio) -> bool:
+        """``shrink_folio_list()`` for one anon folio: swap it out."""
+        from cowctx.clients.reclaim import reclaim_folio
+
+        return reclaim_folio(self, folio).freed
+
+    def _done(self, op: str) -> None:
+        for hook in self.after_op:
+            hook(op)
+
+    # --- views ------------------------------------------------------------------------
+
+    def folio_at(self, task: TaskStruct, addr: int) -> Folio | None:
+        """The folio mapped at ``addr`` in ``task`` (None: nothing, or the zero page)."""
+        pte = _mm(task).pgd.get(addr >> PAGE_SHIFT)
+        if pte is None or not pte & 1:
+            return None
+        folio = self.mem_map[pte >> 8]
+        return None if folio.pfn == ZERO_PFN else folio
+
+
+def _mm(task: TaskStruct) -> MmStruct:
+    if task.exit_state or task.mm is None:
+        raise ValueError(f"{task} has no mm")
+    return task.mm

@@ -1,0 +1,194 @@
+"""madvise: ``do_madvise()`` → ``madvise_walk_vmas()`` → ``madvise_vma_behavior()``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowctx.mm.constants import (
+    MADV_BY_NAME,
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_MERGEABLE,
+    MADV_NOHUGEPAGE,
+    MADV_PAGEOUT,
+    MADV_UNMERGEABLE,
+    MADV_WIPEONFORK,
+    PAGE_MASK,
+    VM_DONTCOPY,
+    VM_DONTEXPAND,
+    VM_HUGEPAGE,
+    VM_HUGETLB,
+    VM_IO,
+    VM_LOCKED,
+    VM_MAYSHARE,
+    VM_MERGEABLE,
+    VM_MIXEDMAP,
+    VM_NOHUGEPAGE,
+    VM_PFNMAP,
+    VM_SHARED,
+    VM_WIPEONFORK,
+)
+from cowctx.mm.errors import SyscallError
+from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, PTE_YOUNG, ZERO_PFN
+from cowctx.mm.memory import folio_remove_rmap_pte, zap_pte_range
+from cowctx.mm.mm_types import MmStruct, VmAreaStruct
+from cowctx.mm.vma import vma_modify_flags
+
+if TYPE_CHECKING:
+    from cowctx.mm.machine import Machine
+
+_VALID = frozenset(MADV_BY_NAME.values())
+_FLAG_ADVICE = frozenset(
+    {
+        MADV_DONTFORK,
+        MADV_DOFORK,
+        MADV_WIPEONFORK,
+        MADV_KEEPONFORK,
+        MADV_MERGEABLE,
+        MADV_UNMERGEABLE,
+        MADV_HUGEPAGE,
+        MADV_NOHUGEPAGE,
+    }
+)
+
+
+def do_madvise(m: Machine, mm: MmStruct, start: int, len_in: int, behavior: int) -> None:
+    """``do_madvise()``: holes in the range are skipped and reported as ENOMEM at
+    the end; a per-VMA error stops the walk at once (earlier VMAs keep the advice)."""
+    if behavior not in _VALID:
+        raise SyscallError("EINVAL", "unknown advice")
+    if start & ~PAGE_MASK:
+        raise SyscallError("EINVAL", "unaligned start")
+    length = (len_in + ~PAGE_MASK) & PAGE_MASK
+    if len_in and not length:
+        raise SyscallError("EINVAL", "length overflows")
+    end = start + length
+    if end < start:
+        raise SyscallError("EINVAL", "range wraps")
+    if end == start:
+        return
+    unmapped_error = False
+    vma = mm.find_vma(start)
+    while True:
+        if vma is None:
+            raise SyscallError("ENOMEM", "no VMA up to the end of the range")
+        if start < vma.vm_start:
+            unmapped_error = True
+            start = vma.vm_start
+            if start >= end:
+                break
+        tmp = min(vma.vm_end, end)
+        prev = madvise_vma_behavior(m, vma, start, tmp, behavior)
+        start = max(tmp, prev.vm_end)
+        if start >= end:
+            break
+        vma = mm.find_vma(prev.vm_end)
+    if unmapped_error:
+        raise SyscallError("ENOMEM", "part of the range is not mapped")
+
+
+def madvise_vma_behavior(
+    m: Machine, vma: VmAreaStruct, start: int, end: int, behavior: int
+) -> VmAreaStruct:
+    """Apply ``behavior`` to ``[start, end)`` of ``vma``; returns ``*prev``."""
+    if behavior in (MADV_DONTNEED, MADV_FREE):
+        if vma.vm_flags & (VM_PFNMAP | VM_LOCKED):
+            raise SyscallError("EINVAL", "VM_PFNMAP or VM_LOCKED")
+        if behavior == MADV_DONTNEED:
+            zap_pte_range(m, vma.vm_mm, start, end)
+        elif vma.vm_file is not None:  # madvise_free_single_vma(): !vma_is_anonymous()
+            raise SyscallError("EINVAL", "MADV_FREE on a non-anonymous VMA")
+        # MADV_FREE marks folios lazily freeable; nothing changes until reclaim
+        return vma
+    if behavior in (MADV_COLD, MADV_PAGEOUT):
+        if vma.vm_flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
+            raise SyscallError("EINVAL", "VM_LOCKED, VM_PFNMAP or VM_HUGETLB")
+        madvise_cold_or_pageout(m, vma, start, end, behavior == MADV_PAGEOUT)
+        return vma
+    assert behavior in _FLAG_ADVICE
+    new_flags = vma.vm_flags
+    if behavior == MADV_DONTFORK:
+        new_flags |= VM_DONTCOPY
+    elif behavior == MADV_DOFORK:
+        if vma.vm_flags & VM_IO:
+            raise SyscallError("EINVAL", "VM_IO")
+        new_flags &= ~VM_DONTCOPY
+    elif behavior == MADV_WIPEONFORK:
+        if vma.vm_file is not None or vma.vm_flags & VM_SHARED:
+            raise SyscallError("EINVAL", "MADV_WIPEONFORK needs private anonymous memory")
+        new_flags |= VM_WIPEONFORK
+    elif behavior == MADV_KEEPONFORK:
+        new_flags &= ~VM_WIPEONFORK
+    elif behavior == MADV_MERGEABLE:
+        if not vma.vm_flags & VM_MERGEABLE and vma_ksm_compatible(vma):
+            m.ksm_enter(vma.vm_mm)
+            new_flags |= VM_MERGEABLE
+    elif behavior == MADV_UNMERGEABLE:
+        if new_flags & VM_MERGEABLE:
+            if vma.anon_vma is not None:
+                m.unmerge_ksm_pages(vma, start, end)
+            new_flags &= ~VM_MERGEABLE
+    elif behavior == MADV_HUGEPAGE:
+        new_flags = (new_flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
+    elif behavior == MADV_NOHUGEPAGE:
+        new_flags = (new_flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+    return madvise_update_vma(m, vma, start, end, new_flags)
+
+
+def madvise_update_vma(
+    m: Machine, vma: VmAreaStruct, start: int, end: int, new_flags: int
+) -> VmAreaStruct:
+    """``madvise_update_vma()``: merge or split, then set the flags (ENOMEM → EAGAIN)."""
+    if new_flags == vma.vm_flags:
+        return vma
+    try:
+        vma = vma_modify_flags(m, vma, start, end, new_flags)
+    except SyscallError as err:
+        if err.errno == "ENOMEM":
+            raise SyscallError("EAGAIN", err.why) from None
+        raise
+    vma.vm_flags = new_flags
+    return vma
+
+
+def vma_ksm_compatible(vma: VmAreaStruct) -> bool:
+    """``vma_ksm_compatible()``: KSM leaves shared and special mappings alone."""
+    bad = VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_HUGETLB | VM_MIXEDMAP
+    return not vma.vm_flags & bad
+
+
+def madvise_cold_or_pageout(
+    m: Machine, vma: VmAreaStruct, start: int, end: int, pageout: bool
+) -> None:
+    """``madvise_cold_or_pageout_pte_range()`` + ``reclaim_pages()``.
+
+    Folios mapped more than once and the zero page are skipped.  COLD only
+    clears the accessed bit.  PAGEOUT reclaims at once: an anon folio needs
+    swap (the machine may have none: then it stays mapped); a shmem page-cache
+    folio is unmapped and, with no swap to write it to, stays in the cache.
+    """
+    mm = vma.vm_mm
+    pgd = mm.pgd
+    for vpn, pte in list(mm.iter_ptes(start, end)):
+        if not pte & PTE_PRESENT:
+            continue
+        pfn = pte >> PTE_PFN_SHIFT
+        if pfn == ZERO_PFN:
+            continue
+        folio = m.mem_map[pfn]
+        if folio.mapcount != 1:
+            continue
+        pgd[vpn] = pte & ~PTE_YOUNG
+        if not pageout:
+            continue
+        if folio.anon:
+            if m.swap_enabled:
+                m.reclaim_folio(folio)
+        else:
+            del pgd[vpn]  # try_to_unmap(); shmem_writeout() then finds no swap
+            folio_remove_rmap_pte(m, folio)

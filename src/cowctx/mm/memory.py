@@ -1,0 +1,256 @@
+"""mm/memory.c: page faults, copy-on-write, PTE copying at fork and zapping.
+
+Model rules that stand in for kernel state the model does not track:
+refcount == mapcount (+1 while in the swap cache), no GUP pins, no THP.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowctx.mm.constants import (
+    PAGE_SHIFT,
+    VM_EXEC,
+    VM_MAYSHARE,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
+)
+from cowctx.mm.errors import AccessFault
+from cowctx.mm.folio import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_PFN_SHIFT,
+    PTE_PRESENT,
+    PTE_SWAP,
+    PTE_SWP_EXCLUSIVE,
+    PTE_WRITE,
+    PTE_YOUNG,
+    ZERO_PFN,
+    Folio,
+)
+from cowctx.mm.mm_types import MmStruct, VmAreaStruct, is_cow_mapping, linear_page_index
+from cowctx.mm.swap import (
+    delete_from_swap_cache,
+    do_swap_page,
+    folio_free_swap,
+    free_swap_and_cache,
+    swap_duplicate,
+)
+
+if TYPE_CHECKING:
+    from cowctx.mm.machine import Machine
+
+_PRESENT_WRITE_YOUNG_DIRTY = PTE_PRESENT | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
+
+
+def vmf_anon_prepare(m: Machine, vma: VmAreaStruct) -> None:
+    """``vmf_anon_prepare()``: make sure ``vma`` can hold anon folios."""
+    if vma.anon_vma is None:
+        m.rmap.anon_vma_prepare(vma)
+        assert vma.anon_vma is not None, "anon_vma_prepare must set vma.anon_vma"
+
+
+def folio_add_new_anon_rmap(m: Machine, folio: Folio, vma: VmAreaStruct, address: int) -> None:
+    """``folio_add_new_anon_rmap(..., RMAP_EXCLUSIVE)``: a fresh exclusive anon folio."""
+    folio.anon = True
+    folio.mapcount = 1
+    folio.anon_exclusive = True
+    m.rmap.folio_add_new_anon_rmap(folio, vma, address, True)
+
+
+def folio_remove_rmap_pte(m: Machine, folio: Folio) -> None:
+    """``folio_remove_rmap_pte()`` plus the folio_put that frees an unused anon folio."""
+    folio.mapcount -= 1
+    if folio.mapcount == 0 and folio.anon:
+        if folio.swapcache is None:
+            m.free_folio(folio)
+        elif m.swap.swap_map[folio.swapcache] == 0:
+            delete_from_swap_cache(m, folio)
+
+
+def _file_folio(m: Machine, vma: VmAreaStruct, address: int) -> Folio:
+    """``__do_fault()`` on a shmem file: the page-cache folio, SIGBUS beyond EOF."""
+    file = vma.vm_file
+    assert file is not None
+    index = linear_page_index(vma, address)
+    if index >= file.pages:
+        raise AccessFault("SIGBUS", address, f"page {index} beyond the end of {file.name}")
+    return m.filemap_get_folio(file, index)
+
+
+def handle_mm_fault(m: Machine, mm: MmStruct, address: int, write: bool) -> Folio | None:
+    """A user access to ``address``: resolve the fault if there is one and return
+    the folio now mapped there (None for the zero page).
+
+    ``access_error()`` and the fault paths of 6.18: ``do_anonymous_page``,
+    ``do_read_fault``, ``do_cow_fault``, ``do_shared_fault``, ``do_wp_page``,
+    ``do_swap_page``.
+    """
+    vma = mm.find_vma(address)
+    if vma is None or vma.vm_start > address:
+        raise AccessFault("SIGSEGV", address, "no VMA")
+    flags = vma.vm_flags
+    if write:
+        if not flags & VM_WRITE:
+            raise AccessFault("SIGSEGV", address, "VMA not writable")
+    elif not flags & (VM_READ | VM_WRITE | VM_EXEC):
+        raise AccessFault("SIGSEGV", address, "VMA not accessible")
+    vpn = address >> PAGE_SHIFT
+    pgd = mm.pgd
+    pte = pgd.get(vpn)
+    mem_map = m.mem_map
+    if pte is None:
+        return do_pte_missing(m, vma, address, write)
+    if not pte & PTE_PRESENT:
+        if pte & PTE_MIGRATION:
+            raise AssertionError(f"fault on a migration entry at {address:#x}")
+        do_swap_page(m, vma, address, pte, write)
+        return handle_mm_fault(m, mm, address, write)
+    if write and not pte & PTE_WRITE:
+        return do_wp_page(m, vma, address, pte)
+    pgd[vpn] = pte | (PTE_YOUNG | PTE_DIRTY if write else PTE_YOUNG)
+    pfn = pte >> PTE_PFN_SHIFT
+    return None if pfn == ZERO_PFN else mem_map[pfn]
+
+
+def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> Folio | None:
+    mm = vma.vm_mm
+    vpn = address >> PAGE_SHIFT
+    if vma.vm_file is None:  # do_anonymous_page()
+        if not write:
+            mm.pgd[vpn] = (ZERO_PFN << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
+            return None
+        vmf_anon_prepare(m, vma)
+        folio = m.alloc_folio(0)
+        folio_add_new_anon_rmap(m, folio, vma, address)
+        mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
+        return folio
+    if not write:  # do_read_fault()
+        folio = _file_folio(m, vma, address)
+        folio.mapcount += 1
+        writable = (vma.vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
+        mm.pgd[vpn] = (
+            (folio.pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if writable else 0)
+        )
+        return folio
+    if vma.vm_flags & VM_SHARED:  # do_shared_fault()
+        folio = _file_folio(m, vma, address)
+        folio.mapcount += 1
+        mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
+        return folio
+    # do_cow_fault(): copy the page-cache folio into a new anon folio
+    vmf_anon_prepare(m, vma)
+    source = _file_folio(m, vma, address)
+    folio = m.alloc_folio(source.content)
+    folio_add_new_anon_rmap(m, folio, vma, address)
+    mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
+    return folio
+
+
+def wp_can_reuse_anon_folio(m: Machine, folio: Folio, vma: VmAreaStruct) -> bool:
+    """``wp_can_reuse_anon_folio()`` for a small folio: reuse iff we hold the only
+    reference (a swap-cache reference is dropped first if the slot has no other
+    user); on success the folio moves to ``vma``'s anon rmap anchor."""
+    if folio.ksm:
+        return False
+    if folio.swapcache is not None:
+        folio_free_swap(m, folio)
+    if folio.mapcount != 1 or folio.swapcache is not None:
+        return False
+    m.rmap.folio_move_anon_rmap(folio, vma)
+    return True
+
+
+def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio | None:
+    """``do_wp_page()``: a write to a present, write-protected PTE."""
+    mm = vma.vm_mm
+    vpn = address >> PAGE_SHIFT
+    pfn = pte >> PTE_PFN_SHIFT
+    folio = None if pfn == ZERO_PFN else m.mem_map[pfn]
+    if vma.vm_flags & (VM_SHARED | VM_MAYSHARE):  # wp_page_shared(): no copy
+        mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
+        return folio
+    if (
+        folio is not None
+        and folio.anon
+        and (folio.anon_exclusive or wp_can_reuse_anon_folio(m, folio, vma))
+    ):
+        folio.anon_exclusive = True  # wp_page_reuse()
+        mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
+        return folio
+    return wp_page_copy(m, vma, address, folio)
+
+
+def wp_page_copy(
+    m: Machine, vma: VmAreaStruct, address: int, old: Folio | None, unshare: bool = False
+) -> Folio:
+    """``wp_page_copy()``: break CoW into a new exclusive anon folio (mapped
+    read-only for an unsharing fault, FAULT_FLAG_UNSHARE)."""
+    vmf_anon_prepare(m, vma)
+    new = m.alloc_folio(0 if old is None else old.content)
+    folio_add_new_anon_rmap(m, new, vma, address)
+    bits = PTE_PRESENT | PTE_YOUNG if unshare else _PRESENT_WRITE_YOUNG_DIRTY
+    vma.vm_mm.pgd[address >> PAGE_SHIFT] = (new.pfn << PTE_PFN_SHIFT) | bits
+    if old is not None:
+        folio_remove_rmap_pte(m, old)
+    return new
+
+
+def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
+    """``zap_pte_range()``: drop every mapping in ``[start, end)``."""
+    pgd = mm.pgd
+    mem_map = m.mem_map
+    for vpn, pte in list(mm.iter_ptes(start, end)):
+        del pgd[vpn]
+        if pte & PTE_PRESENT:
+            pfn = pte >> PTE_PFN_SHIFT
+            if pfn != ZERO_PFN:
+                folio_remove_rmap_pte(m, mem_map[pfn])
+        elif pte & PTE_SWAP:
+            free_swap_and_cache(m, pte >> PTE_PFN_SHIFT)
+        else:
+            raise AssertionError(f"zap of a migration entry at {vpn << PAGE_SHIFT:#x}")
+
+
+def vma_needs_copy(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> bool:
+    """``vma_needs_copy()``: only VMAs with anon state have PTEs worth copying;
+    the child refaults everything else."""
+    return src_vma.anon_vma is not None
+
+
+def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> None:
+    """``copy_page_range()`` → ``copy_present_ptes()`` / ``copy_nonpresent_pte()``.
+
+    Anon folios lose PageAnonExclusive and gain a mapping; writable PTEs of a
+    CoW mapping are write-protected in both; the child's PTE is old (and clean
+    in a shared mapping).  Swap entries are duplicated and lose their
+    exclusive mark in the parent.
+    """
+    if not vma_needs_copy(dst_vma, src_vma):
+        return
+    src_pgd = src_vma.vm_mm.pgd
+    dst_pgd = dst_vma.vm_mm.pgd
+    mem_map = m.mem_map
+    cow = is_cow_mapping(src_vma.vm_flags)
+    child_clear = PTE_YOUNG | (PTE_DIRTY if src_vma.vm_flags & VM_SHARED else 0)
+    for vpn, pte in list(src_vma.vm_mm.iter_ptes(src_vma.vm_start, src_vma.vm_end)):
+        if pte & PTE_PRESENT:
+            pfn = pte >> PTE_PFN_SHIFT
+            if pfn != ZERO_PFN:
+                folio = mem_map[pfn]
+                folio.mapcount += 1
+                if folio.anon:
+                    folio.anon_exclusive = False  # folio_try_dup_anon_rmap_pte()
+            if cow and pte & PTE_WRITE:
+                pte &= ~PTE_WRITE
+                src_pgd[vpn] = pte
+            dst_pgd[vpn] = pte & ~child_clear
+        elif pte & PTE_SWAP:
+            swap_duplicate(m, pte >> PTE_PFN_SHIFT)
+            if pte & PTE_SWP_EXCLUSIVE:
+                pte &= ~PTE_SWP_EXCLUSIVE
+                src_pgd[vpn] = pte
+            dst_pgd[vpn] = pte
+        else:
+            raise AssertionError("fork with a migration entry in place")

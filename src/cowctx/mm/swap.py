@@ -1,0 +1,131 @@
+"""mm/swapfile.c and mm/swap_state.c, reduced: swap slots with use counts and a
+swap cache.  The reference machine has no swap, so only the model's own
+``reclaim`` client swaps; swap-in is where a non-exclusive anon folio is set up
+(``__folio_set_anon(..., exclusive=false)``), an rmap path worth exercising.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowctx.mm.constants import PAGE_SHIFT, VM_WRITE
+from cowctx.mm.folio import (
+    PTE_DIRTY,
+    PTE_PFN_SHIFT,
+    PTE_PRESENT,
+    PTE_SWP_EXCLUSIVE,
+    PTE_WRITE,
+    PTE_YOUNG,
+    Folio,
+)
+from cowctx.mm.mm_types import VmAreaStruct
+
+if TYPE_CHECKING:
+    from cowctx.mm.machine import Machine
+
+
+class SwapSpace:
+    """Swap slots: use count per slot (``swap_map``), the data written there, and
+    the swap cache (slot -> folio)."""
+
+    def __init__(self) -> None:
+        self.swap_map: dict[int, int] = {}
+        self.data: dict[int, int] = {}
+        self.cache: dict[int, Folio] = {}
+        self._next_slot = 1
+
+    def alloc(self, content: int) -> int:
+        """``folio_alloc_swap()``: a slot for a folio about to be written out."""
+        slot = self._next_slot
+        self._next_slot += 1
+        self.swap_map[slot] = 0
+        self.data[slot] = content
+        return slot
+
+    def __len__(self) -> int:
+        return len(self.swap_map)
+
+
+def add_to_swap_cache(m: Machine, folio: Folio, slot: int) -> None:
+    folio.swapcache = slot
+    m.swap.cache[slot] = folio
+
+
+def delete_from_swap_cache(m: Machine, folio: Folio) -> None:
+    """Drop ``folio`` from the swap cache; free the slot if no PTE uses it."""
+    slot = folio.swapcache
+    assert slot is not None
+    del m.swap.cache[slot]
+    folio.swapcache = None
+    _maybe_free_slot(m, slot)
+    if folio.mapcount == 0 and folio.anon and not folio.freed:
+        m.free_folio(folio)
+
+
+def _maybe_free_slot(m: Machine, slot: int) -> None:
+    swap = m.swap
+    if swap.swap_map.get(slot) == 0 and slot not in swap.cache:
+        del swap.swap_map[slot]
+        del swap.data[slot]
+
+
+def swap_duplicate(m: Machine, slot: int) -> None:
+    """``swap_duplicate()``: fork copied a swap PTE."""
+    m.swap.swap_map[slot] += 1
+
+
+def folio_free_swap(m: Machine, folio: Folio) -> bool:
+    """``folio_free_swap()``: leave the swap cache if no swap PTE still needs the slot."""
+    slot = folio.swapcache
+    if slot is None or m.swap.swap_map[slot] != 0:
+        return False
+    m.swap.cache.pop(slot)
+    folio.swapcache = None
+    _maybe_free_slot(m, slot)
+    return True
+
+
+def free_swap_and_cache(m: Machine, slot: int) -> None:
+    """``free_swap_and_cache()``: a swap PTE was zapped."""
+    swap = m.swap
+    swap.swap_map[slot] -= 1
+    if swap.swap_map[slot] == 0:
+        folio = swap.cache.get(slot)
+        if folio is not None and folio.mapcount == 0:
+            delete_from_swap_cache(m, folio)  # __try_to_reclaim_swap()
+        _maybe_free_slot(m, slot)
+
+
+def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: bool) -> None:
+    """``do_swap_page()`` (order-0, no KSM copy, no writeback in flight)."""
+    swap = m.swap
+    slot = pte >> PTE_PFN_SHIFT
+    folio = swap.cache.get(slot)
+    if folio is None:  # swapin: a fresh folio into the swap cache
+        folio = m.alloc_folio(swap.data[slot])
+        add_to_swap_cache(m, folio, slot)
+    exclusive = bool(pte & PTE_SWP_EXCLUSIVE)
+    swap.swap_map[slot] -= 1  # swap_free()
+    if write and not folio.ksm and folio.mapcount == 0:  # should_try_to_free_swap()
+        folio_free_swap(m, folio)
+    if not folio.ksm and (exclusive or (folio.mapcount == 0 and folio.swapcache is None)):
+        exclusive = True
+        writable = bool(vma.vm_flags & VM_WRITE)
+    else:
+        exclusive = writable = False
+    if not folio.anon:
+        m.rmap.folio_add_new_anon_rmap(folio, vma, address, exclusive)
+        folio.anon = True
+        folio.mapcount = 1
+        folio.anon_exclusive = exclusive
+    else:  # folio_add_anon_rmap_ptes()
+        folio.mapcount += 1
+        if exclusive:
+            folio.anon_exclusive = True
+    vma.vm_mm.pgd[address >> PAGE_SHIFT] = (
+        (folio.pfn << PTE_PFN_SHIFT)
+        | PTE_PRESENT
+        | PTE_YOUNG
+        | (PTE_WRITE | (PTE_DIRTY if write else 0) if writable else 0)
+    )
+    _maybe_free_slot(m, slot)

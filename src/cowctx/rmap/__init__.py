@@ -1,0 +1,1 @@
+"""The anonymous rmap protocol every design implements, and the walk machinery."""

@@ -1,0 +1,1 @@
+"""Scenario files (format ``cowctx-scenario/1``): schema, loading and running."""

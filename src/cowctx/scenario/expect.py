@@ -1,0 +1,44 @@
+"""Check a result against a scenario's ``expect`` block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cowctx.scenario.schema import Scenario
+
+
+def check_expect(scenario: Scenario, result: dict[str, Any]) -> list[str]:
+    """Failures, one message each naming the field; empty when all hold.
+
+    Object kinds the design does not have (anon_vma counts on a CoW context
+    design) are not checked; ``maps`` is checked on every design.
+    """
+    expect = scenario.expect
+    if expect is None:
+        return []
+    failures: list[str] = []
+    objects = result["final"]["objects"]
+    for kind, want in expect.object_counts().items():
+        if kind not in objects:
+            continue
+        for field in ("live", "allocated", "freed"):
+            wanted = getattr(want, field)
+            if wanted is not None and objects[kind][field] != wanted:
+                failures.append(
+                    f"expect.{kind}.{field}: expected {wanted}, got {objects[kind][field]}"
+                )
+    if expect.maps is not None:
+        got_maps = result["final"]["maps"]
+        for proc, lines in expect.maps.items():
+            want_lines = [list(line) for line in lines]
+            got = got_maps.get(proc)
+            if got is None:
+                failures.append(f"expect.maps.{proc}: process is not alive at the end")
+            elif got != want_lines:
+                failures.append(f"expect.maps.{proc}: expected {want_lines}, got {got}")
+    for i, (step, rec) in enumerate(zip(scenario.steps, result["steps"], strict=False)):
+        if step.errno != rec["errno"]:
+            failures.append(
+                f"steps.{i} ({step.op}).errno: expected {step.errno}, got {rec['errno']}"
+            )
+    return failures

@@ -13,7 +13,7 @@ from cowctx.designs import design_names
 from cowctx.scenario.expect import check_expect
 from cowctx.scenario.loader import ScenarioError, load_scenario
 
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_NO_KERNEL = 0, 1, 2, 3
 
 
 def _designs(value: str) -> list[str]:
@@ -55,14 +55,8 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
     from cowctx.scenario.runner import run_scenario
 
     designs = _designs(design)
-    scenarios = []
-    for path in files:
-        try:
-            scenarios.append(load_scenario(path))
-        except ScenarioError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-    console = Console(highlight=False)
+    scenarios = _load_all(files)
+    console = Console(highlight=False, soft_wrap=True)
     failed = False
     for scenario in scenarios:
         for name in designs:
@@ -75,6 +69,83 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
             else:
                 print_result(console, result, failures)
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+def _load_all(files: tuple[Path, ...]) -> list:  # type: ignore[type-arg]
+    scenarios = []
+    for path in files:
+        try:
+            scenarios.append(load_scenario(path))
+        except ScenarioError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    return scenarios
+
+
+@main.command("kernel-diff")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON Lines: the model's and the kernel's result per scenario.",
+)
+def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
+    """Run FILES on the model and on the running kernel and show where they differ.
+
+    Exit 0 when all agree, 1 on any disagreement, 2 for a bad or model-only
+    file, 3 when the kernel cannot be observed (the reason is printed)."""
+    from cowctx.linux import KernelSession, kernel_unavailable_reason
+    from cowctx.linux.diff import kernel_diff
+
+    scenarios = _load_all(files)
+    for scenario, path in zip(scenarios, files, strict=True):
+        if scenario.model_only_steps:
+            i = scenario.model_only_steps[0]
+            click.echo(
+                f"error: {path}: step {i} ({scenario.steps[i].op}) is model-only; "
+                "kernel-diff cannot run this file",
+                err=True,
+            )
+            sys.exit(EXIT_BAD_INPUT)
+    reason = kernel_unavailable_reason()
+    if reason is not None:
+        if as_json:
+            for scenario in scenarios:
+                click.echo(
+                    json.dumps(
+                        {
+                            "scenario": scenario.name,
+                            "design": "linux",
+                            "available": False,
+                            "reason": reason,
+                        }
+                    )
+                )
+        click.echo(f"kernel not observable: {reason}", err=True)
+        sys.exit(EXIT_NO_KERNEL)
+    console = Console(highlight=False, stderr=as_json, soft_wrap=True)
+    disagree = 0
+    with KernelSession() as session:
+        for scenario in scenarios:
+            model, kernel, diffs = kernel_diff(scenario, session)
+            disagree += bool(diffs)
+            if as_json:
+                click.echo(json.dumps(model, sort_keys=True))
+                click.echo(json.dumps(kernel, sort_keys=True))
+                continue
+            mark = "[green]agree[/]" if not diffs else f"[red]{len(diffs)} differences[/]"
+            model_ns = sum(s["time_ns"] for s in model["steps"])
+            kernel_ns = sum(s["time_ns"] or 0 for s in kernel["steps"])
+            console.print(
+                f"{mark} [bold]{scenario.name}[/]  (model {model_ns / 1e6:.2f} ms, "
+                f"kernel {kernel_ns / 1e6:.2f} ms)"
+            )
+            for d in diffs:
+                console.print(f"  {d}")
+    if not as_json:
+        console.print(f"{len(scenarios) - disagree} of {len(scenarios)} scenarios agree")
+    sys.exit(EXIT_FAIL if disagree else EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TRACEFS = Path("/sys/kernel/tracing")
+TRACEFS = Path(os.environ.get("COWCTX_TRACEFS", "/sys/kernel/tracing"))
+"""Where tracefs is (or gets) mounted; COWCTX_TRACEFS overrides it, which tests use
+to show what happens on a machine without tracefs."""
 INSTANCE_PREFIX = "cowctx-"
 KINDS = ("anon_vma", "anon_vma_chain")
 EVENTS = ("kmem_cache_alloc", "kmem_cache_free")

@@ -30,6 +30,7 @@ from cowctx.mm.ksm_scan import ksm_do_scan
 from cowctx.mm.machine import Machine
 from cowctx.mm.mm_types import TaskStruct
 from cowctx.oracle.oracle import Violation, check_machine
+from cowctx.rmap.protocol import AnonRmap
 from cowctx.scenario import schema as S
 from cowctx.scenario.results import build_result
 
@@ -72,15 +73,17 @@ class StepError(Exception):
 
 def run_scenario(
     scenario: S.Scenario,
-    design: str = "anon_vma",
+    design: str | type[AnonRmap] = "anon_vma",
     *,
     check: bool = True,
     timing: bool = False,
     stop_on_violation: bool = False,
 ) -> ScenarioRun:
     """Run every step; with ``check`` the oracle compares every anon folio's rmap
-    walk with the page tables after each step."""
+    walk with the page tables after each step.  ``design`` is a design name or an
+    :class:`AnonRmap` subclass (tests use deliberately broken ones)."""
     machine = make_machine(design)
+    design = design if isinstance(design, str) else design.name
     procs = {"p0": machine.spawn("p0")}
     for name, spec in scenario.files.items():
         machine.create_file(name, spec.pages)

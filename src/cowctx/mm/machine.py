@@ -226,20 +226,41 @@ class Machine:
         it with content no other page has.  Faults as the kernel would; raises
         :class:`~cowctx.mm.errors.AccessFault` for SIGSEGV/SIGBUS.
         """
-        with self.operation("fault"):
-            folio = handle_mm_fault(self, _mm(task), addr & PAGE_MASK, write)
-            if write:
-                assert folio is not None
-                folio.content = self.contents.unique() if value is None else value
+        content = self._access_pages(task, addr & PAGE_MASK, 1, write, value)
         self._done("fault")
-        return 0 if folio is None else folio.content
+        return content
 
     def access_range(
         self, task: TaskStruct, addr: int, pages: int, write: bool, value: int | None = None
     ) -> None:
         """Touch ``pages`` pages from ``addr`` in order (stops at the first fault)."""
-        for i in range(pages):
-            self.access(task, addr + i * PAGE_SIZE, write, value)
+        try:
+            self._access_pages(task, addr & PAGE_MASK, pages, write, value)
+        finally:
+            self._done("fault")
+
+    def _access_pages(
+        self, task: TaskStruct, addr: int, pages: int, write: bool, value: int | None
+    ) -> int:
+        """The fault loop behind :meth:`access` and :meth:`access_range`; returns
+        the last page's content.  Kept lean: it is the model's hottest path."""
+        mm = _mm(task)
+        ledger = self.ledger
+        outer, ledger.op = ledger.op, "fault"
+        content = 0
+        try:
+            for _ in range(pages):
+                folio = handle_mm_fault(self, mm, addr, write)
+                if folio is not None:
+                    if write:
+                        folio.content = self.contents.unique() if value is None else value
+                    content = folio.content
+                else:
+                    content = 0
+                addr += PAGE_SIZE
+        finally:
+            ledger.op = outer
+        return content
 
     # --- hooks the mm code calls into other subsystems --------------------------------
 
@@ -263,6 +284,8 @@ class Machine:
         return reclaim_folio(self, folio).freed
 
     def _done(self, op: str) -> None:
+        if not self.after_op:
+            return
         for hook in self.after_op:
             hook(op)
 

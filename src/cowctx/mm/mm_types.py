@@ -125,6 +125,7 @@ class MmStruct:
         "pgd",
         "start_brk",
         "task_size",
+        "vmacache",
     )
 
     def __init__(self, mm_id: int) -> None:
@@ -138,16 +139,24 @@ class MmStruct:
         self.brk = DEFAULT_BRK_BASE
         self.mm_users = 1
         self.owner: TaskStruct | None = None
+        self.vmacache: VmAreaStruct | None = None
 
     # --- VMA tree (the maple tree's role) -------------------------------------------
 
     def find_vma(self, addr: int) -> VmAreaStruct | None:
-        """``find_vma()``: the first VMA with ``vm_end > addr``."""
+        """``find_vma()``: the first VMA with ``vm_end > addr``.
+
+        The last VMA found is cached (as the kernel's old per-thread vmacache
+        did) because faults come in runs; any change to the tree drops it."""
+        cached = self.vmacache
+        if cached is not None and cached.vm_start <= addr < cached.vm_end:
+            return cached
         mt = self.mm_mt
         i = mt.bisect_right(addr)
         if i:
             vma = mt.peekitem(i - 1)[1]
             if vma.vm_end > addr:
+                self.vmacache = vma
                 return vma  # type: ignore[no-any-return]
         if i < len(mt):
             return mt.peekitem(i)[1]  # type: ignore[no-any-return]
@@ -188,14 +197,17 @@ class MmStruct:
         return list(self.mm_mt.values())
 
     def vma_store(self, vma: VmAreaStruct) -> None:
+        self.vmacache = None
         self.mm_mt[vma.vm_start] = vma
 
     def vma_erase(self, vma: VmAreaStruct) -> None:
+        self.vmacache = None
         if self.mm_mt.get(vma.vm_start) is vma:
             del self.mm_mt[vma.vm_start]
 
     def vma_set_range(self, vma: VmAreaStruct, start: int, end: int, pgoff: int) -> None:
         """``vma_set_range()`` plus the tree update a maple-tree store does."""
+        self.vmacache = None
         if vma.vm_start != start and self.mm_mt.get(vma.vm_start) is vma:
             del self.mm_mt[vma.vm_start]
             vma.vm_start = start

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, ClassVar, cast
 
 from cowctx.designs.anon_vma.structs import AnonVma, AnonVmaChain, AnonVmaVma
 from cowctx.metrics.ledger import LockHold, ObjectKind
-from cowctx.mm.constants import VM_ACCESS_FLAGS, VM_SOFTDIRTY
+from cowctx.mm.constants import PAGE_SHIFT, VM_ACCESS_FLAGS, VM_SOFTDIRTY
 from cowctx.mm.folio import Folio
-from cowctx.mm.mm_types import VmAreaStruct, linear_page_index, vma_address, vma_pages
+from cowctx.mm.mm_types import VmAreaStruct, vma_address, vma_pages
 from cowctx.rmap.protocol import AnonRmap, RmapWalkControl
 
 if TYPE_CHECKING:
@@ -308,10 +308,9 @@ class AnonVmaRmap(AnonRmap):
     ) -> None:
         """``__folio_set_anon()``: an exclusive folio points at the VMA's anon_vma,
         a non-exclusive one (swap-in) at the root, the oldest possible."""
-        anon_vma = _av(vma)
-        assert anon_vma is not None
+        anon_vma: AnonVma = vma.anon_vma  # type: ignore[assignment]
         folio.mapping = anon_vma if exclusive else anon_vma.root
-        folio.index = linear_page_index(vma, address)
+        folio.index = ((address - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
 
     def folio_move_anon_rmap(self, folio: Folio, vma: VmAreaStruct) -> None:
         """``folio_move_anon_rmap()``: one store, no anon_vma lock needed."""

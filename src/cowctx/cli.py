@@ -71,6 +71,38 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
 
 
+@main.command()
+@click.option(
+    "--design",
+    "design",
+    default="all",
+    show_default=True,
+    help="Design name, a comma-separated list, or 'all'.",
+)
+def demo(design: str) -> None:
+    """Run the built-in scenarios and say what each one shows."""
+    from importlib.resources import files as package_files
+
+    from cowctx.report_text import print_result
+    from cowctx.scenario.runner import run_scenario
+
+    designs = _designs(design)
+    console = Console(highlight=False, soft_wrap=True)
+    builtin = package_files("cowctx") / "scenarios_builtin"
+    paths = sorted(p for p in builtin.iterdir() if p.name.endswith(".yaml"))
+    failed = False
+    for path in paths:
+        scenario = load_scenario(Path(str(path)))
+        console.rule(f"[bold]{scenario.name}")
+        console.print(" ".join((scenario.description or "").split()))
+        for name in designs:
+            result = run_scenario(scenario, name).result()
+            failures = check_expect(scenario, result)
+            failed |= bool(failures or result["oracle"]["violations"])
+            print_result(console, result, failures)
+    sys.exit(EXIT_FAIL if failed else EXIT_OK)
+
+
 def _load_all(files: tuple[Path, ...]) -> list:  # type: ignore[type-arg]
     scenarios = []
     for path in files:

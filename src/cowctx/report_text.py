@@ -50,12 +50,11 @@ def print_result(console: Console, result: dict[str, Any], failures: list[str]) 
             )
         console.print(locks)
     if result["walks"]:
-        walks = Table("walk client", "walks", *WALK_UNITS, box=None, padding=(0, 1))
+        console.print("  rmap walk cost, mean per walk:")
         for client, agg in result["walks"].items():
             n = agg["walks"]
-            walks.add_row(client, str(n), *(f"{agg[u] / n:.1f}" for u in WALK_UNITS))
-        console.print("  rmap walk cost per walk:")
-        console.print(walks)
+            units = ", ".join(f"{u} {agg[u] / n:.1f}" for u in WALK_UNITS if agg[u])
+            console.print(f"    {client} x{n}: {units}")
     for v in result["oracle"]["violations"]:
         console.print(
             f"  [red]violation[/] step {v['step']} ({v['op']}) {v['kind']}: {v['detail']}"

@@ -101,6 +101,8 @@ class Machine:
         base = self.contents.unique_block(pages)
         file = File(name, pages, lambda index: base + index)
         self.files[name] = file
+        for index in range(pages):  # written when created: every page is cached
+            self.filemap_get_folio(file, index)
         return file
 
     def shmem_zero_setup(self, pages: int) -> File:

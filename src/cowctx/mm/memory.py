@@ -127,6 +127,10 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
         mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
         return folio
     if not write:  # do_read_fault()
+        do_fault_around(m, vma, address)
+        pte = mm.pgd.get(vpn)
+        if pte is not None:
+            return m.mem_map[pte >> PTE_PFN_SHIFT]
         folio = _file_folio(m, vma, address)
         folio.mapcount += 1
         writable = (vma.vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
@@ -146,6 +150,44 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
     folio_add_new_anon_rmap(m, folio, vma, address)
     mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
     return folio
+
+
+FAULT_AROUND_PAGES = 16
+"""``fault_around_bytes`` (64 KiB) in pages."""
+PTRS_PER_PTE = 512
+
+
+def do_fault_around(m: Machine, vma: VmAreaStruct, address: int) -> None:
+    """``do_fault_around()`` → ``filemap_map_pages()``: a read fault on a file VMA
+    also maps the already-cached pages of the aligned 16-page window around it
+    (clipped to the VMA, the page table and the file), read-only in a private
+    mapping, as the VMA's protection allows in a shared one."""
+    file = vma.vm_file
+    assert file is not None
+    pte_off = (address >> PAGE_SHIFT) & (PTRS_PER_PTE - 1)
+    vma_off = (address - vma.vm_start) >> PAGE_SHIFT
+    from_pte = max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - min(pte_off, vma_off))
+    to_pte = (
+        min(
+            from_pte + FAULT_AROUND_PAGES,
+            PTRS_PER_PTE,
+            pte_off + ((vma.vm_end - vma.vm_start) >> PAGE_SHIFT) - vma_off,
+        )
+        - 1
+    )
+    pgoff = linear_page_index(vma, address)
+    start_pgoff = pgoff + from_pte - pte_off
+    end_pgoff = min(pgoff + to_pte - pte_off, file.pages - 1)
+    writable = (vma.vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
+    bits = PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if writable else 0)
+    pgd = vma.vm_mm.pgd
+    base = (vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff
+    for index in range(start_pgoff, end_pgoff + 1):
+        folio = file.i_pages.get(index)
+        if folio is None or (base + index) in pgd:
+            continue
+        pgd[base + index] = (folio.pfn << PTE_PFN_SHIFT) | bits
+        folio.mapcount += 1
 
 
 def wp_can_reuse_anon_folio(m: Machine, folio: Folio, vma: VmAreaStruct) -> bool:

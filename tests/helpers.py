@@ -19,3 +19,36 @@ def scenario(name: str, steps: list[dict[str, Any]], **extra: Any) -> Scenario:
 
 def kernel_capable_files() -> list[Path]:
     return [p for p in SCENARIO_FILES if not load_scenario(p).model_only_steps]
+
+
+W = 0x2000_0000_0000
+"""Page 0 of the scenario window."""
+PAGE = 4096
+
+
+def page(n: int) -> int:
+    return W + n * PAGE
+
+
+def run(steps: list[dict[str, Any]], design: str = "anon_vma", **extra: Any):  # type: ignore[no-untyped-def]
+    """Run inline steps with the oracle on; fails the test on any violation."""
+    from cowctx.scenario.runner import run_scenario
+
+    result = run_scenario(scenario("t", steps, **extra), design)
+    assert [str(v) for v in result.violations] == []
+    return result
+
+
+def layout(result, proc: str = "p0") -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
+    """The window VMAs of ``proc`` as (start_page, end_page, perms)."""
+    return [tuple(x) for x in result.result()["final"]["maps"][proc]]  # type: ignore[misc]
+
+
+def objects(result, kind: str) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+    """(allocated, freed, live) of one object kind."""
+    s = result.machine.ledger.objects[kind]
+    return s.allocated, s.freed, s.live
+
+
+def errnos(result) -> list[str | None]:  # type: ignore[no-untyped-def]
+    return [s.errno for s in result.steps]

@@ -202,6 +202,7 @@ def remap_move(m: Machine, vrm: VmaRemapStruct) -> int:
             raise SyscallError("EFAULT", "the range starts in a hole")
         addr = max(vma.vm_start, start)
         piece_end = min(end, vma.vm_end)
+        vma_end = vma.vm_end
         # anon and shmem VMAs may always be moved together (vma_multi_allowed())
         piece = VmaRemapStruct(
             mm, addr, piece_end - addr, piece_end - addr, vrm.flags, new_addr + (addr - start), vma
@@ -210,7 +211,7 @@ def remap_move(m: Machine, vrm: VmaRemapStruct) -> int:
         moved = mremap_to(m, piece)
         if result is None:
             result = moved
-        cur = piece_end
+        cur = vma_end  # the iterator moves past the whole source VMA
     if result is None:
         raise SyscallError("EFAULT", "nothing mapped in the range")
     return result

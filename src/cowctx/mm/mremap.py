@@ -194,7 +194,7 @@ def remap_move(m: Machine, vrm: VmaRemapStruct) -> int:
     start, end, new_addr = vrm.addr, vrm.addr + vrm.old_len, vrm.new_addr
     result: int | None = None
     cur = start
-    while True:
+    while cur < end:  # for_each_vma_range(): the search never starts at or past end
         vma = mm.find_vma(cur)
         if vma is None or vma.vm_start >= end:
             break

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from cowctx.designs import design_names
 from cowctx.scenario.expect import check_expect
@@ -174,7 +175,7 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
                 f"kernel {kernel_ns / 1e6:.2f} ms)"
             )
             for d in diffs:
-                console.print(f"  {d}")
+                console.print(f"  {escape(d)}")
     if not as_json:
         console.print(f"{len(scenarios) - disagree} of {len(scenarios)} scenarios agree")
     sys.exit(EXIT_FAIL if disagree else EXIT_OK)

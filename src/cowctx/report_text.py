@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cowctx.metrics.ledger import WALK_UNITS
@@ -57,7 +58,7 @@ def print_result(console: Console, result: dict[str, Any], failures: list[str]) 
             console.print(f"    {client} x{n}: {units}")
     for v in result["oracle"]["violations"]:
         console.print(
-            f"  [red]violation[/] step {v['step']} ({v['op']}) {v['kind']}: {v['detail']}"
+            f"  [red]violation[/] step {v['step']} ({v['op']}) {v['kind']}: {escape(v['detail'])}"
         )
     for f in failures:
-        console.print(f"  [red]expectation failed[/] {f}")
+        console.print(f"  [red]expectation failed[/] {escape(f)}")

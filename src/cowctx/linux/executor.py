@@ -355,8 +355,14 @@ class KernelSession:
         run.trace = trace
         file_fds: list[int] = []
         was_subreaper = get_child_subreaper()
+        affinity = os.sched_getaffinity(0)
         result: dict[str, Any]
         try:
+            # One CPU for the controller and every worker (they inherit it): the
+            # per-CPU LRU batches then hold no folio another CPU added, so
+            # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
+            # the model does; on several CPUs the outcome depends on scheduling.
+            os.sched_setaffinity(0, {min(affinity)})
             set_child_subreaper(True)
             run.file_fd, file_fds = _make_files(scenario)
             run.add(WorkerProcess.spawn(self.binary, "p0", file_fds))
@@ -395,6 +401,7 @@ class KernelSession:
         finally:
             with _sigint_deferred():
                 problems = _cleanup(run, file_fds, was_subreaper)
+                os.sched_setaffinity(0, affinity)
         if problems:
             raise KernelRunError("cleanup incomplete: " + "; ".join(problems))
         return result

@@ -27,9 +27,11 @@ class Folio:
         "anon",
         "anon_exclusive",
         "content",
+        "dirty",
         "freed",
         "index",
         "ksm",
+        "lazyfree",
         "mapcount",
         "mapping",
         "pfn",
@@ -47,6 +49,12 @@ class Folio:
         self.content = content
         self.swapcache: int | None = None
         self.freed = False
+        self.lazyfree = False
+        self.dirty = False
+        """PG_dirty of a page-cache folio: written since it was read in.  A clean
+        shmem folio holds only zeroes, so reclaim may drop it from the cache."""
+        """MADV_FREE'd: not swap-backed; reclaim discards it unless a PTE was
+        dirtied since (``folio_mark_lazyfree()``)."""
 
     def __repr__(self) -> str:
         kind = "ksm" if self.ksm else "anon" if self.anon else "file"

@@ -77,7 +77,8 @@ class Machine:
         return folio
 
     def free_folio(self, folio: Folio) -> None:
-        """The last reference to an anon folio is gone."""
+        """The last reference to a folio is gone (an anon folio unmapped, a
+        page-cache folio dropped from its cache)."""
         assert folio.mapcount == 0 and folio.swapcache is None, folio
         del self.mem_map[folio.pfn]
         folio.freed = True
@@ -101,8 +102,8 @@ class Machine:
         base = self.contents.unique_block(pages)
         file = File(name, pages, lambda index: base + index)
         self.files[name] = file
-        for index in range(pages):  # written when created: every page is cached
-            self.filemap_get_folio(file, index)
+        for index in range(pages):  # written when created: every page is cached, dirty
+            self.filemap_get_folio(file, index).dirty = True
         return file
 
     def shmem_zero_setup(self, pages: int) -> File:
@@ -256,6 +257,7 @@ class Machine:
                 if folio is not None:
                     if write:
                         folio.content = self.contents.unique() if value is None else value
+                        folio.dirty = True
                     content = folio.content
                 else:
                     content = 0

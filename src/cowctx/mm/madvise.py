@@ -34,9 +34,11 @@ from cowctx.mm.constants import (
     VM_WIPEONFORK,
 )
 from cowctx.mm.errors import SyscallError
-from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, PTE_YOUNG, ZERO_PFN
+from cowctx.mm.file import File
+from cowctx.mm.folio import PTE_DIRTY, PTE_PFN_SHIFT, PTE_PRESENT, PTE_SWAP, PTE_YOUNG, ZERO_PFN
 from cowctx.mm.memory import folio_remove_rmap_pte, zap_pte_range
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
+from cowctx.mm.swap import folio_free_swap, free_swap_and_cache
 from cowctx.mm.vma import vma_modify_flags
 
 if TYPE_CHECKING:
@@ -103,7 +105,8 @@ def madvise_vma_behavior(
             zap_pte_range(m, vma.vm_mm, start, end)
         elif vma.vm_file is not None:  # madvise_free_single_vma(): !vma_is_anonymous()
             raise SyscallError("EINVAL", "MADV_FREE on a non-anonymous VMA")
-        # MADV_FREE marks folios lazily freeable; nothing changes until reclaim
+        else:
+            madvise_free_pte_range(m, vma, start, end)
         return vma
     if behavior in (MADV_COLD, MADV_PAGEOUT):
         if vma.vm_flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
@@ -156,6 +159,26 @@ def madvise_update_vma(
     return vma
 
 
+def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) -> None:
+    """``madvise_free_pte_range()``: clean the PTEs and mark the folios lazily
+    freeable; a folio in the swap cache is only touched when this is its only
+    mapping (then its swap is freed).  Nothing visible changes until reclaim."""
+    pgd = vma.vm_mm.pgd
+    for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
+        if pte & PTE_SWAP:
+            free_swap_and_cache(m, pte >> PTE_PFN_SHIFT)
+            del pgd[vpn]
+            continue
+        if not pte & PTE_PRESENT or pte >> PTE_PFN_SHIFT == ZERO_PFN:
+            continue
+        folio = m.mem_map[pte >> PTE_PFN_SHIFT]
+        if folio.swapcache is not None and (folio.mapcount != 1 or not folio_free_swap(m, folio)):
+            continue
+        pgd[vpn] = pte & ~(PTE_YOUNG | PTE_DIRTY)
+        if folio.anon and not folio.ksm and folio.swapcache is None:
+            folio.lazyfree = True  # folio_mark_lazyfree()
+
+
 def vma_ksm_compatible(vma: VmAreaStruct) -> bool:
     """``vma_ksm_compatible()``: KSM leaves shared and special mappings alone."""
     bad = VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_HUGETLB | VM_MIXEDMAP
@@ -169,8 +192,10 @@ def madvise_cold_or_pageout(
 
     Folios mapped more than once and the zero page are skipped.  COLD only
     clears the accessed bit.  PAGEOUT reclaims at once: an anon folio needs
-    swap (the machine may have none: then it stays mapped); a shmem page-cache
-    folio is unmapped and, with no swap to write it to, stays in the cache.
+    swap (the machine may have none: then it stays mapped) unless MADV_FREE made
+    it lazily freeable; a shmem page-cache folio is unmapped and, with no swap to
+    write it to, stays in the cache if dirty, and is dropped if clean (it holds
+    only zeroes).
     """
     mm = vma.vm_mm
     pgd = mm.pgd
@@ -187,8 +212,19 @@ def madvise_cold_or_pageout(
         if not pageout:
             continue
         if folio.anon:
-            if m.swap_enabled:
+            if folio.lazyfree:
+                if not pte & PTE_DIRTY:  # try_to_unmap_one(): discard a clean lazyfree folio
+                    del pgd[vpn]
+                    folio_remove_rmap_pte(m, folio)
+                else:  # redirtied since MADV_FREE: swap-backed again, stays
+                    folio.lazyfree = False
+            elif m.swap_enabled:
                 m.reclaim_folio(folio)
-        else:
-            del pgd[vpn]  # try_to_unmap(); shmem_writeout() then finds no swap
+        else:  # try_to_unmap(), then a dirty shmem folio finds no swap to go to
+            del pgd[vpn]
             folio_remove_rmap_pte(m, folio)
+            if not folio.dirty:  # __remove_mapping(): a clean one leaves the cache
+                file = folio.mapping
+                assert isinstance(file, File)
+                del file.i_pages[folio.index]
+                m.free_folio(folio)

@@ -18,8 +18,11 @@ def dup_mmap(m: Machine, mm: MmStruct, oldmm: MmStruct) -> None:
 
     VM_DONTCOPY VMAs are left out; VM_WIPEONFORK ones are copied without anon
     state or PTEs; every other VMA goes through ``anon_vma_fork()`` and then
-    ``copy_page_range()``.  VM_LOCKED/VM_LOCKONFAULT are not inherited.
+    ``copy_page_range()``.  VM_LOCKED/VM_LOCKONFAULT are not inherited.  A KSM
+    parent's child is registered with KSM too (``ksm_fork()``).
     """
+    if oldmm.mm_id in m.ksm.mm_slots:
+        m.ksm_enter(mm)
     for mpnt in oldmm.vmas():
         if mpnt.vm_flags & VM_DONTCOPY:
             continue

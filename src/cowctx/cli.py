@@ -181,5 +181,14 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
     sys.exit(EXIT_FAIL if disagree else EXIT_OK)
 
 
+def _register_subcommands() -> None:
+    from cowctx.fuzz.cli import fuzz_command
+
+    main.add_command(fuzz_command, "fuzz")
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -60,5 +60,10 @@ def print_result(console: Console, result: dict[str, Any], failures: list[str]) 
         console.print(
             f"  [red]violation[/] step {v['step']} ({v['op']}) {v['kind']}: {escape(v['detail'])}"
         )
+    for v in result["oracle"].get("kernel_limits", []):
+        console.print(
+            f"  [yellow]kernel limit[/] step {v['step']} ({v['op']}) {v['kind']}: "
+            f"{escape(v['detail'])}"
+        )
     for f in failures:
         console.print(f"  [red]expectation failed[/] {escape(f)}")

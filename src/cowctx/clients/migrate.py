@@ -60,6 +60,10 @@ def migrate_folio(m: Machine, folio: Folio) -> MigrateResult:
         node.folio = new  # type: ignore[attr-defined]
     else:
         m.rmap.folio_migrate(new, folio)
+    new.lazyfree, new.dirty = folio.lazyfree, folio.dirty  # folio_migrate_flags()
+    if folio.swapcache is not None:  # folio_migrate_mapping(): the swap cache follows
+        new.swapcache, folio.swapcache = folio.swapcache, None
+        m.swap.cache[new.swapcache] = new
     record = m.ledger.walk("remove_migration_ptes", shared=len(before) > 1)
 
     def remove_migration_pte(f: Folio, vma: VmAreaStruct, address: int) -> bool:

@@ -25,12 +25,15 @@ class KsmRmapItem:
     anchor: object
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class KsmStableNode:
     """``struct ksm_stable_node``: one KSM folio and its rmap_items."""
 
     folio: Folio
     rmap_items: list[KsmRmapItem] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<stable node pfn={self.folio.pfn} rmap_items={len(self.rmap_items)}>"
 
 
 class Ksm:

@@ -105,5 +105,6 @@ def build_result(run: ScenarioRun, timing: bool) -> dict[str, Any]:
         "oracle": {
             "checked": run.checked,
             "violations": [v.to_json() for v in run.violations],
+            "kernel_limits": [v.to_json() for v in run.limits],
         },
     }

@@ -1,0 +1,305 @@
+"""Every design's rmap walk finds every mapping, whatever the operation sequence.
+
+A Hypothesis state machine drives the Machine API directly (not through scenario
+files) with mmap/munmap/mprotect/mremap/madvise/fork/exit/exec/read/write on up
+to six processes in a 64-page region, plus the rmap-walk clients (migrate,
+reclaim, folio_referenced) and KSM, and runs the oracle (``check_machine``)
+after every step.  Syscall errors and signals are part of the game; an oracle
+violation, a client problem or a Python exception in the model fails the test.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from cowctx.clients.migrate import migrate_folio
+from cowctx.clients.reclaim import reclaim_folio
+from cowctx.clients.referenced import folio_referenced
+from cowctx.designs import design_names, make_machine
+from cowctx.mm.constants import (
+    MADV_BY_NAME,
+    MAP_ANONYMOUS,
+    MAP_FIXED_NOREPLACE,
+    MAP_NORESERVE,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MREMAP_DONTUNMAP,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
+    PROT_BY_NAME,
+)
+from cowctx.mm.errors import AccessFault, SyscallError
+from cowctx.mm.ksm_scan import ksm_do_scan
+from cowctx.mm.mm_types import TaskStruct
+from cowctx.oracle.oracle import check_machine
+
+W = 0x2000_0000_0000
+PAGE = 4096
+REGION = 64
+"""Pages of the window the machine uses: small, so VMAs meet, split and merge."""
+MAX_PROCS = 6
+FILES = {"f0": 16, "f1": 48}
+STEPS = 100
+"""Steps per example: 300 examples (the ci profile) take a few minutes on 2 cores."""
+
+procs = st.integers(0, MAX_PROCS - 1)
+spots = st.tuples(st.integers(0, REGION - 1), st.integers(-2, 6))
+"""(anchor, offset): near the start or end of one of the task's VMAs, or anywhere
+(see :meth:`RmapMachine.page`); so most operations hit edges, insides and holes."""
+lengths = st.integers(0, 16)
+prots = st.sampled_from(sorted(PROT_BY_NAME))
+
+MREMAP_MODES = {
+    "in-place": 0,
+    "maymove": MREMAP_MAYMOVE,
+    "fixed-no-maymove": MREMAP_FIXED,
+    "fixed": MREMAP_MAYMOVE | MREMAP_FIXED,
+    "dontunmap": MREMAP_MAYMOVE | MREMAP_DONTUNMAP,
+    "fixed-dontunmap": MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+}
+
+
+def addr(page: int) -> int:
+    return W + page * PAGE
+
+
+class RmapMachine(RuleBasedStateMachine):
+    """One Machine, its live tasks, and the oracle after every rule."""
+
+    def __init__(self, design: str = "anon_vma") -> None:
+        super().__init__()
+        self.design = design
+        self.m = make_machine(design)
+        self.tasks: list[TaskStruct] = [self.m.spawn("p0")]
+        self.forks = 0
+        self.problems: list[str] = []
+        for name, n in FILES.items():
+            self.m.create_file(name, n)
+
+    def task(self, i: int) -> TaskStruct:
+        return self.tasks[i % len(self.tasks)]
+
+    def page(self, task: TaskStruct, spot: tuple[int, int]) -> int:
+        """A window page: ``offset`` pages from the start (even anchor) or end (odd)
+        of one of ``task``'s VMAs; a quarter of anchors mean that page itself."""
+        anchor, offset = spot
+        assert task.mm is not None
+        vmas = [
+            ((v.vm_start - W) // PAGE, (v.vm_end - W) // PAGE)
+            for v in task.mm.vmas_in_range(W, W + REGION * PAGE)
+        ]
+        if not vmas or anchor >= REGION * 3 // 4:
+            return anchor
+        start, end = vmas[anchor % len(vmas)]
+        return min(max((start if anchor % 2 == 0 else end) + offset, 0), REGION - 1)
+
+    @initialize(n=st.integers(1, 32), written=st.integers(0, 32), fork=st.booleans())
+    def anon_area(self, n: int, written: int, fork: bool) -> None:
+        """Start from something worth walking: faulted anon pages, maybe shared by fork."""
+        task = self.tasks[0]
+        self.m.mmap(
+            task, addr(8), n * PAGE, PROT_BY_NAME["rw"], MAP_PRIVATE | MAP_ANONYMOUS, None, 0
+        )
+        self.m.access_range(task, addr(8), min(n, written), True)
+        if fork:
+            self.fork(0)
+
+    # --- syscalls -------------------------------------------------------------------
+
+    @rule(
+        p=procs,
+        spot=spots,
+        n=st.integers(1, 16),
+        prot=prots,
+        kind=st.sampled_from(["anon", "anon", "anon", "file", "shared-file", "shared-anon"]),
+        file=st.sampled_from(sorted(FILES)),
+        file_page=st.integers(0, 20),
+        noreserve=st.booleans(),
+        populate=st.booleans(),
+    )
+    def mmap(
+        self,
+        p: int,
+        spot: tuple[int, int],
+        n: int,
+        prot: str,
+        kind: str,
+        file: str,
+        file_page: int,
+        noreserve: bool,
+        populate: bool,
+    ) -> None:
+        task = self.task(p)
+        flags = MAP_FIXED_NOREPLACE | (MAP_SHARED if kind.startswith("shared") else MAP_PRIVATE)
+        f = None if kind.endswith("anon") else self.m.files[file]
+        if f is None:
+            flags |= MAP_ANONYMOUS
+            file_page = 0
+        flags |= (MAP_NORESERVE if noreserve else 0) | (MAP_POPULATE if populate else 0)
+        at = addr(self.page(task, spot))
+        with suppress(SyscallError):
+            self.m.mmap(task, at, n * PAGE, PROT_BY_NAME[prot], flags, f, file_page)
+
+    @rule(p=procs, spot=spots, n=st.integers(1, 16), prot=prots)
+    def mmap_anon(self, p: int, spot: tuple[int, int], n: int, prot: str) -> None:
+        """Private anonymous memory is what anon rmap is about: a second, plain mmap rule."""
+        task = self.task(p)
+        flags = MAP_FIXED_NOREPLACE | MAP_PRIVATE | MAP_ANONYMOUS
+        with suppress(SyscallError):
+            self.m.mmap(task, addr(self.page(task, spot)), n * PAGE, PROT_BY_NAME[prot], flags)
+
+    @rule(p=procs, spot=spots, n=lengths)
+    def munmap(self, p: int, spot: tuple[int, int], n: int) -> None:
+        task = self.task(p)
+        with suppress(SyscallError):
+            self.m.munmap(task, addr(self.page(task, spot)), n * PAGE)
+
+    @rule(p=procs, spot=spots, n=lengths, prot=prots)
+    def mprotect(self, p: int, spot: tuple[int, int], n: int, prot: str) -> None:
+        task = self.task(p)
+        with suppress(SyscallError):
+            self.m.mprotect(task, addr(self.page(task, spot)), n * PAGE, PROT_BY_NAME[prot])
+
+    @rule(
+        p=procs,
+        spot=spots,
+        n=lengths,
+        new_n=lengths,
+        mode=st.sampled_from(sorted(MREMAP_MODES)),
+        new_spot=spots,
+    )
+    def mremap(
+        self,
+        p: int,
+        spot: tuple[int, int],
+        n: int,
+        new_n: int,
+        mode: str,
+        new_spot: tuple[int, int],
+    ) -> None:
+        task = self.task(p)
+        flags = MREMAP_MODES[mode]
+        old = addr(self.page(task, spot))
+        new = addr(self.page(task, new_spot)) if flags & MREMAP_FIXED else 0
+        with suppress(SyscallError):
+            self.m.mremap(task, old, n * PAGE, new_n * PAGE, flags, new)
+
+    @rule(p=procs, spot=spots, n=lengths, advice=st.sampled_from(sorted(MADV_BY_NAME)))
+    def madvise(self, p: int, spot: tuple[int, int], n: int, advice: str) -> None:
+        task = self.task(p)
+        with suppress(SyscallError):
+            self.m.madvise(task, addr(self.page(task, spot)), n * PAGE, MADV_BY_NAME[advice])
+
+    @rule(
+        p=procs,
+        spot=spots,
+        n=st.integers(1, 8),
+        value=st.none() | st.sampled_from([0, 1]),
+    )
+    def write(self, p: int, spot: tuple[int, int], n: int, value: int | None) -> None:
+        task = self.task(p)
+        with suppress(AccessFault):
+            self.m.access_range(task, addr(self.page(task, spot)), n, True, value)
+
+    @rule(p=procs, spot=spots, n=st.integers(1, 8))
+    def write_more(self, p: int, spot: tuple[int, int], n: int) -> None:
+        """Faults (anon, CoW copy or reuse) are where folios get their rmap: a second
+        write rule."""
+        self.write(p, spot, n, None)
+
+    @rule(p=procs, spot=spots, n=st.integers(1, 8))
+    def read(self, p: int, spot: tuple[int, int], n: int) -> None:
+        task = self.task(p)
+        with suppress(AccessFault):
+            self.m.access_range(task, addr(self.page(task, spot)), n, False)
+
+    # --- processes --------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.tasks) < MAX_PROCS)
+    @rule(p=procs)
+    def fork(self, p: int) -> None:
+        self.forks += 1
+        self.tasks.append(self.m.fork(self.task(p), f"p{self.forks}"))
+
+    @rule(p=procs, exec=st.booleans())
+    def exit_or_exec(self, p: int, exec: bool) -> None:
+        """One rule for both ways an mm goes (the last task can only exec)."""
+        task = self.task(p)
+        if exec or len(self.tasks) == 1:
+            self.m.execve(task)
+        else:
+            self.m.exit(task)
+            self.tasks.remove(task)
+
+    # --- model-only: rmap walk clients and KSM ---------------------------------------------
+
+    @rule(p=procs, spot=spots, client=st.sampled_from(["migrate", "reclaim", "referenced"]))
+    def rmap_client(self, p: int, spot: tuple[int, int], client: str) -> None:
+        m = self.m
+        task = self.task(p)
+        folio = m.folio_at(task, addr(self.page(task, spot)))
+        if folio is None or not folio.anon:
+            return
+        with m.operation(client):
+            if client == "migrate":
+                self.problems += migrate_folio(m, folio).problems
+            elif client == "reclaim":
+                if not folio.ksm:
+                    self.problems += reclaim_folio(m, folio).problems
+            else:
+                result = folio_referenced(m, folio)
+                if result.mappings_found != result.mapcount:
+                    self.problems.append(
+                        f"folio_referenced found {result.mappings_found} of "
+                        f"{result.mapcount} mappings of {folio!r}"
+                    )
+
+    @rule(p=procs, spot=spots, write=st.booleans())
+    def swap_out_and_in(self, p: int, spot: tuple[int, int], write: bool) -> None:
+        """Reclaim the folio at a page, then fault it back: the swap-in path, whose
+        folio may be shared and so anchored at the root (``__folio_set_anon``)."""
+        m = self.m
+        task = self.task(p)
+        page = self.page(task, spot)
+        folio = m.folio_at(task, addr(page))
+        if folio is None or not folio.anon or folio.ksm:
+            return
+        with m.operation("reclaim"):
+            self.problems += reclaim_folio(m, folio).problems
+        with suppress(AccessFault):
+            m.access(task, addr(page), write)
+
+    @rule()
+    def ksm(self) -> None:
+        with self.m.operation("ksm"):
+            ksm_do_scan(self.m)
+
+    # --- the check ----------------------------------------------------------------------
+
+    @invariant()
+    def rmap_agrees_with_page_tables(self) -> None:
+        found = [str(v) for v in check_machine(self.m)] + self.problems
+        assert not found, f"{self.design}:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("design", design_names())
+def test_rmap_walk_finds_every_mapping(design: str) -> None:
+    """After any sequence of syscalls, faults, forks, exits, client walks and KSM
+    scans, each anon folio's rmap walk finds exactly the PTEs that map it."""
+    run_state_machine_as_test(
+        lambda: RmapMachine(design),
+        settings=settings(stateful_step_count=STEPS, deadline=None),
+    )

@@ -181,6 +181,69 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
     sys.exit(EXIT_FAIL if disagree else EXIT_OK)
 
 
+@main.command("kernel-fuzz")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--scenarios", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Steps per random scenario.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("kernel-fuzz-findings"),
+    show_default=True,
+    help="Where shrunk disagreements are written.",
+)
+def kernel_fuzz_command(seed: int, scenarios: int, steps: int, out_dir: Path) -> None:
+    """Random kernel-capable scenarios on the model and on the kernel; every
+    disagreement is shrunk and written to OUT as a scenario file whose expect
+    holds the kernel's numbers.  Exit 0 clean, 1 on findings, 3 no kernel."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from cowctx.linux import KernelSession, kernel_unavailable_reason
+    from cowctx.linux.fuzz import kernel_fuzz
+
+    reason = kernel_unavailable_reason()
+    if reason is not None:
+        click.echo(f"kernel not observable: {reason}", err=True)
+        sys.exit(EXIT_NO_KERNEL)
+    console = Console(highlight=False, soft_wrap=True, stderr=True)
+    with (
+        KernelSession() as session,
+        Progress(
+            "kernel-fuzz",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar,
+    ):
+        task = bar.add_task("scenarios", total=scenarios)
+        result = kernel_fuzz(
+            session,
+            seed,
+            scenarios,
+            steps,
+            out_dir=out_dir,
+            progress=lambda n: bar.update(task, completed=n),
+        )
+    for finding in result.findings:
+        click.echo(f"disagreement (generator seed {finding.seed}) -> {finding.path}")
+        for d in finding.diffs:
+            click.echo(f"  {d}")
+    click.echo(
+        f"{result.scenarios} scenarios, {result.steps} steps, "
+        f"{len(result.findings)} disagreements (seed {seed})"
+    )
+    sys.exit(EXIT_FAIL if result.findings else EXIT_OK)
+
+
 def _register_subcommands() -> None:
     from cowctx.fuzz.cli import fuzz_command
 

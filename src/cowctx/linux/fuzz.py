@@ -1,0 +1,130 @@
+"""Differential fuzzing: random kernel-capable scenarios run on the model and on
+the running kernel; each disagreement is shrunk to a minimal scenario and
+written out with the kernel's numbers as its ``expect``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cowctx.fuzz.generate import files_block, generate_scenario
+from cowctx.fuzz.shrink import scenario_yaml, shrink_steps
+from cowctx.linux.diff import kernel_diff
+from cowctx.scenario.loader import ScenarioError, parse_scenario
+from cowctx.scenario.schema import FORMAT, Scenario
+
+
+@dataclass
+class Finding:
+    seed: int
+    diffs: list[str]
+    """The shrunk scenario's differences."""
+    path: Path | None
+    yaml_text: str
+
+
+@dataclass
+class KernelFuzzResult:
+    scenarios: int = 0
+    steps: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+
+def scenario_seed(seed: int, index: int) -> int:
+    """The generator seed of scenario ``index`` of a run with ``seed``."""
+    return seed * 1_000_003 + index
+
+
+def diff_class(diff: str) -> str:
+    """What kind of difference a diff line is: its field path without indices and
+    page numbers, e.g. ``final.pages.p?[page ?]: present``."""
+    path, _, rest = diff.partition(":")
+    path = re.sub(r"\d+", "?", path)
+    path = re.sub(r" \(\w+\)", "", path)
+    kind = "presence" if "absent" in rest or "present" in rest else ""
+    return f"{path} {kind}".strip()
+
+
+def _scenario(steps: list[dict[str, Any]], name: str = "kernel-fuzz") -> Scenario | None:
+    try:
+        return parse_scenario(
+            {"format": FORMAT, "name": name, "files": files_block(), "steps": steps}
+        )
+    except ScenarioError:
+        return None
+
+
+def kernel_expect_yaml(kernel: dict[str, Any]) -> str:
+    """An ``expect`` block holding the kernel's final objects and maps."""
+    final = kernel["final"]
+    expect: dict[str, Any] = {
+        kind: {k: final["objects"][kind][k] for k in ("live", "allocated", "freed")}
+        for kind in ("anon_vma", "anon_vma_chain")
+        if kind in final["objects"]
+    }
+    expect["maps"] = final["maps"]
+    return yaml.safe_dump({"expect": expect}, default_flow_style=None, sort_keys=False)
+
+
+def kernel_fuzz(
+    session: Any,
+    seed: int,
+    scenarios: int,
+    steps: int = 60,
+    *,
+    design: Any = "anon_vma",
+    out_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> KernelFuzzResult:
+    """Run ``scenarios`` random scenarios of ``steps`` steps in ``session``."""
+    result = KernelFuzzResult()
+    for index in range(scenarios):
+        sseed = scenario_seed(seed, index)
+        scenario = generate_scenario(sseed, steps, kernel_only=True)
+        _, _, diffs = kernel_diff(scenario, session, design)
+        result.scenarios += 1
+        result.steps += len(scenario.steps)
+        if progress is not None:
+            progress(index + 1)
+        if not diffs:
+            continue
+        wanted = diff_class(diffs[0])
+
+        def still_fails(candidate: list[dict[str, Any]], wanted: str = wanted) -> bool:
+            s = _scenario(candidate)
+            if s is None:
+                return False
+            return any(diff_class(d) == wanted for d in kernel_diff(s, session, design)[2])
+
+        raw = [s.model_dump(exclude_none=True) for s in scenario.steps]
+        for step in raw:
+            step.pop("errno", None)
+        small = shrink_steps(raw, still_fails)
+        final = _scenario(small)
+        assert final is not None
+        _, kernel, small_diffs = kernel_diff(final, session, design)
+        name = f"kernel-fuzz-{seed}-{index}"
+        description = (
+            f"Found by cowctx kernel-fuzz --seed {seed} (scenario {index}, generator seed "
+            f"{sseed}), shrunk. The model disagreed with Linux here: "
+            + "; ".join(small_diffs[:3])
+            + ". The expect block holds the kernel's numbers."
+        )
+        steps_with_errno = [
+            {**st, **({"errno": ks["errno"]} if ks["errno"] else {})}
+            for st, ks in zip(small, kernel["steps"], strict=True)
+        ]
+        text = scenario_yaml(name, steps_with_errno, files_block(), description)
+        text += kernel_expect_yaml(kernel)
+        path = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / f"{name}.yaml"
+            path.write_text(text)
+        result.findings.append(Finding(sseed, small_diffs, path, text))
+    return result

@@ -1,0 +1,61 @@
+"""Differential fuzzing against the running kernel: the model agrees on random
+scenarios, and a disagreement is shrunk into a scenario file that holds the
+kernel's numbers (so it passes on a right model and fails on the wrong one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cowctx.linux import KernelSession, kernel_unavailable_reason
+from cowctx.linux.fuzz import diff_class, kernel_fuzz
+from cowctx.scenario.expect import check_expect
+from cowctx.scenario.loader import load_scenario
+from cowctx.scenario.runner import run_scenario
+
+from .test_kernel_diff import NeverReuseAnonVma
+
+REASON = kernel_unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"kernel not observable: {REASON}")
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[KernelSession]:
+    with KernelSession() as s:
+        yield s
+
+
+def test_two_hundred_random_scenarios_agree_with_the_kernel(session: KernelSession) -> None:
+    result = kernel_fuzz(session, seed=1, scenarios=200, steps=60)
+    assert result.scenarios == 200
+    assert [f.diffs for f in result.findings] == []
+
+
+def test_a_wrong_model_is_shrunk_to_a_file_with_the_kernels_numbers(
+    session: KernelSession, tmp_path: Path
+) -> None:
+    result = kernel_fuzz(
+        session, seed=3, scenarios=40, steps=60, design=NeverReuseAnonVma, out_dir=tmp_path
+    )
+    assert result.findings, "a model that never reuses anon_vmas must disagree somewhere"
+    finding = result.findings[0]
+    assert any("anon_vma" in d for d in finding.diffs)
+    assert finding.path is not None
+    scenario = load_scenario(finding.path)
+    assert len(scenario.steps) <= 8
+    assert [s.op for s in scenario.steps].count("fork") >= 2
+    right = run_scenario(scenario, "anon_vma").result()
+    wrong = run_scenario(scenario, NeverReuseAnonVma).result()
+    assert check_expect(scenario, right) == []
+    assert check_expect(scenario, wrong) != []
+
+
+def test_diff_class_ignores_indices() -> None:
+    assert diff_class("final.pages.p2[page 131]: model present, kernel absent") == (
+        "final.pages.p?[page ?] presence"
+    )
+    assert diff_class("steps.5 (fork).objects.anon_vma.allocated: model 1, kernel 0") == (
+        "steps.?.objects.anon_vma.allocated"
+    )

@@ -23,7 +23,8 @@ test: setup
 
 fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_stateful.py
-	$(BIN)/cowctx fuzz --design anon_vma --steps 20000 --seed 1
+	$(BIN)/cowctx fuzz --design anon_vma --steps 200000 --seed 1 --chunk 500
+	$(BIN)/cowctx kernel-fuzz --seed 1 --scenarios 2000 || test $$? -eq 3
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

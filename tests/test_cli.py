@@ -65,4 +65,7 @@ def test_json_lines_are_deterministic_and_complete() -> None:
 def test_demo_runs_every_builtin_scenario() -> None:
     code, out, _ = invoke("demo")
     assert code == 0
-    assert out.count("PASS") >= 6 and "FAIL" not in out
+    for design in ("anon_vma", "cow_context"):
+        assert out.count(f"PASS demo-fork-then-cow on {design}") == 1
+        assert f"FAIL demo-fork-chain on {design}" not in out
+    assert out.count("PASS") >= 12

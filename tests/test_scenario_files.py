@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cowctx.designs import design_names
+from cowctx.designs import sound_design_names
 from cowctx.scenario.expect import check_expect
 from cowctx.scenario.loader import load_scenario
 from cowctx.scenario.runner import run_scenario
@@ -22,7 +22,7 @@ def test_the_repository_has_the_reference_scenarios() -> None:
 
 
 @pytest.mark.parametrize("path", SCENARIO_FILES, ids=lambda p: str(p.relative_to(ROOT)))
-@pytest.mark.parametrize("design", design_names())
+@pytest.mark.parametrize("design", sound_design_names())
 def test_scenario_file(path: Path, design: str) -> None:
     scenario = load_scenario(path)
     result = run_scenario(scenario, design).result()

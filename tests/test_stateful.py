@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 from cowctx.clients.migrate import migrate_folio
 from cowctx.clients.reclaim import reclaim_folio
 from cowctx.clients.referenced import folio_referenced
-from cowctx.designs import design_names, make_machine
+from cowctx.designs import make_machine, sound_design_names
 from cowctx.mm.constants import (
     MADV_BY_NAME,
     MAP_ANONYMOUS,
@@ -295,7 +295,7 @@ class RmapMachine(RuleBasedStateMachine):
         assert not found, f"{self.design}:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("design", design_names())
+@pytest.mark.parametrize("design", sound_design_names())
 def test_rmap_walk_finds_every_mapping(design: str) -> None:
     """After any sequence of syscalls, faults, forks, exits, client walks and KSM
     scans, each anon folio's rmap walk finds exactly the PTEs that map it."""

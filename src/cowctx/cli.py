@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from cowctx.designs import design_names
+from cowctx.designs import design_names, sound_design_names
 from cowctx.scenario.expect import check_expect
 from cowctx.scenario.loader import ScenarioError, load_scenario
 
@@ -99,7 +99,8 @@ def demo(design: str) -> None:
         for name in designs:
             result = run_scenario(scenario, name).result()
             failures = check_expect(scenario, result)
-            failed |= bool(failures or result["oracle"]["violations"])
+            if name in sound_design_names():  # the PoC's misses are what it shows
+                failed |= bool(failures or result["oracle"]["violations"])
             print_result(console, result, failures)
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
 

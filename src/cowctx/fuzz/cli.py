@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from cowctx.designs import design_names
+from cowctx.designs import design_names, get_design
 from cowctx.fuzz.generate import KERNEL_OPS, MODEL_OPS
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
@@ -95,10 +95,12 @@ def fuzz_command(
     file on stdout (and to --out), and exit 1."""
     from cowctx.fuzz.runner import fuzz
 
-    if design not in design_names():
+    try:
+        get_design(design)
+    except KeyError:
         raise click.BadParameter(
             f"unknown design {design!r} (known: {', '.join(design_names())})", param_hint="--design"
-        )
+        ) from None
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("[bold]fuzz {task.fields[design]}"),

@@ -77,21 +77,21 @@ def ksm_do_scan(m: Machine) -> int:
     merged = 0
     for content, group in candidates.items():
         node = by_content.get(content)
+        if node is None and len({f.pfn for _, _, f in group}) < 2:
+            continue  # a page only shared by fork is never substituted
+        # the anchors are taken while every folio still has its anon rmap state
+        anchors = [m.rmap.ksm_rmap_item_anchor(vma, folio) for vma, _, folio in group]
         if node is None:
-            if len({f.pfn for _, _, f in group}) < 2:
-                continue  # a page only shared by fork is never substituted
             node = _make_stable(m, group[0][2])
             ksm.stable_nodes.append(node)
         kfolio = node.folio
-        for vma, address, folio in group:
+        for (vma, address, folio), anchor in zip(group, anchors, strict=True):
             if folio is not kfolio:
                 _replace_page(m, vma, address, folio, kfolio)
                 merged += 1
             else:
                 _wrprotect(vma, address)
-            node.rmap_items.append(
-                KsmRmapItem(vma.vm_mm, address, m.rmap.ksm_rmap_item_anchor(vma))
-            )
+            node.rmap_items.append(KsmRmapItem(vma.vm_mm, address, anchor))
     return merged
 
 

@@ -33,7 +33,10 @@ class Machine:
 
     def __init__(self, rmap: Callable[[Machine], AnonRmap]) -> None:
         self.ledger = Ledger()
-        self.ledger.register(VM_AREA_STRUCT)
+        size = getattr(rmap, "vma_size", VM_AREA_STRUCT.size)
+        self.ledger.register(
+            ObjectKind("vm_area_struct", size, estimate=size != VM_AREA_STRUCT.size)
+        )
         zero = Folio(ZERO_PFN, 0)
         self.mem_map: dict[int, Folio] = {ZERO_PFN: zero}
         self.zero_folio = zero

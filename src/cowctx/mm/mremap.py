@@ -268,14 +268,14 @@ def copy_vma(
         if new_vma.vm_start <= vma_start < new_vma.vm_end:
             assert vma.anon_vma is None or vma is new_vma, "self-merge of a faulted VMA"
             vma = new_vma
-        m.rmap.copy_vma(new_vma, vma, orig_addr, True)
+        m.rmap.copy_vma(new_vma, vma, orig_addr, addr, length, True)
         return new_vma, vma, new_vma.vm_pgoff <= vma.vm_pgoff
     new_vma = m.vm_area_dup(vma)
     mm.vma_set_range(new_vma, addr, addr + length, pgoff)
     m.rmap.anon_vma_clone(new_vma, vma)
     mm.vma_store(new_vma)
     mm.map_count += 1
-    m.rmap.copy_vma(new_vma, vma, orig_addr, False)
+    m.rmap.copy_vma(new_vma, vma, orig_addr, addr, length, False)
     return new_vma, vma, False
 
 

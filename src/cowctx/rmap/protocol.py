@@ -36,8 +36,9 @@ class RmapWalkControl:
     invalid_vma: Callable[[VmAreaStruct], bool] | None = None
     try_lock: bool = False
     contended: bool = False
-    visited: list[tuple[VmAreaStruct, int]] = field(default_factory=list)
-    """Every (vma, address) handed to ``rmap_one``, for reports and checks."""
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    """(mm_id, address) already handed to ``rmap_one``, for walks that could
+    reach a mapping twice (KSM)."""
 
 
 class AnonRmap(ABC):
@@ -47,6 +48,8 @@ class AnonRmap(ABC):
     vma_type: ClassVar[type[VmAreaStruct]] = VmAreaStruct
     mm_type: ClassVar[type[MmStruct]] = MmStruct
     object_kinds: ClassVar[tuple[ObjectKind, ...]] = ()
+    vma_size: ClassVar[int] = 192
+    """Bytes per ``vm_area_struct`` with this design's fields (6.18: 192)."""
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
@@ -108,10 +111,13 @@ class AnonRmap(ABC):
         new_vma: VmAreaStruct,
         vma: VmAreaStruct,
         orig_addr: int,
+        new_addr: int,
+        length: int,
         merged: bool,
     ) -> None:
-        """``copy_vma()`` in mremap: part of ``vma`` starting at ``orig_addr`` now
-        lives in ``new_vma`` (a new VMA, or a neighbour it merged into)."""
+        """``copy_vma()`` in mremap: ``[orig_addr, +length)`` of ``vma`` now lives at
+        ``[new_addr, +length)`` in ``new_vma`` (a new VMA, or a neighbour it
+        merged into; its range is final)."""
 
     def move_page_tables(
         self,
@@ -153,9 +159,10 @@ class AnonRmap(ABC):
 
     # --- KSM ---------------------------------------------------------------------------
 
-    def ksm_rmap_item_anchor(self, vma: VmAreaStruct) -> object:
-        """KSM merges a page of ``vma``: what its rmap_item keeps (and pins) to
-        find the mapping again (anon_vma: ``vma->anon_vma`` with a reference)."""
+    def ksm_rmap_item_anchor(self, vma: VmAreaStruct, folio: Folio) -> object:
+        """KSM merges ``folio``, mapped in ``vma``: what its rmap_item keeps (and
+        pins) to find the mapping again (anon_vma: ``vma->anon_vma`` with a
+        reference).  ``folio`` still has its anon rmap state."""
         raise NotImplementedError(f"design {self.name} has no KSM rmap")
 
     def ksm_rmap_item_release(self, anchor: object) -> None:

@@ -11,7 +11,9 @@ def check_expect(scenario: Scenario, result: dict[str, Any]) -> list[str]:
     """Failures, one message each naming the field; empty when all hold.
 
     Object kinds the design does not have (anon_vma counts on a CoW context
-    design) are not checked; ``maps`` is checked on every design.
+    design) are not checked; ``maps`` (Linux's layout) is checked on anon_vma,
+    ``design_maps.<design>`` on that design; with a ``violations`` block the
+    oracle's violation kinds must be exactly those listed for the design.
     """
     expect = scenario.expect
     if expect is None:
@@ -27,15 +29,23 @@ def check_expect(scenario: Scenario, result: dict[str, Any]) -> list[str]:
                 failures.append(
                     f"expect.{kind}.{field}: expected {wanted}, got {objects[kind][field]}"
                 )
-    if expect.maps is not None:
+    design = result["design"]
+    maps = expect.design_maps.get(design)
+    if maps is None and design == "anon_vma":
+        maps = expect.maps
+    if maps is not None:
         got_maps = result["final"]["maps"]
-        for proc, lines in expect.maps.items():
+        for proc, lines in maps.items():
             want_lines = [list(line) for line in lines]
             got = got_maps.get(proc)
             if got is None:
                 failures.append(f"expect.maps.{proc}: process is not alive at the end")
             elif got != want_lines:
                 failures.append(f"expect.maps.{proc}: expected {want_lines}, got {got}")
+    want_kinds = sorted(set(expect.violations.get(design, [])))
+    got_kinds = sorted({v["kind"] for v in result["oracle"]["violations"]})
+    if expect.violations and want_kinds != got_kinds:
+        failures.append(f"expect.violations.{design}: expected {want_kinds}, got {got_kinds}")
     for i, (step, rec) in enumerate(zip(scenario.steps, result["steps"], strict=False)):
         if step.errno != rec["errno"]:
             failures.append(

@@ -171,23 +171,44 @@ class ObjectCounts(BaseModel):
 MapLine = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], str]
 
 
+Maps = dict[ProcName, list[MapLine]]
+
+
+def _check_maps(maps: Maps | None) -> Maps | None:
+    for proc, lines in (maps or {}).items():
+        for start, end, perms in lines:
+            if not re.fullmatch(r"[r-][w-][x-][ps]", perms):
+                raise ValueError(f"{proc}: perms {perms!r} is not like 'rw-p'")
+            if end <= start:
+                raise ValueError(f"{proc}: map line [{start}, {end}) is empty")
+    return maps
+
+
 class Expect(BaseModel):
     """What `cowctx run` checks at the end.  Object kinds a design lacks are
-    checked only on designs that have them (anon_vma counts on `anon_vma`)."""
+    checked only on designs that have them (anon_vma counts on `anon_vma`).
+
+    ``maps`` is Linux's layout, so it is checked on ``anon_vma``; a design whose
+    merge rules differ gets its own layout in ``design_maps`` (extension).
+    ``violations`` (extension) names, per design, the oracle violation kinds the
+    scenario must produce there; every other design must produce none."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    maps: dict[ProcName, list[MapLine]] | None = None
+    maps: Maps | None = None
+    design_maps: dict[str, Maps] = {}
+    violations: dict[str, list[str]] = {}
 
     @field_validator("maps")
     @classmethod
     def _perms(cls, maps):  # type: ignore[no-untyped-def]
-        for proc, lines in (maps or {}).items():
-            for start, end, perms in lines:
-                if not re.fullmatch(r"[r-][w-][x-][ps]", perms):
-                    raise ValueError(f"{proc}: perms {perms!r} is not like 'rw-p'")
-                if end <= start:
-                    raise ValueError(f"{proc}: map line [{start}, {end}) is empty")
-        return maps
+        return _check_maps(maps)
+
+    @field_validator("design_maps")
+    @classmethod
+    def _design_perms(cls, design_maps):  # type: ignore[no-untyped-def]
+        for maps in design_maps.values():
+            _check_maps(maps)
+        return design_maps
 
     def object_counts(self) -> dict[str, ObjectCounts]:
         """The expected objects per kind (every extra key except `maps`)."""

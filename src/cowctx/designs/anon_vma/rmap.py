@@ -345,7 +345,7 @@ class AnonVmaRmap(AnonRmap):
 
     # --- KSM -------------------------------------------------------------------------
 
-    def ksm_rmap_item_anchor(self, vma: VmAreaStruct) -> object:
+    def ksm_rmap_item_anchor(self, vma: VmAreaStruct, folio: Folio) -> object:
         """``try_to_merge_with_ksm_page()``: ``rmap_item->anon_vma = vma->anon_vma``
         with ``get_anon_vma()``: KSM can outlive every mapping of the anon_vma."""
         anon_vma = _av(vma)

@@ -1,0 +1,524 @@
+"""The CoW context anonymous reverse map (LSF/MM 2026 proposal).
+
+One context per mm; a folio points to the context of the mm that created it
+(or last reused it exclusively); an rmap walk visits the folio's context and
+every descendant, probing at offset 0 and at each offset remap tracking holds
+for the folio's page offset, and confirms through the page table.  No
+hierarchy-wide lock: only short spinlocks (a context's children list, remap
+entry writes) and an RCU read section around the walk are recorded.
+
+The switches of :class:`CowContextOptions` restore the PoC's behaviour one by
+one; with all of them off this is our corrected design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar, cast
+
+from cowctx.designs.cow_context.options import CowContextOptions
+from cowctx.designs.cow_context.structs import CowContext, CowContextMm, CowContextVma
+from cowctx.metrics.ledger import LockHold, ObjectKind
+from cowctx.mm.constants import PAGE_SHIFT
+from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, Folio
+from cowctx.mm.mm_types import MmStruct, VmAreaStruct
+from cowctx.rmap.protocol import AnonRmap, RmapWalkControl
+
+if TYPE_CHECKING:
+    from cowctx.mm.vma import VmaMergeStruct, VmaPrepare
+
+COW_CONTEXT = ObjectKind("cow_context", 100, estimate=True)
+"""From the PoC's fields: refcount, mm, maple tree root, parent, two list heads,
+an rcu_head and two spinlocks."""
+REMAP_ENTRY = ObjectKind("remap_entry", 0, estimate=True)
+"""A pgoff range in the remap maple tree; it lives in a maple node's slots."""
+OFFSET_ARRAY = ObjectKind("offset_array", 144, estimate=True)
+"""The dynarray of an entry with several offsets: 16 B header + 16 slots of 8 B."""
+MAPLE_NODE = ObjectKind("maple_node", 256, estimate=True)
+"""Remap maple tree nodes, at up to 16 ranges per node."""
+
+REMAP_LOCK = "cow_context.remap_lock"
+CHILDREN_LOCK = "cow_context.list_write_lock"
+RCU = "rcu"
+
+
+def cow_context_preorder(root: CowContext) -> Iterator[CowContext]:
+    """``traverse_contexts()``: the context, then every descendant (depth first)."""
+    stack = [root]
+    while stack:
+        ctx = stack.pop()
+        yield ctx
+        stack.extend(reversed(ctx.children))
+
+
+def _ctxm(mm: MmStruct) -> CowContext:
+    ctx = cast(CowContextMm, mm).cow_context
+    assert ctx is not None
+    return ctx
+
+
+class CowContextRmap(AnonRmap):
+    """The corrected CoW context design (every PoC switch off)."""
+
+    name: ClassVar[str] = "cow_context"
+    options: ClassVar[CowContextOptions] = CowContextOptions()
+    vma_type = CowContextVma
+    mm_type = CowContextMm
+    object_kinds = (COW_CONTEXT, REMAP_ENTRY, OFFSET_ARRAY, MAPLE_NODE)
+    vma_size = 168
+    """192 B less the ``anon_vma_chain`` list head and ``anon_vma`` pointer (24 B);
+    ``vm_anon_pgoff`` fits in holes (the RFC packs it at no cost on 64-bit)."""
+
+    def __init__(self, machine):  # type: ignore[no-untyped-def]
+        super().__init__(machine)
+        self._next_ctx_id = 0
+        self.contexts: dict[int, CowContext] = {}
+        """Every allocated, not yet freed context."""
+        self.ksm_refs: dict[int, int] = {}
+        self._merged_away: set[int] = set()
+
+    # --- offsets ------------------------------------------------------------------------
+
+    def vma_offset(self, vma: VmAreaStruct) -> int:
+        """``(vm_start >> PAGE_SHIFT) - anon pgoff``: where a folio of index ``i``
+        sits in this VMA (virtual page ``i + offset``)."""
+        if vma.vm_file is not None and not self.options.file_remap_entries:
+            return cast(CowContextVma, vma).vm_anon_offset
+        return (vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff
+
+    def linear_anon_page_index(self, vma: VmAreaStruct, address: int) -> int:
+        """``linear_anon_page_index()`` (``linear_page_index()`` with the PoC)."""
+        return (address >> PAGE_SHIFT) - self.vma_offset(vma)
+
+    def anon_range(self, vma: VmAreaStruct) -> tuple[int, int, int]:
+        """(first pgoff, end pgoff, offset) of a VMA in folio-index space."""
+        off = self.vma_offset(vma)
+        return (vma.vm_start >> PAGE_SHIFT) - off, (vma.vm_end >> PAGE_SHIFT) - off, off
+
+    # --- contexts ---------------------------------------------------------------------
+
+    def _lock(self, lock: str, mode: str, site: str) -> LockHold:
+        return self.ledger.lock(lock, mode, site)
+
+    def mm_init(self, mm: MmStruct) -> None:
+        """``mm_init_cow_context()``: a fresh root context holding the mm's reference."""
+        ctx = CowContext(self._next_ctx_id, mm)
+        self._next_ctx_id += 1
+        self.contexts[ctx.ctx_id] = ctx
+        self.ledger.alloc("cow_context")
+        cast(CowContextMm, mm).cow_context = ctx
+
+    def dup_mmap(self, mm: MmStruct, oldmm: MmStruct) -> None:
+        """``dup_cow_context()`` at the end of ``dup_mmap()``: the child context joins
+        the parent's children list (under the parent's spinlock), pinning it."""
+        child, parent = _ctxm(mm), _ctxm(oldmm)
+        hold = self._lock(CHILDREN_LOCK, "spin", "dup_cow_context")
+        child.parent = parent
+        parent.children.append(child)
+        parent.refcount += 1
+        hold.objects = 1
+        self.ledger.unlock(hold)
+
+    def mmput(self, mm: MmStruct) -> None:
+        """``drop_cow_context()`` from ``__mmdrop()``: the context outlives its mm
+        while children or folios hold it; walks then skip it but descend."""
+        ctx = _ctxm(mm)
+        ctx.mm = None
+        self.put_cow_context(ctx)
+
+    def get_cow_context(self, ctx: CowContext) -> None:
+        ctx.refcount += 1
+
+    def put_cow_context(self, ctx: CowContext) -> None:
+        """``__put_cow_context()``: free a context at refcount 0, unlinking it from
+        its parent, and cascade up."""
+        ctx.refcount -= 1
+        current: CowContext | None = ctx
+        while current is not None and current.refcount == 0:
+            parent = current.parent
+            if parent is not None:
+                hold = self._lock(CHILDREN_LOCK, "spin", "__put_cow_context")
+                parent.children.remove(current)
+                hold.objects = 1
+                self.ledger.unlock(hold)
+            current.remaps.clear()
+            self._account(current)
+            current.freed = True
+            del self.contexts[current.ctx_id]
+            self.ledger.free("cow_context")
+            if parent is not None:
+                parent.refcount -= 1
+            current = parent
+
+    def root_of(self, ctx: CowContext) -> CowContext:
+        while ctx.parent is not None:
+            ctx = ctx.parent
+        return ctx
+
+    # --- remap tracking ---------------------------------------------------------------
+
+    def _account(self, ctx: CowContext) -> None:
+        """Report remap memory changes: entries, offset arrays, maple nodes."""
+        entries = len(ctx.remaps)
+        counts = (entries, ctx.remaps.multi_entries(), -(-entries // 16))
+        for kind, old, new in zip(
+            ("remap_entry", "offset_array", "maple_node"), ctx.ledger_counts, counts, strict=True
+        ):
+            if new > old:
+                self.ledger.alloc(kind, new - old)
+            elif new < old:
+                self.ledger.free(kind, old - new)
+        ctx.ledger_counts = counts
+
+    def _write(self, ctx: CowContext, site: str, written: int) -> None:
+        hold = self._lock(REMAP_LOCK, "spin", site)
+        hold.vmas, hold.objects = 1, written
+        self.ledger.unlock(hold)
+        self._account(ctx)
+
+    def track(self, vma: VmAreaStruct, site: str) -> None:
+        """Make sure a faulted VMA's pgoff range holds its offset (a no-op, taking
+        no lock, when it already does, as after a split)."""
+        if vma.anon_vma is None:
+            return
+        start, end, off = self.anon_range(vma)
+        ctx = _ctxm(vma.vm_mm)
+        if off == 0 or ctx.remaps.covers(start, end, off):
+            return
+        self._write(ctx, site, ctx.remaps.add(start, end, off))
+
+    def untrack(self, vma: VmAreaStruct, site: str) -> None:
+        """The VMA's range no longer holds its offset (unmap)."""
+        start, end, off = self.anon_range(vma)
+        ctx = _ctxm(vma.vm_mm)
+        if off == 0 or not ctx.remaps.overlaps(start, end, off):
+            return
+        split = not self.options.unmap_no_split
+        self._write(ctx, site, ctx.remaps.remove(start, end, off, split=split))
+
+    def expected_remaps(self, mm: MmStruct) -> dict[int, frozenset[int]]:
+        """What remap tracking must hold for ``mm``: every faulted VMA with a
+        non-zero offset, over its pgoff range."""
+        out: dict[int, set[int]] = {}
+        for vma in mm.vmas():
+            if vma.anon_vma is None:
+                continue
+            start, end, off = self.anon_range(vma)
+            if off:
+                for pgoff in range(start, end):
+                    out.setdefault(pgoff, set()).add(off)
+        return {k: frozenset(v) for k, v in out.items()}
+
+    # --- VMA hooks --------------------------------------------------------------------
+
+    def anon_vma_prepare(self, vma: VmAreaStruct) -> None:
+        """``__anon_vma_prepare()``: the VMA becomes CoW-capable (``vma->anon_vma``
+        is the mm's context, the PoC's ``DUMMY_ANON_VMA`` role); a MAP_PRIVATE
+        file VMA fixes its anon pgoff at ``vm_start``.  Tracked if its offset is
+        not 0 (with the PoC, every private file VMA:
+        ``cow_context_do_map_private_cow()``)."""
+        vma.anon_vma = _ctxm(vma.vm_mm)
+        cast(CowContextVma, vma).vm_anon_offset = 0
+        self.track(vma, "cow_context_do_map_private_cow")
+
+    def anon_vma_fork(self, vma: VmAreaStruct, pvma: VmAreaStruct) -> None:
+        """``cow_context_do_fork()``: the child's VMA is tracked in the child's
+        context; no per-VMA object, no lock over the hierarchy."""
+        if pvma.anon_vma is None:
+            return
+        vma.anon_vma = _ctxm(vma.vm_mm)
+        self.track(vma, "cow_context_do_fork")
+
+    def anon_vma_clone(self, dst: VmAreaStruct, src: VmAreaStruct) -> None:
+        """Split, ``copy_vma``, ``dup_anon_vma``: only the sentinel moves; tracking
+        settles when the range is final (``vma_complete``, ``copy_vma``)."""
+        if src.anon_vma is not None:
+            dst.anon_vma = _ctxm(dst.vm_mm)
+            # an unfaulted VMA absorbing a faulted one (dup_anon_vma) adopts its
+            # anon offset: it has no folios of its own to disagree
+            cast(CowContextVma, dst).vm_anon_offset = cast(CowContextVma, src).vm_anon_offset
+
+    def vma_complete(self, vp: VmaPrepare) -> None:
+        """After a split, merge, expand or shrink: every changed VMA's range holds
+        its offset (``cow_context_vma_adjust()``, which the PoC never calls)."""
+        for removed in (vp.remove, vp.remove2):
+            if removed is not None:
+                self._merged_away.add(removed.vm_id)
+        if self.options.untracked_expand:
+            return
+        for vma in (vp.vma, vp.adj_next, vp.insert):
+            if vma is not None:
+                self.track(vma, "cow_context_vma_adjust")
+
+    def unlink_anon_vmas(self, vma: VmAreaStruct) -> None:
+        """``remove_vma()`` → ``cow_context_vma_unmap()``; a VMA merged away leaves
+        its range to the VMA that absorbed it, and gives up nothing."""
+        if vma.vm_id in self._merged_away:
+            self._merged_away.discard(vma.vm_id)
+        elif vma.anon_vma is not None:
+            self.untrack(vma, "cow_context_vma_unmap")
+        vma.anon_vma = None
+        cast(CowContextVma, vma).vm_anon_offset = 0
+
+    def copy_vma(
+        self,
+        new_vma: VmAreaStruct,
+        vma: VmAreaStruct,
+        orig_addr: int,
+        new_addr: int,
+        length: int,
+        merged: bool,
+    ) -> None:
+        """``copy_vma()`` → ``cow_context_do_remap()``: the moved range keeps its
+        folio indexes, so it is tracked at its new offset."""
+        if vma.anon_vma is None:
+            return
+        if not merged and vma.vm_file is not None:  # the anon index travels with it
+            cast(CowContextVma, new_vma).vm_anon_offset = cast(
+                CowContextVma, vma
+            ).vm_anon_offset + ((new_addr - orig_addr) >> PAGE_SHIFT)
+        if merged:
+            if self.options.untracked_dest_merge:
+                off = self.vma_offset(new_vma)
+                start = (new_addr >> PAGE_SHIFT) - off
+                if off:
+                    ctx = _ctxm(new_vma.vm_mm)
+                    self._write(
+                        ctx,
+                        "copy_vma",
+                        ctx.remaps.remove(
+                            start,
+                            start + (length >> PAGE_SHIFT),
+                            off,
+                            split=not self.options.unmap_no_split,
+                        ),
+                    )
+            return
+        if self.options.remap_in_place:
+            self._poc_do_remap(new_vma, vma)
+        else:
+            self.track(new_vma, "cow_context_do_remap")
+
+    def _poc_do_remap(self, new_vma: VmAreaStruct, vma: VmAreaStruct) -> None:
+        """The PoC's ``__cow_context_do_remap(is_remap=true)``: old offset from the
+        old VMA's start and the new VMA's pgoff; entries holding it are rewritten
+        whole; a new entry only if none was found; moved home: old entries go."""
+        start, end, new_off = self.anon_range(new_vma)
+        old_off = (vma.vm_start >> PAGE_SHIFT) - start
+        ctx = _ctxm(new_vma.vm_mm)
+        if old_off == 0 and new_off == 0:
+            return
+        if new_off == 0:
+            self._write(
+                ctx,
+                "cow_context_do_remap",
+                ctx.remaps.remove(start, end, old_off, split=not self.options.unmap_no_split),
+            )
+            return
+        found = ctx.remaps.rewrite(start, end, old_off, new_off)
+        if not found:
+            found = ctx.remaps.add(start, end, new_off)
+        self._write(ctx, "cow_context_do_remap", found)
+
+    # --- merge rules --------------------------------------------------------------------
+
+    def is_mergeable_anon_vma(self, vmg: VmaMergeStruct, merge_next: bool) -> bool:
+        """No fork-child rule: nothing locks the hierarchy.  Two faulted private
+        file VMAs need equal anon offsets; a faulted private file VMA moved by
+        mremap merges with nothing (its anon offset would have to be adopted by
+        the target).  With ``sentinel_merge``, the PoC's rule: a faulted and an
+        unfaulted VMA never merge."""
+        tgt = vmg.next if merge_next else vmg.prev
+        assert tgt is not None
+        tgt_faulted, src_faulted = tgt.anon_vma is not None, vmg.anon_vma is not None
+        if self.options.sentinel_merge:
+            return tgt_faulted == src_faulted
+        if vmg.file is not None and src_faulted and not self.options.file_remap_entries:
+            if vmg.copied_from is not None:
+                return False
+            if tgt_faulted and vmg.middle is not None:
+                return self.vma_offset(tgt) == self.vma_offset(vmg.middle)
+        return True
+
+    def are_anon_vmas_compatible(self, vma1: VmAreaStruct, vma2: VmAreaStruct) -> bool:
+        return True
+
+    # --- folios -------------------------------------------------------------------------
+
+    def folio_add_new_anon_rmap(
+        self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
+    ) -> None:
+        """``__folio_set_anon_cow()``: the faulting mm's context, with a reference;
+        a non-exclusive folio (swap-in shared by several mms) takes the root
+        context, the oldest possible, as anon_vma takes ``anon_vma->root``."""
+        ctx = _ctxm(vma.vm_mm)
+        if not exclusive:
+            ctx = self.root_of(ctx)
+        self.get_cow_context(ctx)
+        folio.mapping = ctx
+        folio.index = self.linear_anon_page_index(vma, address)
+
+    def folio_move_anon_rmap(self, folio: Folio, vma: VmAreaStruct) -> None:
+        """The folio moves down to the reusing mm's context."""
+        new = _ctxm(vma.vm_mm)
+        old = cast(CowContext, folio.mapping)
+        if new is not old:
+            self.get_cow_context(new)
+            folio.mapping = new
+            self.put_cow_context(old)
+
+    def folio_free(self, folio: Folio) -> None:
+        self.put_cow_context(cast(CowContext, folio.mapping))
+
+    # --- rmap walk ----------------------------------------------------------------------
+
+    def rmap_walk(self, folio: Folio, rwc: RmapWalkControl) -> None:
+        """``cow_context_walk()``: run :meth:`walk_steps` to its end."""
+        for _ in self.walk_steps(folio, rwc):
+            pass
+
+    def walk_steps(self, folio: Folio, rwc: RmapWalkControl) -> Iterator[tuple[str, object]]:
+        """The walk as a sequence of kernel-visible steps (yielded before each
+        context visit and each probe) so that an explorer can interleave it with
+        writers.  The corrected walk stops once it has confirmed as many
+        mappings as the folio had when the walk began."""
+        ctx0 = cast(CowContext, folio.mapping)
+        index = folio.index
+        target = folio.mapcount
+        exclusive = folio.mapcount <= 1  # !folio_maybe_mapped_shared()
+        cost = rwc.cost.cost
+        hold = self._lock(RCU, "read", "cow_context_walk")
+        found = 0
+        first = True
+        try:
+            for ctx in cow_context_preorder(ctx0):
+                yield "context", ctx
+                cost["anchors"] += 1
+                hold.objects += 1
+                mm = ctx.mm
+                if mm is None:
+                    first = False
+                    continue
+                scanned, offsets = ctx.remaps.lookup(index)
+                for n, off in enumerate([0, *sorted(offsets)]):
+                    if n == 1:
+                        cost["remap_entries"] += scanned
+                        cost["offsets"] += len(offsets)
+                    yield "probe", (ctx, off)
+                    verdict = self._probe(folio, mm, index, off, rwc, hold)
+                    if verdict is None:
+                        return
+                    found += verdict
+                    if target and found >= target and not self.options.exclusive_abort:
+                        return
+                    if (
+                        n == 0
+                        and first
+                        and self.options.exclusive_abort
+                        and exclusive
+                        and folio.mapcount <= 1
+                    ):
+                        return
+                first = False
+        finally:
+            self.ledger.unlock(hold)
+
+    def _probe(
+        self, folio: Folio, mm: MmStruct, index: int, off: int, rwc: RmapWalkControl, hold: LockHold
+    ) -> int | None:
+        """``walk_context_remap()``: the VMA at ``index + off`` if its offset is
+        ``off``; returns 1 when the PTE maps the folio, None to stop the walk."""
+        address = (index + off) << PAGE_SHIFT
+        rwc.cost.cost["vma_lookups"] += 1
+        vma = mm.find_vma(address)
+        if (
+            vma is None
+            or vma.vm_start > address
+            or vma.anon_vma is None
+            or self.vma_offset(vma) != off
+        ):
+            return 0
+        hold.vmas += 1
+        if rwc.invalid_vma is not None and rwc.invalid_vma(vma):
+            return 0
+        pte = mm.pgd.get(address >> PAGE_SHIFT)
+        mapped = int(
+            pte is not None and bool(pte & PTE_PRESENT) and pte >> PTE_PFN_SHIFT == folio.pfn
+        )
+        if not rwc.rmap_one(folio, vma, address):
+            return None
+        if rwc.done is not None and rwc.done(folio):
+            return None
+        return mapped
+
+    # --- KSM ----------------------------------------------------------------------------
+
+    def ksm_rmap_item_anchor(self, vma: VmAreaStruct, folio: Folio) -> object:
+        """Our KSM rmap (the PoC leaves KSM as a TODO): an rmap_item pins the
+        context the merged folio belonged to (every mm that could map it through
+        fork descends from it), or the mapping mm's context when the page was
+        already a KSM page."""
+        ctx = cast(CowContext, folio.mapping) if folio.anon and not folio.ksm else _ctxm(vma.vm_mm)
+        self.get_cow_context(ctx)
+        self.ksm_refs[ctx.ctx_id] = self.ksm_refs.get(ctx.ctx_id, 0) + 1
+        return ctx
+
+    def ksm_rmap_item_release(self, anchor: object) -> None:
+        ctx = cast(CowContext, anchor)
+        self.ksm_refs[ctx.ctx_id] -= 1
+        if not self.ksm_refs[ctx.ctx_id]:
+            del self.ksm_refs[ctx.ctx_id]
+        self.put_cow_context(ctx)
+
+    def rmap_walk_ksm_item(
+        self, folio: Folio, item: object, rwc: RmapWalkControl, search_new_forks: bool
+    ) -> bool:
+        """First pass: the rmap_item's own (mm, address).  Second pass: the same
+        address in every other live mm of the anchor context's subtree (forks,
+        and the mms the folio was shared with before it was merged)."""
+        item_mm: MmStruct = item.mm  # type: ignore[attr-defined]
+        address: int = item.address  # type: ignore[attr-defined]
+        anchor = cast(CowContext, item.anchor)  # type: ignore[attr-defined]
+        cost = rwc.cost.cost
+        hold = self._lock(RCU, "read", "rmap_walk_ksm")
+        try:
+            mms = (
+                [item_mm]
+                if not search_new_forks
+                else [
+                    c.mm
+                    for c in cow_context_preorder(anchor)
+                    if c.mm is not None and c.mm is not item_mm
+                ]
+            )
+            cost["anchors"] += 1 if not search_new_forks else 0
+            for mm in mms:
+                key = (mm.mm_id, address)
+                if key in rwc.seen:
+                    continue
+                rwc.seen.add(key)
+                cost["vma_lookups"] += 1
+                vma = mm.find_vma(address)
+                if vma is None or vma.vm_start > address or vma.anon_vma is None:
+                    continue
+                hold.vmas += 1
+                if rwc.invalid_vma is not None and rwc.invalid_vma(vma):
+                    continue
+                if not rwc.rmap_one(folio, vma, address) or (
+                    rwc.done is not None and rwc.done(folio)
+                ):
+                    return False
+            return True
+        finally:
+            self.ledger.unlock(hold)
+
+    # --- views and checks ---------------------------------------------------------------
+
+    def describe_folio(self, folio: Folio) -> str:
+        ctx = folio.mapping
+        return f"C{ctx.ctx_id}" if isinstance(ctx, CowContext) else repr(ctx)
+
+    def check_invariants(self) -> list[str]:
+        from cowctx.designs.cow_context.checks import check_cow_context_invariants
+
+        return check_cow_context_invariants(self)

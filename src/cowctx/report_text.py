@@ -11,11 +11,13 @@ from rich.table import Table
 from cowctx.metrics.ledger import WALK_UNITS
 
 
-def print_result(console: Console, result: dict[str, Any], failures: list[str]) -> None:
+def print_result(
+    console: Console, result: dict[str, Any], failures: list[str], failed: bool | None = None
+) -> None:
     """One scenario on one design: steps that failed, maps, objects, locks, walks."""
-    ok = not failures and not result["oracle"]["violations"]
+    ok = not failed if failed is not None else not failures and not result["oracle"]["violations"]
     mark = "[green]PASS[/]" if ok else "[red]FAIL[/]"
-    console.print(f"{mark} [bold]{result['scenario']}[/] on [cyan]{result['design']}[/]")
+    console.print(f"{mark} [bold]{result['scenario']}[/] on [cyan]{escape(result['design'])}[/]")
     for i, step in enumerate(result["steps"]):
         if step["errno"]:
             console.print(f"  step {i} ({step['op']}): {step['errno']}")

@@ -52,3 +52,13 @@ def check_expect(scenario: Scenario, result: dict[str, Any]) -> list[str]:
                 f"steps.{i} ({step.op}).errno: expected {step.errno}, got {rec['errno']}"
             )
     return failures
+
+
+def scenario_failed(scenario: Scenario, result: dict[str, Any], failures: list[str]) -> bool:
+    """A run fails on an expectation failure, or on an oracle violation the
+    scenario does not expect (an ``expect.violations`` block says which it does)."""
+    if failures:
+        return True
+    if scenario.expect is not None and scenario.expect.violations:
+        return False
+    return bool(result["oracle"]["violations"])

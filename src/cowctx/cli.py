@@ -56,7 +56,7 @@ def main() -> None:
 )
 def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, timing: bool) -> None:
     """Run scenario FILES on the model and check their `expect` blocks."""
-    from cowctx.report_text import print_result
+    from cowctx.report_text import print_result, print_side_by_side
     from cowctx.scenario.runner import run_scenario
 
     designs = _designs(design)
@@ -64,15 +64,24 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
     console = Console(highlight=False, soft_wrap=True)
     failed = False
     for scenario in scenarios:
+        results, verdicts = [], []
         for name in designs:
             result = run_scenario(scenario, name, check=not no_check, timing=timing).result(timing)
             failures = check_expect(scenario, result)
             result["expect"] = {"passed": not failures, "failures": failures}
-            failed |= scenario_failed(scenario, result, failures)
+            bad = scenario_failed(scenario, result, failures)
+            failed |= bad
+            results.append(result)
+            verdicts.append(bad)
             if as_json:
                 click.echo(json.dumps(result, sort_keys=True))
+            elif len(designs) == 1:
+                print_result(console, result, failures, bad)
             else:
-                print_result(console, result, failures, scenario_failed(scenario, result, failures))
+                for f in failures:
+                    console.print(f"  [red]{escape(result['design'])}: {escape(f)}[/]")
+        if len(designs) > 1 and not as_json:
+            print_side_by_side(console, results, verdicts)
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
 
 

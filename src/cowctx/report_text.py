@@ -69,3 +69,61 @@ def print_result(
         )
     for f in failures:
         console.print(f"  [red]expectation failed[/] {escape(f)}")
+
+
+def print_side_by_side(console: Console, results: list[dict[str, Any]], failed: list[bool]) -> None:
+    """One scenario on several designs, one column per design: objects, bytes,
+    lock acquisitions by kind and mode, and rmap walk cost per walk."""
+    scenario = results[0]["scenario"]
+    console.rule(f"[bold]{escape(scenario)}")
+    for result, bad in zip(results, failed, strict=True):
+        mark = "[red]FAIL[/]" if bad else "[green]PASS[/]"
+        kinds = sorted({v["kind"] for v in result["oracle"]["violations"]})
+        note = f" (violations: {', '.join(kinds)})" if kinds else ""
+        console.print(f"{mark} {escape(result['design'])}{note}")
+    table = Table("", *(escape(r["design"]) for r in results), box=None, padding=(0, 1))
+    table.add_row("[bold]objects live (allocated)[/]")
+    kinds = sorted(
+        {k for r in results for k in r["final"]["objects"]},
+        key=lambda k: (k != "vm_area_struct", k),
+    )
+    for kind in kinds:
+        cells = []
+        for r in results:
+            s = r["final"]["objects"].get(kind)
+            star = "*" if kind in r["final"]["estimated"] else ""
+            cells.append(f"{s['live']} ({s['allocated']}){star}" if s else "")
+        table.add_row(f"  {kind}", *cells)
+    table.add_row(
+        "[bold]bytes live[/]", *(f"{sum(r['final']['bytes'].values()):,}" for r in results)
+    )
+    for kind in kinds:
+        cells = []
+        for r in results:
+            star = "*" if kind in r["final"]["estimated"] else ""
+            size = r["final"]["bytes"].get(kind)
+            cells.append(f"{size:,}{star}" if size is not None else "")
+        table.add_row(f"  {kind}", *cells)
+    table.add_row("[bold]locks taken (VMAs+objects held)[/]")
+    locks = sorted({(x["lock"], x["mode"]) for r in results for x in r["locks"]})
+    for lock, mode in locks:
+        cells = []
+        for r in results:
+            rows = [x for x in r["locks"] if (x["lock"], x["mode"]) == (lock, mode)]
+            taken = sum(x["acquisitions"] for x in rows)
+            covered = sum(x["vmas"] + x["objects"] for x in rows)
+            cells.append(f"{taken} ({covered})" if rows else "")
+        table.add_row(f"  {lock} {mode}", *cells)
+    table.add_row("[bold]rmap walk cost per walk[/]")
+    walks = [sum(a["walks"] for a in r["walks"].values()) for r in results]
+    table.add_row("  walks", *(str(n) for n in walks))
+    for unit in WALK_UNITS:
+        cells = []
+        for r, n in zip(results, walks, strict=True):
+            total = sum(a[unit] for a in r["walks"].values())
+            cells.append(f"{total / n:.2f}" if n else "")
+        if any(c not in ("", "0.00") for c in cells):
+            table.add_row(f"  {unit}", *cells)
+    console.print(table)
+    if any(r["final"]["estimated"] for r in results):
+        console.print("  * estimated sizes (no kernel has these objects yet)")

@@ -97,6 +97,7 @@ def build_result(run: ScenarioRun, timing: bool) -> dict[str, Any]:
         "final": {
             "objects": objects,
             "bytes": ledger.bytes_live(),
+            "estimated": sorted(k for k, kind in ledger.kinds.items() if kind.estimate),
             "maps": maps,
             "pages": pages,
         },

@@ -27,10 +27,14 @@ class MigrateResult:
     problems: list[str] = field(default_factory=list)
 
 
-def migrate_folio(m: Machine, folio: Folio) -> MigrateResult:
+def migrate_folio(
+    m: Machine, folio: Folio, mappings: set[tuple[int, int]] | None = None
+) -> MigrateResult:
     """``migrate_pages()`` for one mapped anon (or KSM) folio."""
     assert folio.anon and folio.mapcount, folio
-    before = scan_page_tables(m).get(folio.pfn, set())
+    # the mappings to check afterwards: given by a caller migrating many folios
+    # (one page-table scan for all), else found by scanning the page tables
+    before = mappings if mappings is not None else scan_page_tables(m).get(folio.pfn, set())
     mms = {mm.mm_id: mm for mm in m.live_mms()}
     problems: list[str] = []
     record = m.ledger.walk("try_to_migrate", shared=folio.mapcount > 1)

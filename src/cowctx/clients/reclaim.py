@@ -22,12 +22,14 @@ class ReclaimResult:
     problems: list[str] = field(default_factory=list)
 
 
-def reclaim_folio(m: Machine, folio: Folio) -> ReclaimResult:
+def reclaim_folio(
+    m: Machine, folio: Folio, mappings: set[tuple[int, int]] | None = None
+) -> ReclaimResult:
     """``shrink_folio_list()`` for one anon folio: swap space, unmap every PTE to a
     swap entry (exclusive if the page was), write out, free.  A mapping the walk
     misses keeps the folio in memory (and in the swap cache) and is a violation."""
     assert folio.anon and not folio.ksm, folio
-    before = scan_page_tables(m).get(folio.pfn, set())
+    before = mappings if mappings is not None else scan_page_tables(m).get(folio.pfn, set())
     if folio.swapcache is None:
         add_to_swap_cache(m, folio, m.swap.alloc(folio.content))
     slot = folio.swapcache

@@ -1,0 +1,1 @@
+"""Comparisons, sweeps, tables, plots, graphs and the HTML report."""

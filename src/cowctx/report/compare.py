@@ -1,0 +1,171 @@
+"""Run one scenario or workload on several designs and gather what a kernel
+developer compares: objects and bytes per kind, the VMA size effect, lock
+acquisitions by kind and mode with what they covered, and rmap walk cost
+(mean, p99, max; exclusive and shared folios apart), measured at the end by
+running ``folio_referenced`` and migration over every anon folio."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cowctx.clients.migrate import migrate_folio
+from cowctx.clients.referenced import folio_referenced
+from cowctx.metrics.ledger import WALK_UNITS
+from cowctx.oracle.oracle import scan_page_tables
+from cowctx.scenario.runner import run_scenario
+from cowctx.scenario.schema import Scenario
+
+MEASURE_OP = "measure"
+"""Ledger operation name of the end-of-run walks (kept apart from the workload's)."""
+CLIENTS = ("folio_referenced", "try_to_migrate", "remove_migration_ptes")
+COST_UNIT = "pt_probes"
+"""The walk cost summarised as mean/p99/max: page-table probes, the work every
+design does per candidate mapping."""
+
+
+@dataclass
+class DesignResult:
+    design: str
+    result: dict[str, Any]
+    """The scenario result (SCENARIO.md shape) at the end of the workload."""
+    walks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """client -> ``exclusive``/``shared`` -> statistic -> value."""
+    workload_locks: list[dict[str, Any]] = field(default_factory=list)
+    measure_locks: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Comparison:
+    scenario: str
+    description: str
+    designs: list[DesignResult]
+    kernel: dict[str, Any] | None = None
+    """The kernel's result for the same steps, where it could be observed."""
+    kernel_reason: str | None = None
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (deterministic, no interpolation)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def walk_summary(records: list[Any]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for client in CLIENTS:
+        for shared in (False, True):
+            mine = [r for r in records if r.client == client and r.shared == shared]
+            if not mine:
+                continue
+            costs = [float(r.cost[COST_UNIT]) for r in mine]
+            stats: dict[str, float] = {
+                "walks": len(mine),
+                "mean": sum(costs) / len(costs),
+                "p99": percentile(costs, 0.99),
+                "max": max(costs),
+            }
+            for unit in WALK_UNITS:
+                stats[f"mean_{unit}"] = sum(r.cost[unit] for r in mine) / len(mine)
+            out.setdefault(client, {})["shared" if shared else "exclusive"] = stats
+    return out
+
+
+def measure_walks(machine: Any) -> None:
+    """folio_referenced, then migration, of every mapped anon folio (KSM folios too)."""
+    folios = sorted(
+        (f for f in machine.mem_map.values() if f.anon and f.mapcount), key=lambda f: f.pfn
+    )
+    truth = scan_page_tables(machine)  # migrating one folio moves no other's mappings
+    with machine.operation(MEASURE_OP):
+        for folio in folios:
+            folio_referenced(machine, folio)
+        for folio in folios:
+            if not folio.freed and folio.mapcount:
+                migrate_folio(machine, folio, truth.get(folio.pfn, set()))
+
+
+def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignResult:
+    import time
+
+    t0 = time.perf_counter()
+    run = run_scenario(scenario, design, check=check)
+    result = run.result()
+    machine = run.machine
+    mark = len(machine.ledger.walks)
+    measure_walks(machine)
+    seconds = time.perf_counter() - t0
+    locks = run.result()["locks"]
+    return DesignResult(
+        design=result["design"],
+        result=result,
+        walks=walk_summary(machine.ledger.walks[mark:]),
+        workload_locks=[x for x in locks if x["op"] != MEASURE_OP],
+        measure_locks=[x for x in locks if x["op"] == MEASURE_OP],
+        seconds=seconds,
+    )
+
+
+def compare(
+    scenario: Scenario,
+    designs: list[str],
+    *,
+    check: bool = False,
+    kernel_session: Any = None,
+    kernel_reason: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Every design on ``scenario``; with a kernel session, the kernel too."""
+    results = []
+    for design in designs:
+        if progress is not None:
+            progress(design)
+        results.append(run_design(scenario, design, check))
+    kernel = None
+    if kernel_session is not None:
+        if progress is not None:
+            progress("linux")
+        kernel = kernel_session.run(scenario)
+    return Comparison(scenario.name, scenario.description or "", results, kernel, kernel_reason)
+
+
+def lock_totals(locks: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+    """Per (lock, mode): acquisitions, VMAs and objects covered, largest hold."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for x in locks:
+        agg = out.setdefault(
+            (x["lock"], x["mode"]), {"acquisitions": 0, "vmas": 0, "objects": 0, "max_held": 0}
+        )
+        agg["acquisitions"] += x["acquisitions"]
+        agg["vmas"] += x["vmas"]
+        agg["objects"] += x["objects"]
+        agg["max_held"] = max(agg["max_held"], x["max_vmas"] + x["max_objects"])
+    return out
+
+
+def comparison_json(c: Comparison) -> dict[str, Any]:
+    """A JSON-ready summary (deterministic: no timings)."""
+    return {
+        "scenario": c.scenario,
+        "description": c.description,
+        "designs": {
+            d.design: {
+                "objects": d.result["final"]["objects"],
+                "bytes": d.result["final"]["bytes"],
+                "estimated": d.result["final"]["estimated"],
+                "locks": {f"{k[0]} {k[1]}": v for k, v in lock_totals(d.workload_locks).items()},
+                "walks": d.walks,
+                "violations": d.result["oracle"]["violations"],
+            }
+            for d in c.designs
+        },
+        "kernel": None
+        if c.kernel is None
+        else {"objects": c.kernel["final"]["objects"], "maps_agree": None},
+        "kernel_reason": c.kernel_reason,
+    }

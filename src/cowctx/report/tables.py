@@ -1,0 +1,125 @@
+"""The comparison as terminal tables (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cowctx.report.compare import CLIENTS, Comparison, lock_totals
+
+KERNEL_KINDS = ("anon_vma", "anon_vma_chain")
+
+
+def comparison_rows(c: Comparison) -> list[tuple[str, list[str]]]:
+    """(label, one cell per column) rows; columns are the designs, then linux.
+    Section rows have an empty cell list.  Shared by the terminal and HTML."""
+    rows: list[tuple[str, list[str]]] = []
+    designs = c.designs
+    kernel = c.kernel
+    rows.append(("objects live (allocated)", []))
+    kinds = sorted(
+        {k for d in designs for k in d.result["final"]["objects"]},
+        key=lambda k: (k != "vm_area_struct", k),
+    )
+    for kind in kinds:
+        cells = []
+        for d in designs:
+            s = d.result["final"]["objects"].get(kind)
+            star = "*" if kind in d.result["final"]["estimated"] else ""
+            cells.append(f"{s['live']:,} ({s['allocated']:,}){star}" if s else "")
+        if kernel is not None:
+            k = kernel["final"]["objects"].get(kind)
+            model = next((d for d in designs if d.design == "anon_vma"), None)
+            mark = ""
+            if k and model is not None:
+                ms = model.result["final"]["objects"][kind]
+                if (ms["live"], ms["allocated"]) != (k["live"], k["allocated"]):
+                    mark = " ≠"
+            cells.append(f"{k['live']:,} ({k['allocated']:,}){mark}" if k else "")
+        rows.append((f"  {kind}", cells))
+    extra = [""] if kernel is not None else []
+    rows.append(
+        ("bytes live", [f"{sum(d.result['final']['bytes'].values()):,}" for d in designs] + extra)
+    )
+    for kind in kinds:
+        cells = []
+        for d in designs:
+            size = d.result["final"]["bytes"].get(kind)
+            star = "*" if kind in d.result["final"]["estimated"] else ""
+            cells.append(f"{size:,}{star}" if size is not None else "")
+        rows.append((f"  {kind}", cells + extra))
+    rows.append(("VMA size (bytes each)", [_vma_size(d.result) for d in designs] + extra))
+    rows.append(("locks: taken (VMAs, objects held; most in one hold)", []))
+    totals = [lock_totals(d.workload_locks) for d in designs]
+    for key in sorted({k for t in totals for k in t}):
+        cells = []
+        for t in totals:
+            v = t.get(key)
+            cells.append(
+                f"{v['acquisitions']:,} ({v['vmas']:,}, {v['objects']:,}; {v['max_held']:,})"
+                if v
+                else ""
+            )
+        rows.append((f"  {key[0]} {key[1]}", cells + extra))
+    rows.append(("walk cost: page-table probes, mean / p99 / max", []))
+    for client in CLIENTS:
+        for kind in ("exclusive", "shared"):
+            cells = []
+            for d in designs:
+                s = d.walks.get(client, {}).get(kind)
+                cells.append(
+                    f"{s['mean']:.1f} / {s['p99']:.0f} / {s['max']:.0f}  (n={int(s['walks']):,})"
+                    if s
+                    else ""
+                )
+            if any(cells):
+                rows.append((f"  {client}, {kind}", cells + extra))
+    rows.append(("walk breadth (folio_referenced), mean", []))
+    for kind in ("exclusive", "shared"):
+        cells = []
+        for d in designs:
+            s = d.walks.get("folio_referenced", {}).get(kind)
+            cells.append(
+                f"{s['mean_anchors']:.1f} anchors, {s['mean_vma_lookups']:.1f} VMAs" if s else ""
+            )
+        if any(cells):
+            rows.append((f"  {kind}", cells + extra))
+    rows.append(
+        ("oracle violations", [str(len(d.result["oracle"]["violations"])) for d in designs] + extra)
+    )
+    return rows
+
+
+def columns(c: Comparison) -> list[str]:
+    return [d.design for d in c.designs] + (["linux (kernel)"] if c.kernel is not None else [])
+
+
+def print_comparison(console: Console, c: Comparison) -> None:
+    console.rule(f"[bold]{escape(c.scenario)}")
+    if c.description:
+        console.print(escape(c.description))
+    table = Table("", *(escape(x) for x in columns(c)), box=None, padding=(0, 1))
+    for label, cells in comparison_rows(c):
+        if not cells:
+            table.add_row(f"[bold]{escape(label)}[/]")
+        else:
+            table.add_row(escape(label), *(escape(x) for x in cells))
+    console.print(table)
+    notes = []
+    if any(d.result["final"]["estimated"] for d in c.designs):
+        notes.append("* estimated sizes")
+    if c.kernel is not None:
+        notes.append("≠ the kernel's count differs from the anon_vma model's")
+    elif c.kernel_reason:
+        notes.append(f"no kernel column: {c.kernel_reason}")
+    if notes:
+        console.print("  " + "; ".join(notes))
+
+
+def _vma_size(result: dict) -> str:  # type: ignore[type-arg]
+    live = result["final"]["objects"]["vm_area_struct"]["live"]
+    if not live:
+        return ""
+    star = "*" if "vm_area_struct" in result["final"]["estimated"] else ""
+    return f"{result['final']['bytes']['vm_area_struct'] // live}{star}"

@@ -1,0 +1,7 @@
+"""Workloads: parameterised, deterministic generators of SCENARIO.md steps that
+stand for real process shapes, sized like the real thing by default.  Every
+workload is kernel-capable (no model-only step), so the kernel can run it too."""
+
+from cowctx.workloads.registry import WORKLOADS, Workload, build_workload
+
+__all__ = ["WORKLOADS", "Workload", "build_workload"]

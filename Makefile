@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test fuzz bench lint clean
+.PHONY: setup demo test fuzz bench lint clean report-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,20 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENV)/.system-tools
+
+# Graphviz (cowctx graph renders SVG with it) and Chromium (the report test opens
+# the HTML report headless): Debian packages, installed when missing and possible.
+$(VENV)/.system-tools: | $(STAMP)
+	@if ! command -v dot >/dev/null || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q graphviz chromium >/dev/null 2>&1 \
+	    || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -q graphviz chromium >/dev/null 2>&1) \
+	    || echo "note: could not install graphviz/chromium; those tests will skip"; \
+	  else echo "note: graphviz/chromium missing and not installable here; those tests will skip"; fi; \
+	fi
+	@touch $@
 
 demo: setup
 	$(BIN)/cowctx demo
@@ -28,6 +41,9 @@ fuzz: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+report-check: setup
+	$(BIN)/python -m pytest -q tests/test_report.py --screenshot report-screenshot.png
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -181,6 +181,12 @@ class AnonRmap(ABC):
         """The design's structural invariants; one message per violation."""
         return []
 
+    def graph(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+        """The design's objects for ``cowctx graph``: (nodes, edges), a node being
+        (id, label, kind) and an edge (from, to, label).  VMAs are ``vma<vm_id>``
+        and mms ``mm<mm_id>`` (the machine draws those)."""
+        return [], []
+
     def describe_folio(self, folio: Folio) -> str:
         """What ``folio.mapping`` points to, for messages."""
         return repr(folio.mapping)

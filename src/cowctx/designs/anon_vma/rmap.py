@@ -396,6 +396,23 @@ class AnonVmaRmap(AnonRmap):
         """References held beyond the tree and descendants (KSM rmap_items)."""
         return self.ksm_refs.get(av.av_id, 0)
 
+    def graph(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+        """anon_vmas (parent edges), and an edge per AVC from its VMA."""
+        nodes, edges = [], []
+        for av in self.anon_vmas.values():
+            label = f"AV{av.av_id}\\nc={av.num_children} a={av.num_active_vmas} r={av.refcount}"
+            nodes.append((f"av{av.av_id}", label, "root" if av.root is av else "anon_vma"))
+            if av.parent is not av:
+                edges.append((f"av{av.av_id}", f"av{av.parent.av_id}", "parent"))
+        for mm in self.machine.live_mms():
+            for vma in mm.vmas():
+                for avc in cast(AnonVmaVma, vma).anon_vma_chain:
+                    own = avc.anon_vma is vma.anon_vma
+                    edges.append(
+                        (f"vma{vma.vm_id}", f"av{avc.anon_vma.av_id}", "anon_vma" if own else "avc")
+                    )
+        return nodes, edges
+
     def describe_folio(self, folio: Folio) -> str:
         av = folio.mapping
         return f"AV{av.av_id}" if isinstance(av, AnonVma) else repr(av)

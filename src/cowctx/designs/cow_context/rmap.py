@@ -514,6 +514,27 @@ class CowContextRmap(AnonRmap):
 
     # --- views and checks ---------------------------------------------------------------
 
+    def graph(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+        """Contexts (parent edges, dead ones marked), mm -> context, remap entries."""
+        nodes, edges = [], []
+        for ctx in self.contexts.values():
+            state = "dead" if ctx.mm is None else f"mm#{ctx.mm.mm_id}"
+            remaps = "".join(
+                f"\\n[{a:#x},{b:#x}) {sorted(s)}" for a, b, s in list(ctx.remaps.segments())[:4]
+            )
+            nodes.append(
+                (
+                    f"ctx{ctx.ctx_id}",
+                    f"C{ctx.ctx_id} {state}\\nr={ctx.refcount}{remaps}",
+                    "dead" if ctx.mm is None else "context",
+                )
+            )
+            if ctx.parent is not None:
+                edges.append((f"ctx{ctx.ctx_id}", f"ctx{ctx.parent.ctx_id}", "parent"))
+            if ctx.mm is not None:
+                edges.append((f"mm{ctx.mm.mm_id}", f"ctx{ctx.ctx_id}", "cow_context"))
+        return nodes, edges
+
     def describe_folio(self, folio: Folio) -> str:
         ctx = folio.mapping
         return f"C{ctx.ctx_id}" if isinstance(ctx, CowContext) else repr(ctx)

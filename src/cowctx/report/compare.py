@@ -15,12 +15,15 @@ from cowctx.clients.migrate import migrate_folio
 from cowctx.clients.referenced import folio_referenced
 from cowctx.metrics.ledger import WALK_UNITS
 from cowctx.oracle.oracle import scan_page_tables
+from cowctx.report.graph import machine_dot
 from cowctx.scenario.runner import run_scenario
 from cowctx.scenario.schema import Scenario
 
 MEASURE_OP = "measure"
 """Ledger operation name of the end-of-run walks (kept apart from the workload's)."""
 CLIENTS = ("folio_referenced", "try_to_migrate", "remove_migration_ptes")
+GRAPH_LIMIT = (12, 80)
+"""Draw the hierarchy of runs with at most this many processes and VMAs."""
 COST_UNIT = "pt_probes"
 """The walk cost summarised as mean/p99/max: page-table probes, the work every
 design does per candidate mapping."""
@@ -36,6 +39,8 @@ class DesignResult:
     workload_locks: list[dict[str, Any]] = field(default_factory=list)
     measure_locks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    graph_dot: str | None = None
+    """The hierarchy at the end, for small runs (see :data:`GRAPH_LIMIT`)."""
 
 
 @dataclass
@@ -97,6 +102,10 @@ def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignRe
     run = run_scenario(scenario, design, check=check)
     result = run.result()
     machine = run.machine
+    graph_dot = None
+    live = [t for t in run.procs.values() if not t.exit_state]
+    if len(live) <= GRAPH_LIMIT[0] and sum(len(t.mm.vmas()) for t in live) <= GRAPH_LIMIT[1]:
+        graph_dot = machine_dot(machine, run.procs, f"{scenario.name} on {result['design']}")
     mark = len(machine.ledger.walks)
     measure_walks(machine)
     seconds = time.perf_counter() - t0
@@ -108,6 +117,7 @@ def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignRe
         workload_locks=[x for x in locks if x["op"] != MEASURE_OP],
         measure_locks=[x for x in locks if x["op"] == MEASURE_OP],
         seconds=seconds,
+        graph_dot=graph_dot,
     )
 
 

@@ -62,8 +62,8 @@ def test_json_lines_are_deterministic_and_complete() -> None:
         assert all("time_ns" not in s for s in result["steps"])
 
 
-def test_demo_runs_every_builtin_scenario() -> None:
-    code, out, _ = invoke("demo")
+def test_demo_stories_run_every_builtin_scenario() -> None:
+    code, out, _ = invoke("demo", "--stories")
     assert code == 0
     for design in ("anon_vma", "cow_context"):
         assert out.count(f"PASS demo-fork-then-cow on {design}") == 1

@@ -34,6 +34,8 @@ def test_workload_is_deterministic_and_sized_from_its_defaults(name: str) -> Non
     one = json.dumps(comparison_json(compare(small, ["anon_vma", "cow_context"])), sort_keys=True)
     two = json.dumps(comparison_json(compare(small, ["anon_vma", "cow_context"])), sort_keys=True)
     assert one == two
+    for design, data in json.loads(one)["designs"].items():
+        assert data["client_misses"] == 0, design
 
 
 def test_fork_chain_costs_what_the_reference_says() -> None:

@@ -39,6 +39,9 @@ class DesignResult:
     workload_locks: list[dict[str, Any]] = field(default_factory=list)
     measure_locks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    client_misses: int = 0
+    """Mappings the measurement walks missed (folio_referenced short of mapcount,
+    migration leaving a mapping or a migration entry behind)."""
     graph_dot: str | None = None
     """The hierarchy at the end, for small runs (see :data:`GRAPH_LIMIT`)."""
 
@@ -81,18 +84,26 @@ def walk_summary(records: list[Any]) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
-def measure_walks(machine: Any) -> None:
-    """folio_referenced, then migration, of every mapped anon folio (KSM folios too)."""
+def measure_walks(machine: Any) -> list[str]:
+    """folio_referenced, then migration, of every mapped anon folio (KSM folios
+    too); returns what the clients missed (mappings a walk did not find)."""
     folios = sorted(
         (f for f in machine.mem_map.values() if f.anon and f.mapcount), key=lambda f: f.pfn
     )
     truth = scan_page_tables(machine)  # migrating one folio moves no other's mappings
+    problems: list[str] = []
     with machine.operation(MEASURE_OP):
         for folio in folios:
-            folio_referenced(machine, folio)
+            result = folio_referenced(machine, folio)
+            if result.mappings_found != result.mapcount:
+                problems.append(
+                    f"folio_referenced found {result.mappings_found} of "
+                    f"{result.mapcount} mappings of pfn {folio.pfn}"
+                )
         for folio in folios:
             if not folio.freed and folio.mapcount:
-                migrate_folio(machine, folio, truth.get(folio.pfn, set()))
+                problems += migrate_folio(machine, folio, truth.get(folio.pfn, set())).problems
+    return problems
 
 
 def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignResult:
@@ -107,7 +118,7 @@ def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignRe
     if len(live) <= GRAPH_LIMIT[0] and sum(len(t.mm.vmas()) for t in live) <= GRAPH_LIMIT[1]:
         graph_dot = machine_dot(machine, run.procs, f"{scenario.name} on {result['design']}")
     mark = len(machine.ledger.walks)
-    measure_walks(machine)
+    misses = measure_walks(machine)
     seconds = time.perf_counter() - t0
     locks = run.result()["locks"]
     return DesignResult(
@@ -118,6 +129,7 @@ def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignRe
         measure_locks=[x for x in locks if x["op"] == MEASURE_OP],
         seconds=seconds,
         graph_dot=graph_dot,
+        client_misses=len(misses),
     )
 
 
@@ -171,6 +183,7 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
                 "locks": {f"{k[0]} {k[1]}": v for k, v in lock_totals(d.workload_locks).items()},
                 "walks": d.walks,
                 "violations": d.result["oracle"]["violations"],
+                "client_misses": d.client_misses,
             }
             for d in c.designs
         },

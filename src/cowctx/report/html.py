@@ -51,6 +51,10 @@ GLOSSARY: dict[str, str] = {
     "the number of walks.",
     "walk breadth": "Per folio_referenced walk, the anchors visited (anon_vmas, or contexts) "
     "and the VMAs examined.",
+    "mappings the measurement walks missed": "Mappings folio_referenced did not reach "
+    "(short of the folio's mapcount), and mappings try_to_migrate left on the old folio or "
+    "migration entries remove_migration_ptes left behind, over the end-of-run measurement: 0 "
+    "for a sound design.",
     "oracle violations": "Mappings an rmap walk missed, or broken invariants, found by "
     "checking against a scan of every page table (only with --check; the PoC design is "
     "expected to have some).",

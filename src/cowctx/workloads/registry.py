@@ -19,6 +19,8 @@ class Workload:
     models: str
     """What real behaviour it stands for."""
     files: dict[str, int] | None = None
+    unscaled: frozenset[str] = frozenset()
+    """Parameters ``scale`` leaves alone (counts of rounds, not sizes)."""
 
 
 def _doc(fn: Callable[..., Any]) -> str:
@@ -55,6 +57,7 @@ WORKLOADS: dict[str, Workload] = {
             g.mremap_realloc,
             {"buffers": 32, "growths": 6, "start_pages": 4},
             _doc(g.mremap_realloc),
+            unscaled=frozenset({"growths", "start_pages"}),
         ),
         Workload(
             "bgsave", g.bgsave, {"heap_pages": 8192, "snapshots": 3, "dirty": 0.2}, _doc(g.bgsave)
@@ -87,7 +90,8 @@ def build_workload(
     for key, default in w.defaults.items():
         value = (params or {}).get(key, default)
         if isinstance(default, int):
-            value = max(1, round(float(value) * (scale if key not in (params or {}) else 1)))
+            factor = scale if key not in (params or {}) and key not in w.unscaled else 1
+            value = max(1, round(float(value) * factor))
         values[key] = value
     steps, files = w.build(**values)
     label = ",".join(f"{k}={v}" for k, v in values.items())

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test fuzz bench lint clean report-check
+.PHONY: setup demo test fuzz bench bench-workloads lint clean report-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ fuzz: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# every workload at 1x and 10x in its own process (about an hour here)
+bench-workloads: setup
+	$(BIN)/python benchmarks/workloads.py
 
 report-check: setup
 	$(BIN)/python -m pytest -q tests/test_report.py --screenshot report-screenshot.png

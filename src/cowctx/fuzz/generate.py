@@ -16,10 +16,10 @@ import itertools
 import random
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, get_args
 
 from cowctx.scenario.loader import parse_scenario
-from cowctx.scenario.schema import FORMAT, Scenario
+from cowctx.scenario.schema import FORMAT, Advice, Scenario
 
 REGION = 256
 """Pages of the scenario window the generator uses: small, so VMAs meet and merge."""
@@ -30,20 +30,8 @@ FILES: dict[str, int] = {"f0": 16, "f1": 48}
 SMALL_VALUES = (0, 1, 2)
 """Byte values written now and then, so KSM finds identical pages."""
 
-ADVICES = (
-    "dontneed",
-    "free",
-    "dontfork",
-    "dofork",
-    "wipeonfork",
-    "keeponfork",
-    "mergeable",
-    "unmergeable",
-    "hugepage",
-    "nohugepage",
-    "cold",
-    "pageout",
-)
+ADVICES: tuple[str, ...] = get_args(Advice)
+"""Every advice the format admits, in its order."""
 PROTS = ("rw", "r", "none", "rx", "rwx")
 PROT_WEIGHTS = (60, 12, 8, 10, 10)
 

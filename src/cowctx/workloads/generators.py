@@ -217,3 +217,33 @@ def build_jobs(jobs: int, parallel: int, job_pages: int) -> Steps:
             steps.append({"op": "exit", "proc": running.pop(0)})
     steps += [{"op": "exit", "proc": name} for name in running]
     return steps, None
+
+
+def sharded_workers(heap_pages: int, workers: int) -> Steps:
+    """Sharded workers: a parent loads a dataset and forks N workers; each keeps
+    only its own shard (unmapping the rest) and works on it.  A page of the
+    parent's is then mapped by the parent and one worker: anon_vma's interval
+    tree finds those two among the workers' VMAs by page offset, CoW context
+    visits every worker's context."""
+    steps: list[Step] = [
+        {"op": "mmap", "page": 0, "pages": heap_pages},
+        {"op": "write", "page": 0, "pages": heap_pages},
+    ]
+    shard = max(1, heap_pages // workers)
+    for i in range(workers):
+        name = f"s{i}"
+        start = i * shard
+        steps.append({"op": "fork", "child": name})
+        if start:
+            steps.append({"op": "munmap", "proc": name, "page": 0, "pages": start})
+        if start + shard < heap_pages:
+            steps.append(
+                {
+                    "op": "munmap",
+                    "proc": name,
+                    "page": start + shard,
+                    "pages": heap_pages - start - shard,
+                }
+            )
+        steps.append({"op": "write", "proc": name, "page": start, "pages": max(1, shard // 4)})
+    return steps, None

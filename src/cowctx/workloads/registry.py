@@ -63,6 +63,12 @@ WORKLOADS: dict[str, Workload] = {
             "bgsave", g.bgsave, {"heap_pages": 8192, "snapshots": 3, "dirty": 0.2}, _doc(g.bgsave)
         ),
         Workload(
+            "sharded-workers",
+            g.sharded_workers,
+            {"heap_pages": 8192, "workers": 64},
+            _doc(g.sharded_workers),
+        ),
+        Workload(
             "build-jobs",
             g.build_jobs,
             {"jobs": 64, "parallel": 8, "job_pages": 256},

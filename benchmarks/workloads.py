@@ -61,11 +61,14 @@ def main() -> int:
     parser.add_argument("--scales", default="1,10")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--designs", default="anon_vma,cow_context")
+    parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
     rows = []
     names = [*WORKLOADS, "zygote-1000"]
+    if args.only:
+        names = [n for n in names if n in args.only.split(",")]
     print(
         f"{'workload':18s} {'design':12s} {'scale':>5s} {'steps':>7s} {'run s':>8s} "
         f"{'walks s':>8s} {'peak MiB':>9s}"

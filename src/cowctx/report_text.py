@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cowctx.metrics.ledger import WALK_UNITS
+from cowctx.report.compare import lock_totals
+from cowctx.report.tables import object_rows
 
 
 def print_result(
@@ -82,38 +84,20 @@ def print_side_by_side(console: Console, results: list[dict[str, Any]], failed: 
         note = f" (violations: {', '.join(kinds)})" if kinds else ""
         console.print(f"{mark} {escape(result['design'])}{note}")
     table = Table("", *(escape(r["design"]) for r in results), box=None, padding=(0, 1))
-    table.add_row("[bold]objects live (allocated)[/]")
-    kinds = sorted(
-        {k for r in results for k in r["final"]["objects"]},
-        key=lambda k: (k != "vm_area_struct", k),
-    )
-    for kind in kinds:
-        cells = []
-        for r in results:
-            s = r["final"]["objects"].get(kind)
-            star = "*" if kind in r["final"]["estimated"] else ""
-            cells.append(f"{s['live']} ({s['allocated']}){star}" if s else "")
-        table.add_row(f"  {kind}", *cells)
-    table.add_row(
-        "[bold]bytes live[/]", *(f"{sum(r['final']['bytes'].values()):,}" for r in results)
-    )
-    for kind in kinds:
-        cells = []
-        for r in results:
-            star = "*" if kind in r["final"]["estimated"] else ""
-            size = r["final"]["bytes"].get(kind)
-            cells.append(f"{size:,}{star}" if size is not None else "")
-        table.add_row(f"  {kind}", *cells)
+    for label, cells in object_rows(results):
+        table.add_row(f"[bold]{label}[/]" if not cells else label, *cells)
     table.add_row("[bold]locks taken (VMAs+objects held)[/]")
-    locks = sorted({(x["lock"], x["mode"]) for r in results for x in r["locks"]})
-    for lock, mode in locks:
-        cells = []
-        for r in results:
-            rows = [x for x in r["locks"] if (x["lock"], x["mode"]) == (lock, mode)]
-            taken = sum(x["acquisitions"] for x in rows)
-            covered = sum(x["vmas"] + x["objects"] for x in rows)
-            cells.append(f"{taken} ({covered})" if rows else "")
-        table.add_row(f"  {lock} {mode}", *cells)
+    totals = [lock_totals(r["locks"]) for r in results]
+    for key in sorted({k for t in totals for k in t}):
+        table.add_row(
+            f"  {key[0]} {key[1]}",
+            *(
+                f"{t[key]['acquisitions']:,} ({t[key]['vmas'] + t[key]['objects']:,})"
+                if key in t
+                else ""
+                for t in totals
+            ),
+        )
     table.add_row("[bold]rmap walk cost per walk[/]")
     walks = [sum(a["walks"] for a in r["walks"].values()) for r in results]
     table.add_row("  walks", *(str(n) for n in walks))

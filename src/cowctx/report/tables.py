@@ -11,44 +11,48 @@ from cowctx.report.compare import CLIENTS, Comparison, lock_totals
 KERNEL_KINDS = ("anon_vma", "anon_vma_chain")
 
 
-def comparison_rows(c: Comparison) -> list[tuple[str, list[str]]]:
-    """(label, one cell per column) rows; columns are the designs, then linux.
-    Section rows have an empty cell list.  Shared by the terminal and HTML."""
-    rows: list[tuple[str, list[str]]] = []
-    designs = c.designs
-    kernel = c.kernel
-    rows.append(("objects live (allocated)", []))
+def object_rows(results: list[dict], kernel: dict | None = None) -> list[tuple[str, list[str]]]:  # type: ignore[type-arg]
+    """Objects live (allocated) and bytes live per kind, one cell per result
+    (then the kernel's counts, marked ≠ where they differ from anon_vma's)."""
+    rows: list[tuple[str, list[str]]] = [("objects live (allocated)", [])]
     kinds = sorted(
-        {k for d in designs for k in d.result["final"]["objects"]},
+        {k for r in results for k in r["final"]["objects"]},
         key=lambda k: (k != "vm_area_struct", k),
     )
+    model = next((r for r in results if r["design"] == "anon_vma"), None)
     for kind in kinds:
         cells = []
-        for d in designs:
-            s = d.result["final"]["objects"].get(kind)
-            star = "*" if kind in d.result["final"]["estimated"] else ""
+        for r in results:
+            s = r["final"]["objects"].get(kind)
+            star = "*" if kind in r["final"]["estimated"] else ""
             cells.append(f"{s['live']:,} ({s['allocated']:,}){star}" if s else "")
         if kernel is not None:
             k = kernel["final"]["objects"].get(kind)
-            model = next((d for d in designs if d.design == "anon_vma"), None)
             mark = ""
             if k and model is not None:
-                ms = model.result["final"]["objects"][kind]
+                ms = model["final"]["objects"][kind]
                 if (ms["live"], ms["allocated"]) != (k["live"], k["allocated"]):
                     mark = " ≠"
             cells.append(f"{k['live']:,} ({k['allocated']:,}){mark}" if k else "")
         rows.append((f"  {kind}", cells))
     extra = [""] if kernel is not None else []
-    rows.append(
-        ("bytes live", [f"{sum(d.result['final']['bytes'].values()):,}" for d in designs] + extra)
-    )
+    rows.append(("bytes live", [f"{sum(r['final']['bytes'].values()):,}" for r in results] + extra))
     for kind in kinds:
         cells = []
-        for d in designs:
-            size = d.result["final"]["bytes"].get(kind)
-            star = "*" if kind in d.result["final"]["estimated"] else ""
+        for r in results:
+            size = r["final"]["bytes"].get(kind)
+            star = "*" if kind in r["final"]["estimated"] else ""
             cells.append(f"{size:,}{star}" if size is not None else "")
         rows.append((f"  {kind}", cells + extra))
+    return rows
+
+
+def comparison_rows(c: Comparison) -> list[tuple[str, list[str]]]:
+    """(label, one cell per column) rows; columns are the designs, then linux.
+    Section rows have an empty cell list.  Shared by the terminal and HTML."""
+    designs = c.designs
+    extra = [""] if c.kernel is not None else []
+    rows = object_rows([d.result for d in designs], c.kernel)
     rows.append(("VMA size (bytes each)", [_vma_size(d.result) for d in designs] + extra))
     rows.append(("locks: taken (VMAs, objects held; most in one hold)", []))
     totals = [lock_totals(d.workload_locks) for d in designs]

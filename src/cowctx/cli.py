@@ -464,6 +464,7 @@ def compare_command(
 def graph_command(file: Path, design: str, step: int | None, out: Path | None) -> None:
     """Write the fork hierarchy and the design's rmap objects (the anon_vma graph or
     the CoW context tree) after a scenario, or after one of its steps."""
+    from cowctx.files import write_atomically
     from cowctx.report.graph import machine_dot, render_svg
     from cowctx.scenario.runner import run_scenario
 
@@ -479,11 +480,11 @@ def graph_command(file: Path, design: str, step: int | None, out: Path | None) -
     where = f"after step {step}" if step is not None else "at the end"
     dot = machine_dot(run.machine, run.procs, f"{scenario.name} on {name}, {where}")
     base = out or Path(re.sub(r"[^A-Za-z0-9._-]", "_", f"{scenario.name}-{name}"))
-    base.with_suffix(".dot").write_text(dot)
+    write_atomically(base.with_suffix(".dot"), dot)
     click.echo(f"wrote {base.with_suffix('.dot')}")
     svg = render_svg(dot)
     if svg is not None:
-        base.with_suffix(".svg").write_text(svg)
+        write_atomically(base.with_suffix(".svg"), svg)
         click.echo(f"wrote {base.with_suffix('.svg')}")
     else:
         click.echo("Graphviz (dot) is not installed: no SVG", err=True)

@@ -3,9 +3,7 @@ scenario file that shows it."""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -22,6 +20,7 @@ from rich.progress import (
 from rich.text import Text
 
 from cowctx.designs import design_names, get_design
+from cowctx.files import write_atomically
 from cowctx.fuzz.generate import KERNEL_OPS, MODEL_OPS
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
@@ -33,18 +32,6 @@ class StepsPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed or 0:,.0f} steps/s", style="cyan")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Whole file or nothing: a temporary file renamed over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @click.command("fuzz")
@@ -147,7 +134,7 @@ def fuzz_command(
     )
     text = result.scenario_yaml()
     if out is not None:
-        _write_atomically(out, text)
+        write_atomically(out, text)
         console.print(f"written to {out}")
     click.echo(text, nl=False)
     sys.exit(EXIT_FAIL)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from cowctx.files import write_atomically
 from cowctx.fuzz.generate import files_block, generate_scenario
 from cowctx.fuzz.shrink import scenario_yaml, shrink_steps
 from cowctx.linux.diff import kernel_diff
@@ -125,6 +126,6 @@ def kernel_fuzz(
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / f"{name}.yaml"
-            path.write_text(text)
+            write_atomically(path, text)
         result.findings.append(Finding(sseed, small_diffs, path, text))
     return result

@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from cowctx import __version__
+from cowctx.files import write_atomically
 from cowctx.report.compare import Comparison
 from cowctx.report.graph import render_svg
 from cowctx.report.plots import bytes_plot, lock_plot, sweep_plot, walk_plot
@@ -173,7 +174,4 @@ def write_report(
     path: Path, comparisons: list[Comparison], sweeps: list[SweepResult] | None = None
 ) -> None:
     """Write the report atomically (a temporary file renamed over ``path``)."""
-    text = render_report(comparisons, sweeps)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, render_report(comparisons, sweeps))

@@ -72,11 +72,7 @@ def migrate_folio(
 
     def remove_migration_pte(f: Folio, vma: VmAreaStruct, address: int) -> bool:
         if page_vma_mapped_walk(f, vma, address, record, migration_of=folio):
-            pgd = vma.vm_mm.pgd
-            vpn = address >> PAGE_SHIFT
-            bits = pgd[vpn] & ((1 << PTE_PFN_SHIFT) - 1) & ~PTE_MIGRATION
-            pgd[vpn] = (new.pfn << PTE_PFN_SHIFT) | bits | PTE_PRESENT
-            new.mapcount += 1
+            _map_new(vma.vm_mm.pgd, address >> PAGE_SHIFT, new)
         return True
 
     rmap_walk(m, new, record, remove_migration_pte)
@@ -99,6 +95,11 @@ def _restore(m: Machine, old: Folio, new: Folio, mappings: set[tuple[int, int]],
         vpn = address >> PAGE_SHIFT
         pte = pgd[vpn]
         if pte & PTE_MIGRATION and pte >> PTE_PFN_SHIFT == old.pfn:
-            bits = pte & ((1 << PTE_PFN_SHIFT) - 1) & ~PTE_MIGRATION
-            pgd[vpn] = (new.pfn << PTE_PFN_SHIFT) | bits | PTE_PRESENT
-            new.mapcount += 1
+            _map_new(pgd, vpn, new)
+
+
+def _map_new(pgd: dict[int, int], vpn: int, new: Folio) -> None:
+    """A migration entry becomes a present PTE of ``new``, keeping its bits."""
+    bits = pgd[vpn] & ((1 << PTE_PFN_SHIFT) - 1) & ~PTE_MIGRATION
+    pgd[vpn] = (new.pfn << PTE_PFN_SHIFT) | bits | PTE_PRESENT
+    new.mapcount += 1

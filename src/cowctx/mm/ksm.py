@@ -35,6 +35,10 @@ class KsmStableNode:
     def __repr__(self) -> str:
         return f"<stable node pfn={self.folio.pfn} rmap_items={len(self.rmap_items)}>"
 
+    def listed(self) -> set[tuple[int, int]]:
+        """(mm_id, address) of every rmap_item: the mappings KSM knows of."""
+        return {(item.mm.mm_id, item.address) for item in self.rmap_items}
+
 
 class Ksm:
     """The KSM daemon's state."""

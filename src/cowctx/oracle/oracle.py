@@ -108,11 +108,9 @@ def check_machine(m: Machine, include_limits: bool = False) -> list[Violation]:
         if not folio.anon:
             continue
         found = walk_mappings(m, folio)
+        known = folio.mapping.listed() if folio.ksm else None  # type: ignore[union-attr]
         for mm_id, address in sorted(mappings - found):
-            listed = not folio.ksm or any(
-                i.mm.mm_id == mm_id and i.address == address
-                for i in folio.mapping.rmap_items  # type: ignore[union-attr]
-            )
+            listed = known is None or (mm_id, address) in known
             if not listed and not include_limits:
                 continue
             out.append(

@@ -216,6 +216,6 @@ def _ksm_unlisted(m: Machine, folio: Folio) -> list[str]:
     (``mm#N at 0x...``): misses there are the kernel's too (``LIMIT_KINDS``)."""
     if not folio.ksm:
         return []
-    listed = {(i.mm.mm_id, i.address) for i in folio.mapping.rmap_items}  # type: ignore[union-attr]
+    listed = folio.mapping.listed()  # type: ignore[union-attr]
     mappings = scan_page_tables(m).get(folio.pfn, set())
     return [f"mm#{mm_id} at {address:#x}" for mm_id, address in sorted(mappings - listed)]

@@ -18,8 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cowctx.designs.anon_vma.graph import anon_vma_name
 from cowctx.linux import pagemap
+from cowctx.linux.bpf import BpfError
+from cowctx.linux.btf import BtfError
 from cowctx.linux.build import BuildError, ensure_worker
+from cowctx.linux.graph import GraphError, KernelGraphReader
 from cowctx.linux.tracefs import (
     EVENTS,
     KINDS,
@@ -198,6 +202,22 @@ class _Run:
         self.ledger = ObjectLedger()
         self.trace: TraceInstance | None = None
         self.file_fd: dict[str, int] = {}
+        self.graph_reader: KernelGraphReader | None = None
+        self.graph_every_step = False
+
+    def read_graph(self) -> dict[str, Any]:
+        """The live anon_vma graph now (linux/graph.py), objects named by birth step."""
+        assert self.graph_reader is not None
+        steps = self.scenario.steps
+
+        def name_of(ptr: int) -> str | None:
+            born = self.ledger.births.get(ptr)
+            if born is None or not 0 <= born[0] < len(steps):
+                return None
+            return anon_vma_name(steps[born[0]].proc, steps[born[0]].op, *born)
+
+        live = [(p.name, p.pid) for p in self.all_procs if p.alive]
+        return self.graph_reader.read(live, name_of)
 
     def add(self, proc: WorkerProcess) -> None:
         self.procs[proc.name] = proc
@@ -242,14 +262,19 @@ class _Run:
                     f"{what}: mmap placed the mapping at {r.ret:#x}, not {args[0]:#x}"
                 )
         assert self.trace is not None
-        counts: StepCounts = self.ledger.account(self.trace.drain(), exec_pid=exec_pid)
-        return {
+        counts: StepCounts = self.ledger.account(
+            self.trace.drain(), exec_pid=exec_pid, step_index=i
+        )
+        out = {
             "op": step.op,
             "proc": step.proc,
             "errno": err,
             "time_ns": time_ns,
             "objects": counts.as_dict(),
         }
+        if self.graph_every_step and self.graph_reader is not None:
+            out["graph"] = self.read_graph()
+        return out
 
     @staticmethod
     def _touch_args(i: int, step: ReadStep | WriteStep) -> tuple[int, ...]:
@@ -297,11 +322,14 @@ class _Run:
                 lines = pagemap.read_window_maps(p.pid)
                 maps[p.name] = [m.as_list() for m in lines]
                 pages.append((p.name, pagemap.read_window_pages(p.pid, lines, phys)))
-        return {
+        final = {
             "objects": self.ledger.totals(),
             "maps": maps,
             "pages": pagemap.number_folios(pages),
         }
+        if self.graph_reader is not None:
+            final["graph"] = self.read_graph()
+        return final
 
 
 class KernelSession:
@@ -311,9 +339,14 @@ class KernelSession:
     Use as a context manager; leaving it disables the events and removes the instance.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, graph: bool = True, graph_every_step: bool = False) -> None:
         self.trace: TraceInstance | None = None
         self.binary: Path | None = None
+        self.want_graph = graph or graph_every_step
+        self.graph_every_step = graph_every_step
+        self.graph_reader: KernelGraphReader | None = None
+        self.graph_unavailable: str | None = None
+        """Why the anon_vma graph is not read (None when it is, or was not asked for)."""
 
     def __enter__(self) -> KernelSession:
         self.open()
@@ -337,8 +370,16 @@ class KernelSession:
                 trace.stop()
             raise
         self.trace = trace
+        if self.want_graph:
+            try:
+                self.graph_reader = KernelGraphReader()
+            except (BtfError, BpfError, GraphError, OSError) as exc:
+                self.graph_unavailable = f"the anon_vma graph cannot be read: {exc}"
 
     def close(self) -> None:
+        if self.graph_reader is not None:
+            self.graph_reader.close()
+            self.graph_reader = None
         if self.trace is not None:
             with _sigint_deferred():
                 self.trace.stop()
@@ -353,6 +394,8 @@ class KernelSession:
         t_start = time.monotonic_ns()
         run = _Run(scenario)
         run.trace = trace
+        run.graph_reader = self.graph_reader
+        run.graph_every_step = self.graph_every_step
         file_fds: list[int] = []
         was_subreaper = get_child_subreaper()
         affinity = os.sched_getaffinity(0)
@@ -395,7 +438,15 @@ class KernelSession:
                 "final": final,
                 "other_events": run.ledger.other_events(),
                 "pids": {p.name: p.pid for p in run.all_procs},
-                "kernel": {**_kernel_info(), "trace_instance": trace.name},
+                "kernel": {
+                    **_kernel_info(),
+                    "trace_instance": trace.name,
+                    **(
+                        {"graph_unavailable": self.graph_unavailable}
+                        if self.want_graph and self.graph_unavailable
+                        else {}
+                    ),
+                },
                 "wall_ns": {"steps": t_end - t_kernel, "run": t_end - t_start},
             }
         finally:

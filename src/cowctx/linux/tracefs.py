@@ -291,14 +291,21 @@ class ObjectLedger:
         self.other: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
         self.other_sites: Counter[str] = Counter()
         self.anomalies: list[str] = []
+        self.births: dict[int, tuple[int, int]] = {}
+        """Live scenario anon_vmas: ptr -> (step, ordinal among the step's anon_vma
+        allocations), for canonical names (linux/graph.py)."""
 
     def _other(self, ev: KmemEvent, why: str) -> None:
         kind = ev.kind if ev.kind in KINDS else "anon_vma_chain"
         self.other[kind]["allocated" if ev.alloc else "freed"] += 1
         self.other_sites[f"{'alloc' if ev.alloc else 'free'}:{ev.func}:{why}"] += 1
 
-    def account(self, events: Iterable[KmemEvent], exec_pid: int | None = None) -> StepCounts:
-        """Fold one step's events into the totals; returns the step's own counts."""
+    def account(
+        self, events: Iterable[KmemEvent], exec_pid: int | None = None, step_index: int = -1
+    ) -> StepCounts:
+        """Fold one step's events into the totals; returns the step's own counts.
+
+        ``step_index`` is recorded as the birth step of the anon_vmas allocated."""
         step = StepCounts()
         for ev in events:
             if ev.alloc:
@@ -314,11 +321,14 @@ class ObjectLedger:
                 if ev.ptr in self.live:
                     self.anomalies.append(f"alloc of live object {ev.ptr:#x} ({ev.func})")
                 self.live[ev.ptr] = ev.kind
+                if ev.kind == "anon_vma":
+                    self.births[ev.ptr] = (step_index, step.allocated["anon_vma"])
                 self.allocated[ev.kind] += 1
                 step.allocated[ev.kind] += 1
             else:
                 if ev.ptr in self.live:
                     kind = self.live.pop(ev.ptr)
+                    self.births.pop(ev.ptr, None)
                     if not ev.is_rmap:
                         self.anomalies.append(f"scenario object {ev.ptr:#x} freed by {ev.func}")
                     self.freed[kind] += 1

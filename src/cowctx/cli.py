@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -56,6 +57,7 @@ def main() -> None:
 )
 def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, timing: bool) -> None:
     """Run scenario FILES on the model and check their `expect` blocks."""
+    from cowctx.designs.anon_vma.graph import anon_vma_graph, is_anon_vma_run
     from cowctx.report_text import print_result, print_side_by_side
     from cowctx.scenario.runner import run_scenario
 
@@ -66,7 +68,10 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
     for scenario in scenarios:
         results, verdicts = [], []
         for name in designs:
-            result = run_scenario(scenario, name, check=not no_check, timing=timing).result(timing)
+            ran = run_scenario(scenario, name, check=not no_check, timing=timing)
+            result = ran.result(timing)
+            if is_anon_vma_run(ran):
+                result["final"]["graph"] = anon_vma_graph(ran)
             failures = check_expect(scenario, result)
             result["expect"] = {"passed": not failures, "failures": failures}
             bad = scenario_failed(scenario, result, failures)
@@ -182,7 +187,12 @@ def _load_all(files: tuple[Path, ...]) -> list:  # type: ignore[type-arg]
     is_flag=True,
     help="JSON Lines: the model's and the kernel's result per scenario.",
 )
-def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
+@click.option(
+    "--graph-every-step",
+    is_flag=True,
+    help="Read and compare the anon_vma graph after every step, not only at the end.",
+)
+def kernel_diff_command(files: tuple[Path, ...], as_json: bool, graph_every_step: bool) -> None:
     """Run FILES on the model and on the running kernel and show where they differ.
 
     Exit 0 when all agree, 1 on any disagreement, 2 for a bad or model-only
@@ -218,7 +228,9 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(EXIT_NO_KERNEL)
     console = Console(highlight=False, stderr=as_json, soft_wrap=True)
     disagree = 0
-    with KernelSession() as session:
+    with KernelSession(graph_every_step=graph_every_step) as session:
+        if session.graph_unavailable:
+            click.echo(f"note: {session.graph_unavailable}; graphs not compared", err=True)
         for scenario in scenarios:
             model, kernel, diffs = kernel_diff(scenario, session)
             disagree += bool(diffs)
@@ -461,7 +473,15 @@ def compare_command(
     help="Output base name (default: <scenario>-<design>); writes .dot, and .svg "
     "where Graphviz is installed.",
 )
-def graph_command(file: Path, design: str, step: int | None, out: Path | None) -> None:
+@click.option(
+    "--kernel",
+    is_flag=True,
+    help="anon_vma only: draw the running kernel's anon_vma graph beside the model's, "
+    "differences in red.",
+)
+def graph_command(
+    file: Path, design: str, step: int | None, out: Path | None, kernel: bool
+) -> None:
     """Write the fork hierarchy and the design's rmap objects (the anon_vma graph or
     the CoW context tree) after a scenario, or after one of its steps."""
     from cowctx.files import write_atomically
@@ -478,7 +498,10 @@ def graph_command(file: Path, design: str, step: int | None, out: Path | None) -
         scenario = scenario.model_copy(update={"steps": scenario.steps[: step + 1], "expect": None})
     run = run_scenario(scenario, name, check=False)
     where = f"after step {step}" if step is not None else "at the end"
-    dot = machine_dot(run.machine, run.procs, f"{scenario.name} on {name}, {where}")
+    if kernel:
+        dot = _kernel_graph_dot(scenario, run, where)
+    else:
+        dot = machine_dot(run.machine, run.procs, f"{scenario.name} on {name}, {where}")
     base = out or Path(re.sub(r"[^A-Za-z0-9._-]", "_", f"{scenario.name}-{name}"))
     write_atomically(base.with_suffix(".dot"), dot)
     click.echo(f"wrote {base.with_suffix('.dot')}")
@@ -488,6 +511,37 @@ def graph_command(file: Path, design: str, step: int | None, out: Path | None) -
         click.echo(f"wrote {base.with_suffix('.svg')}")
     else:
         click.echo("Graphviz (dot) is not installed: no SVG", err=True)
+
+
+def _kernel_graph_dot(scenario: Any, run: Any, where: str) -> str:
+    """`cowctx graph --kernel`: the model's anon_vma graph beside the kernel's."""
+    from cowctx.designs.anon_vma.graph import anon_vma_graph, is_anon_vma_run
+    from cowctx.linux import KernelSession, kernel_unavailable_reason
+    from cowctx.linux.graph_diff import diff_graphs
+    from cowctx.report.graph import graph_pair_dot
+
+    if not is_anon_vma_run(run):
+        raise click.BadParameter("the kernel's graph is an anon_vma graph", param_hint="--design")
+    if scenario.model_only_steps:
+        i = scenario.model_only_steps[0]
+        click.echo(f"error: step {i} ({scenario.steps[i].op}) is model-only", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    reason = kernel_unavailable_reason()
+    if reason is not None:
+        click.echo(f"kernel not observable: {reason}", err=True)
+        sys.exit(EXIT_NO_KERNEL)
+    with KernelSession() as session:
+        if session.graph_unavailable:
+            click.echo(session.graph_unavailable, err=True)
+            sys.exit(EXIT_NO_KERNEL)
+        kernel_graph = session.run(scenario)["final"]["graph"]
+    model_graph = anon_vma_graph(run)
+    diffs = diff_graphs(model_graph, kernel_graph, "graph")
+    for d in diffs:
+        click.echo(d)
+    verdict = "agree" if not diffs else f"{len(diffs)} differences"
+    title = f"{scenario.name}: the model and Linux, {where}: {verdict}"
+    return graph_pair_dot(model_graph, kernel_graph, title)
 
 
 @main.command("sweep")

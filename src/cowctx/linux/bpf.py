@@ -343,11 +343,11 @@ class KernelPeek:
                 out.append(None if rc else data[i * rec + 8 : (i + 1) * rec])
         return out
 
-    def forget(self, tid: int) -> None:
-        """Close the link of a task that is gone."""
-        fd = self.links.pop(tid, None)
-        if fd is not None:
-            os.close(fd)
+    def keep_links(self, tids: set[int]) -> None:
+        """Close the links of every task not in ``tids`` (a link finds its task by number
+        when iterated, so a link is only worth keeping while its scenario runs)."""
+        for tid in [t for t in self.links if t not in tids]:
+            os.close(self.links.pop(tid))
 
     def close(self) -> None:
         for fd in [*self.links.values(), self.prog_fd, self.map_fd]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cowctx.linux import pagemap
@@ -142,9 +141,7 @@ class KernelGraphReader:
         if not procs:
             return graph
         try:
-            for _, pid in procs:  # tasks that are gone since: drop their links
-                if not Path(f"/proc/{pid}").exists():
-                    self.peek.forget(pid)
+            self.peek.keep_links({pid for _, pid in procs})
             tid = procs[0][1]
             vmas: list[tuple[str, int, int, int, int, int]] = []
             for proc, pid in procs:

@@ -112,3 +112,10 @@ def anon_vma_graph(run: ScenarioRun) -> dict[str, Any]:
             "num_active_vmas": av.num_active_vmas,
         }
     return graph
+
+
+def is_anon_vma_run(run: ScenarioRun) -> bool:
+    """Whether ``run`` ran the anon_vma design (or a subclass of it, as tests do)."""
+    from cowctx.designs.anon_vma.rmap import AnonVmaRmap
+
+    return isinstance(run.machine.rmap, AnonVmaRmap)

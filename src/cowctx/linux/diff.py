@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cowctx.linux.graph_diff import add_model_graphs, graph_diffs
+from cowctx.linux.views import add_model_views, kernel_had_swap, referee_diffs, with_swap
 
 KERNEL_KINDS = ("anon_vma", "anon_vma_chain")
 
@@ -56,7 +56,7 @@ def diff_results(model: dict[str, Any], kernel: dict[str, Any]) -> list[str]:
             for field in ("folio", "mapcount", "anon", "zero_page"):
                 if a[field] != b[field]:
                     diffs.append(f"{where}.{field}: model {a[field]}, kernel {b[field]}")
-    diffs.extend(graph_diffs(model, kernel))
+    diffs.extend(referee_diffs(model, kernel))
     return diffs
 
 
@@ -68,10 +68,12 @@ def kernel_diff(
     carrying ``available``, ``agree`` and ``diffs`` as SCENARIO.md specifies."""
     from cowctx.scenario.runner import run_scenario
 
+    kernel = session.run(scenario)
+    if kernel_had_swap(kernel):  # the model swaps whenever the kernel could
+        design = with_swap(design)
     run = run_scenario(scenario, design, timing=True)
     model = run.result(timing=True)
-    kernel = session.run(scenario)
-    add_model_graphs(scenario, design, run, model, kernel)
+    add_model_views(scenario, design, run, model, kernel)
     diffs = diff_results(model, kernel)
     for result in (model, kernel):
         result["available"] = True

@@ -24,6 +24,14 @@ from cowctx.linux.bpf import BpfError
 from cowctx.linux.btf import BtfError
 from cowctx.linux.build import BuildError, ensure_worker
 from cowctx.linux.graph import GraphError, KernelGraphReader
+from cowctx.linux.swap import (
+    SwapError,
+    SwapFile,
+    pages_for,
+    remove_stale_swapfiles,
+    swap_unavailable_reason,
+    wants_swap,
+)
 from cowctx.linux.tracefs import (
     EVENTS,
     KINDS,
@@ -317,15 +325,18 @@ class _Run:
         live = [p for p in self.all_procs if p.alive]
         maps: dict[str, list[list[object]]] = {}
         pages: list[tuple[str, list[pagemap.PageInfo]]] = []
+        swapped: list[tuple[str, list[tuple[int, int]]]] = []
         with pagemap.PhysReader() as phys:
             for p in live:
                 lines = pagemap.read_window_maps(p.pid)
                 maps[p.name] = [m.as_list() for m in lines]
                 pages.append((p.name, pagemap.read_window_pages(p.pid, lines, phys)))
+                swapped.append((p.name, pagemap.read_window_swap(p.pid, lines)))
         final = {
             "objects": self.ledger.totals(),
             "maps": maps,
             "pages": pagemap.number_folios(pages),
+            "swap": pagemap.number_swap_entries(swapped),
         }
         if self.graph_reader is not None:
             final["graph"] = self.read_graph()
@@ -339,7 +350,12 @@ class KernelSession:
     Use as a context manager; leaving it disables the events and removes the instance.
     """
 
-    def __init__(self, graph: bool = True, graph_every_step: bool = False) -> None:
+    def __init__(
+        self, graph: bool = True, graph_every_step: bool = False, swap: bool = True
+    ) -> None:
+        self.want_swap = swap
+        self.swap_unavailable: str | None = None
+        """Why scenarios with MADV_PAGEOUT run without swap (None: they get a swap file)."""
         self.trace: TraceInstance | None = None
         self.binary: Path | None = None
         self.want_graph = graph or graph_every_step
@@ -362,6 +378,9 @@ class KernelSession:
         self.binary = ensure_worker()
         root = tracefs_root()
         remove_stale_instances(root)
+        if self.want_swap:
+            remove_stale_swapfiles()
+            self.swap_unavailable = swap_unavailable_reason()
         trace = TraceInstance(root)
         try:
             trace.start(tracing=False)
@@ -400,7 +419,15 @@ class KernelSession:
         was_subreaper = get_child_subreaper()
         affinity = os.sched_getaffinity(0)
         result: dict[str, Any]
+        swap = (
+            SwapFile(pages_for(scenario))
+            if self.want_swap and self.swap_unavailable is None and wants_swap(scenario)
+            else None
+        )
+        problems: list[str] = []
         try:
+            if swap is not None:
+                swap.enable()
             # One CPU for the controller and every worker (they inherit it): the
             # per-CPU LRU batches then hold no folio another CPU added, so
             # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
@@ -441,6 +468,7 @@ class KernelSession:
                 "kernel": {
                     **_kernel_info(),
                     "trace_instance": trace.name,
+                    "swap": {"pages": swap.pages} if swap is not None else None,
                     **(
                         {"graph_unavailable": self.graph_unavailable}
                         if self.want_graph and self.graph_unavailable
@@ -453,6 +481,11 @@ class KernelSession:
             with _sigint_deferred():
                 problems = _cleanup(run, file_fds, was_subreaper)
                 os.sched_setaffinity(0, affinity)
+                if swap is not None:
+                    try:
+                        swap.remove()
+                    except SwapError as exc:
+                        problems.append(str(exc))
         if problems:
             raise KernelRunError("cleanup incomplete: " + "; ".join(problems))
         return result

@@ -3,8 +3,8 @@
 Per window VMA: its ``anon_vma`` and its ``anon_vma_chain`` (oldest first, as the model lists
 it: the kernel's ``list_add()`` puts the newest AVC at the head); per anon_vma: ``root``,
 ``parent``, ``refcount``, ``num_children``, ``num_active_vmas``; per mapped anon page: the
-folio's ``mapping`` (its anon_vma) and ``index``.  Kernel memory is read with the BPF peek
-program (bpf.py), every offset from BTF.
+folio's ``mapping`` (its anon_vma) and ``index``, and the page's ``PG_anon_exclusive``.
+Kernel memory is read with the BPF peek program (bpf.py), every offset from BTF.
 
 Folios are found through the vmemmap (``struct page`` array at ``VMEMMAP_START``, not
 randomised on this machine kind: no ``vmemmap_base`` in kallsyms).  That assumption is checked
@@ -60,6 +60,8 @@ class GraphLayout:
     folio_mapping: int
     folio_index: int
     sizeof_page: int
+    page_flags: int
+    pg_anon_exclusive: int
 
     @classmethod
     def from_btf(cls, btf: Btf) -> GraphLayout:
@@ -81,6 +83,8 @@ class GraphLayout:
             folio_mapping=o("folio", "mapping"),
             folio_index=o("folio", "index"),
             sizeof_page=btf.sizeof("page"),
+            page_flags=o("page", "flags"),
+            pg_anon_exclusive=btf.enum_value("pageflags", "PG_anon_exclusive"),
         )
         for name in ("avc_vma", "avc_anon_vma", "avc_same_vma", "av_root", "av_refcount"):
             if getattr(lay, name) + 8 > PEEK_BYTES:
@@ -189,7 +193,8 @@ class KernelGraphReader:
             )
         for proc, rows in folios.items():
             graph["folios"][proc] = [
-                {"page": page, "anon_vma": nm(av), "index": index} for page, av, index in rows
+                {"page": page, "anon_vma": nm(av), "index": index, "exclusive": exclusive}
+                for page, av, index, exclusive in rows
             ]
         for proc, _ in procs:
             graph["vmas"].setdefault(proc, [])
@@ -247,8 +252,9 @@ class KernelGraphReader:
 
     def _folios(
         self, tid: int, procs: Sequence[tuple[str, int]], in_chains: set[int]
-    ) -> dict[str, list[tuple[int, int, int]]]:
-        """(page, anon_vma, index) of every present anon page, via the vmemmap."""
+    ) -> dict[str, list[tuple[int, int, int, bool]]]:
+        """(page, anon_vma, index, PageAnonExclusive) of every present anon page, via the
+        vmemmap."""
         lay = self.lay
         wanted: list[tuple[str, pagemap.PageInfo]] = []
         with pagemap.PhysReader() as phys:
@@ -258,9 +264,12 @@ class KernelGraphReader:
                     if p.anon and not p.zero_page and not p.ksm:
                         wanted.append((proc, p))
         heads = sorted({p.head_pfn for _, p in wanted})
-        data = self.peek.peek(tid, [VMEMMAP_START + pfn * lay.sizeof_page for pfn in heads])
+        pfns = sorted({p.pfn for _, p in wanted} | set(heads))
+        data = self.peek.peek(tid, [VMEMMAP_START + pfn * lay.sizeof_page for pfn in pfns])
+        raw = dict(zip(pfns, data, strict=True))
         by_pfn: dict[int, tuple[int, int]] = {}
-        for pfn, d in zip(heads, data, strict=True):
+        for pfn in heads:
+            d = raw[pfn]
             if d is None:
                 raise GraphError(
                     f"cannot read struct page of pfn {pfn:#x} at vmemmap {VMEMMAP_START:#x}: "
@@ -280,8 +289,12 @@ class KernelGraphReader:
                     f"VMA's chain: the vmemmap assumption ({VMEMMAP_START:#x}) does not hold"
                 )
             by_pfn[pfn] = (av, _u64(d, lay.folio_index))
-        out: dict[str, list[tuple[int, int, int]]] = {}
+        out: dict[str, list[tuple[int, int, int, bool]]] = {}
         for proc, p in wanted:
             av, index = by_pfn[p.head_pfn]
-            out.setdefault(proc, []).append((p.page, av, index))
+            page_raw = raw[p.pfn]
+            assert page_raw is not None  # the head's read succeeded: it is in the vmemmap
+            flags = _u64(page_raw, lay.page_flags)
+            exclusive = bool(flags >> lay.pg_anon_exclusive & 1)
+            out.setdefault(proc, []).append((p.page, av, index, exclusive))
         return out

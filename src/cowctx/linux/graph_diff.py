@@ -2,9 +2,9 @@
 
 Differences come in a fixed order, so the first one is the first structural difference: the
 set of anon_vmas, each anon_vma's root and parent, each window VMA's anon_vma and chain, each
-mapped anon page's folio anon_vma and index, and last the counters (refcount, num_children,
-num_active_vmas).  Lines read ``final.graph.folios.p1[page 3]: folio in AV(p1 fault step 4)
-on the kernel, AV(p0 fault step 1) in the model``.
+mapped anon page's folio anon_vma, index and PG_anon_exclusive, and last the counters
+(refcount, num_children, num_active_vmas).  Lines read ``final.graph.folios.p1[page 3]:
+folio in AV(p1 fault step 4) on the kernel, AV(p0 fault step 1) in the model``.
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ def diff_graphs(model: dict[str, Any], kernel: dict[str, Any], where: str) -> li
                 out.append(
                     f"{label}: folio in {b['anon_vma']} on the kernel, {a['anon_vma']} in the model"
                 )
-            if a["index"] != b["index"]:
-                out.append(f"{label}.index: {b['index']} on the kernel, {a['index']} in the model")
+            for field in ("index", "exclusive"):
+                if a.get(field) != b.get(field):
+                    out.append(
+                        f"{label}.{field}: {b.get(field)} on the kernel, "
+                        f"{a.get(field)} in the model"
+                    )
     for name in sorted(set(mav) & set(kav)):
         for field in COUNTER_FIELDS:
             if mav[name][field] != kav[name][field]:

@@ -50,7 +50,8 @@ def model_births(run: ScenarioRun) -> dict[int, str]:
 def anon_vma_graph(run: ScenarioRun) -> dict[str, Any]:
     """``{"anon_vmas": {name: {root, parent, refcount, num_children, num_active_vmas}},
     "vmas": {proc: [{start, end, anon_vma, chain}]}, "folios": {proc: [{page, anon_vma,
-    index}]}}`` with chains oldest first, for the live processes in creation order."""
+    index, exclusive}]}}`` (``exclusive``: ``PageAnonExclusive``) with chains oldest first,
+    for the live processes in creation order."""
     m = run.machine
     births = model_births(run)
 
@@ -93,6 +94,7 @@ def anon_vma_graph(run: ScenarioRun) -> dict[str, Any]:
                     "page": vpn - (WINDOW_BASE >> PAGE_SHIFT),
                     "anon_vma": nm(folio.mapping),
                     "index": folio.index,
+                    "exclusive": folio.anon_exclusive,
                 }
             )
         graph["folios"][proc] = folios

@@ -154,3 +154,29 @@ def test_killed_controller_swap_removed_by_next_run(tmp_path: Path) -> None:
     assert left in active_swaps() and Path(left).exists()
     assert Path(left).name in remove_stale_swapfiles()
     assert left not in active_swaps() and not Path(left).exists()
+
+
+def test_swap_variant_is_private_anonymous_with_pageout_and_swapin() -> None:
+    from cowctx.fuzz.generate import generate_scenario
+    from cowctx.linux.fuzz import swap_variant
+
+    made = [swap_variant(generate_scenario(seed, 60, kernel_only=True), seed) for seed in range(20)]
+    assert made == [
+        swap_variant(generate_scenario(seed, 60, kernel_only=True), seed) for seed in range(20)
+    ]
+    for sc in made:
+        assert not any(s.op == "mmap" and (s.file or s.shared) for s in sc.steps)
+    with_pageout = [sc for sc in made if wants_swap(sc)]
+    assert len(with_pageout) >= 15
+    swapins = 0
+    for sc in with_pageout:
+        for a, b in zip(sc.steps, sc.steps[1:], strict=False):
+            if (
+                a.op == "madvise"
+                and a.advice == "pageout"
+                and b.op in ("read", "write")
+                and b.proc == a.proc
+                and a.page <= b.page < a.page + a.pages
+            ):
+                swapins += 1
+    assert swapins >= 10

@@ -270,7 +270,17 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool, graph_every_step
     show_default=True,
     help="Where shrunk disagreements are written.",
 )
-def kernel_fuzz_command(seed: int, scenarios: int, steps: int, out_dir: Path) -> None:
+@click.option(
+    "--swap-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Make every Nth scenario private-anonymous with pageout and swap-in steps "
+    "(the referee then runs it with its own swap file); 0: none.",
+)
+def kernel_fuzz_command(
+    seed: int, scenarios: int, steps: int, out_dir: Path, swap_every: int
+) -> None:
     """Random kernel-capable scenarios on the model and on the kernel; every
     disagreement is shrunk and written to OUT as a scenario file whose expect
     holds the kernel's numbers.  Exit 0 clean, 1 on findings, 3 no kernel."""
@@ -303,6 +313,7 @@ def kernel_fuzz_command(seed: int, scenarios: int, steps: int, out_dir: Path) ->
             steps,
             out_dir=out_dir,
             progress=lambda n: bar.update(task, completed=n),
+            swap_every=swap_every,
         )
     for finding in result.findings:
         click.echo(f"disagreement (generator seed {finding.seed}) -> {finding.path}")

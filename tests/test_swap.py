@@ -180,3 +180,37 @@ def test_swap_variant_is_private_anonymous_with_pageout_and_swapin() -> None:
             ):
                 swapins += 1
     assert swapins >= 10
+
+
+def test_parse_vmscan_line() -> None:
+    from cowctx.linux.tracefs import parse_vmscan_line
+
+    line = (
+        " cowctx-worker-4242 [001] ..... 123.456789: mm_vmscan_reclaim_pages: nid=0 "
+        "nr_scanned=8 nr_reclaimed=3 nr_dirty=0 nr_writeback=1 nr_congested=0 nr_immediate=0 "
+        "nr_activate_anon=5 nr_activate_file=0 nr_ref_keep=0 nr_unmap_fail=2"
+    )
+    parsed = parse_vmscan_line(line)
+    assert parsed is not None
+    pid, c = parsed
+    assert pid == 4242
+    assert (c["nr_scanned"], c["nr_reclaimed"], c["nr_activate_anon"]) == (8, 3, 5)
+    assert (c["nr_writeback"], c["nr_unmap_fail"]) == (1, 2)
+    assert parse_vmscan_line(line.replace("reclaim_pages", "lru_isolate")) is None
+
+
+@needs_swap
+def test_pageout_verdicts_from_vmscan() -> None:
+    """Without swap an anon folio is activated (kept mapped); with the swap file it is
+    unmapped to swap but not reclaimed at once: written back asynchronously, it stays in
+    the swap cache (nr_reclaimed 0)."""
+    no_swap = [{**PAGEOUT[0], "shared": False}, *PAGEOUT[1:3]]
+    with KernelSession(swap=False) as s:
+        kept = s.run(scenario("pageout-no-swap", no_swap))
+    assert kept["kernel"]["swap"] is None
+    vm = kept["steps"][2]["vmscan"]
+    assert (vm["nr_scanned"], vm["nr_reclaimed"], vm["nr_activate_anon"]) == (8, 0, 8)
+    swapped = run_on_kernel(scenario("pageout-swap", no_swap))
+    vm = swapped["steps"][2]["vmscan"]
+    assert (vm["nr_scanned"], vm["nr_reclaimed"], vm["nr_activate_anon"]) == (8, 0, 0)
+    assert len(swapped["final"]["swap"]["p0"]) == 8

@@ -280,6 +280,9 @@ class _Run:
             "time_ns": time_ns,
             "objects": counts.as_dict(),
         }
+        vmscan = self.trace.take_vmscan(self.ledger.pids)
+        if vmscan is not None:
+            out["vmscan"] = vmscan
         if self.graph_every_step and self.graph_reader is not None:
             out["graph"] = self.read_graph()
         return out

@@ -42,6 +42,35 @@ _LINE = re.compile(
 )
 
 
+VMSCAN_EVENT = ("vmscan", "mm_vmscan_reclaim_pages")
+"""``reclaim_pages()`` (MADV_PAGEOUT's reclaim) reports its verdicts here; optional."""
+VMSCAN_FIELDS = (
+    "nr_scanned",
+    "nr_reclaimed",
+    "nr_dirty",
+    "nr_writeback",
+    "nr_congested",
+    "nr_immediate",
+    "nr_activate_anon",
+    "nr_activate_file",
+    "nr_ref_keep",
+    "nr_unmap_fail",
+)
+_VMSCAN_LINE = re.compile(
+    r"^\s*(?P<comm>.*)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+mm_vmscan_reclaim_pages:\s+(?P<fields>.*)$"
+)
+
+
+def parse_vmscan_line(line: str) -> tuple[int, dict[str, int]] | None:
+    """(pid, counters) of one mm_vmscan_reclaim_pages line; None for other lines."""
+    m = _VMSCAN_LINE.match(line)
+    if m is None:
+        return None
+    fields = dict(kv.split("=", 1) for kv in m["fields"].split() if "=" in kv)
+    return int(m["pid"]), {k: int(fields[k]) for k in VMSCAN_FIELDS if k in fields}
+
+
 class TraceError(RuntimeError):
     """tracefs could not be set up or its data cannot be trusted (lost events)."""
 
@@ -113,6 +142,9 @@ def remove_stale_instances(root: Path) -> list[str]:
             _write(d / "tracing_on", "0")
             for ev in EVENTS:
                 _write(d / "events" / "kmem" / ev / "enable", "0")
+            vm = d / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable"
+            if vm.exists():
+                _write(vm, "0")
             d.rmdir()
             removed.append(d.name)
     return removed
@@ -141,6 +173,8 @@ class TraceInstance:
         self._pipe: int | None = None
         self._partial = b""
         self.created = False
+        self.vmscan: list[tuple[int, dict[str, int]]] = []
+        """mm_vmscan_reclaim_pages events drained and not yet taken (``take_vmscan``)."""
 
     def start(self, tracing: bool = True) -> None:
         """Create, configure and enable the events; tracing_on is `tracing` afterwards.
@@ -174,6 +208,9 @@ class TraceInstance:
                 raise TraceError(f"tracepoint kmem/{ev} is missing")
             _write(d / "filter", EVENT_FILTER)
             _write(d / "enable", "1")
+        vm = p / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable"
+        if vm.exists():
+            _write(vm, "1")
         self._pipe = os.open(p / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         self.set_tracing(tracing)
 
@@ -206,8 +243,21 @@ class TraceInstance:
             ev = parse_line(line)
             if ev is not None:
                 events.append(ev)
+            elif "mm_vmscan_reclaim_pages" in line:
+                vm = parse_vmscan_line(line)
+                if vm is not None:
+                    self.vmscan.append(vm)
         events.sort(key=lambda e: e.ts)
         return events
+
+    def take_vmscan(self, pids: set[int]) -> dict[str, int] | None:
+        """Sum of the drained mm_vmscan_reclaim_pages counters of ``pids`` (None: no such
+        event), and forget every drained one."""
+        mine = [c for pid, c in self.vmscan if pid in pids]
+        self.vmscan = []
+        if not mine:
+            return None
+        return {k: sum(c.get(k, 0) for c in mine) for k in VMSCAN_FIELDS}
 
     def lost_events(self) -> int:
         """Events the ring buffer dropped (overwrite=0 makes this counter meaningful)."""
@@ -234,6 +284,8 @@ class TraceInstance:
         for ev in EVENTS:
             with contextlib.suppress(OSError):
                 _write(p / "events" / "kmem" / ev / "enable", "0")
+        with contextlib.suppress(OSError):
+            _write(p / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable", "0")
         last: OSError | None = None
         for _ in range(50):
             try:

@@ -244,3 +244,50 @@ def test_session_leaves_no_bpf_objects() -> None:
             s.run(COW)
         assert len(bpf_fds()) == len(during)
     assert bpf_fds() == before
+
+
+def test_run_json_has_the_graph_for_anon_vma_only() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from cowctx.cli import main
+
+    out = CliRunner().invoke(
+        main, ["run", "--json", "--design", "anon_vma,cow_context", str(REUSE)]
+    )
+    assert out.exit_code == 0, out.output
+    by_design = {r["design"]: r for r in map(json.loads, out.output.splitlines())}
+    assert by_design["anon_vma"]["final"]["graph"] == _graph()
+    assert "graph" not in by_design["cow_context"]["final"]
+
+
+@needs_graph
+def test_graph_command_draws_kernel_beside_model(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cowctx.cli import main
+
+    base = tmp_path / "g"
+    out = CliRunner().invoke(main, ["graph", "--kernel", str(REUSE), "--out", str(base)])
+    assert out.exit_code == 0, out.output
+    dot = base.with_suffix(".dot").read_text()
+    assert "cluster_model" in dot and "cluster_kernel" in dot
+    assert "agree" in dot.splitlines()[1]
+    assert '"kernel:av:AV(p1 fork step 3)"' in dot
+    assert "#d62728" not in dot  # nothing drawn as different
+
+
+def test_graph_pair_dot_marks_differences() -> None:
+    from cowctx.report.graph import graph_pair_dot
+
+    model, kernel = _graph(), _graph()
+    kernel["folios"]["p2"][0]["anon_vma"] = "AV(p1 fork step 3)"
+    dot = graph_pair_dot(model, kernel, "t")
+    red = [line for line in dot.splitlines() if "#d62728" in line]
+    # the page group holding the differing page, on each side
+    assert [line.split('"')[1] for line in red] == [
+        "model:folios:p2:AV(p0 fault step 1)",
+        "kernel:folios:p2:AV(p1 fork step 3)",
+    ]
+    assert "#d62728" not in graph_pair_dot(model, _graph(), "t")

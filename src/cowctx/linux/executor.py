@@ -27,6 +27,7 @@ from cowctx.linux.graph import GraphError, KernelGraphReader
 from cowctx.linux.swap import (
     SwapError,
     SwapFile,
+    damon_state,
     pages_for,
     remove_stale_swapfiles,
     swap_unavailable_reason,
@@ -471,7 +472,9 @@ class KernelSession:
                 "kernel": {
                     **_kernel_info(),
                     "trace_instance": trace.name,
-                    "swap": {"pages": swap.pages} if swap is not None else None,
+                    "swap": {"pages": swap.pages, "damon": damon_state()}
+                    if swap is not None
+                    else None,
                     **(
                         {"graph_unavailable": self.graph_unavailable}
                         if self.want_graph and self.graph_unavailable

@@ -163,3 +163,21 @@ def wants_swap(scenario: object) -> bool:
     ):
         return False
     return any(s.op == "madvise" and getattr(s, "advice", None) == "pageout" for s in steps)
+
+
+DAMON_KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+def damon_state() -> list[dict[str, str]]:
+    """Each running kdamond's state and scheme actions: with swap on, a DAMON ``pageout``
+    scheme could swap out idle anonymous pages of any process (kernel-oracle.md), so a run's
+    record says whether one was active."""
+    out = []
+    for kd in sorted(DAMON_KDAMONDS.glob("[0-9]*")):
+        try:
+            state = (kd / "state").read_text().strip()
+            actions = sorted(a.read_text().strip() for a in kd.glob("contexts/*/schemes/*/action"))
+        except OSError:
+            continue
+        out.append({"kdamond": kd.name, "state": state, "actions": ",".join(actions)})
+    return out

@@ -215,3 +215,18 @@ def test_pageout_verdicts_from_vmscan() -> None:
     vm = swapped["steps"][2]["vmscan"]
     assert (vm["nr_scanned"], vm["nr_reclaimed"], vm["nr_activate_anon"]) == (8, 0, 0)
     assert len(swapped["final"]["swap"]["p0"]) == 8
+
+
+@needs_swap
+def test_swap_that_cannot_be_switched_on_runs_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swap directory swapon refuses (tmpfs here): the run says why and neither side swaps."""
+    from cowctx.linux.diff import kernel_diff
+
+    monkeypatch.setattr(swapmod, "SWAP_DIR", Path("/dev/shm"))
+    with KernelSession() as s:
+        _, kernel, diffs = kernel_diff(scenario("pageout", PAGEOUT), s)
+    assert kernel["kernel"]["swap"] is None
+    assert "cannot switch a swap file on" in kernel["kernel"]["swap_unavailable"]
+    assert diffs == []
+    assert kernel["final"]["swap"] == {"p0": [], "p1": []}
+    assert not list(Path("/dev/shm").glob(PREFIX + "*"))

@@ -431,7 +431,15 @@ class KernelSession:
         problems: list[str] = []
         try:
             if swap is not None:
-                swap.enable()
+                try:
+                    swap.enable()
+                except (SwapError, OSError) as exc:
+                    # no swap here after all (e.g. SWAP_DIR on tmpfs): say so and run
+                    # without, as the model then does too
+                    with _sigint_deferred():
+                        swap.remove()
+                    self.swap_unavailable = f"cannot switch a swap file on: {exc}"
+                    swap = None
             # One CPU for the controller and every worker (they inherit it): the
             # per-CPU LRU batches then hold no folio another CPU added, so
             # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
@@ -475,6 +483,11 @@ class KernelSession:
                     "swap": {"pages": swap.pages, "damon": damon_state()}
                     if swap is not None
                     else None,
+                    **(
+                        {"swap_unavailable": self.swap_unavailable}
+                        if self.want_swap and self.swap_unavailable
+                        else {}
+                    ),
                     **(
                         {"graph_unavailable": self.graph_unavailable}
                         if self.want_graph and self.graph_unavailable

@@ -318,7 +318,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, float]:
 
 def _targets(names: tuple[str, ...], params: dict[str, float], scale: float) -> list:  # type: ignore[type-arg]
     """Workload names and scenario files, as scenarios."""
-    from cowctx.workloads import WORKLOADS, build_workload
+    from cowctx.workloads import WORKLOADS, WorkloadParamError, build_workload
 
     used: set[str] = set()
     out = []
@@ -326,7 +326,10 @@ def _targets(names: tuple[str, ...], params: dict[str, float], scale: float) -> 
         if name in WORKLOADS:
             mine = {k: v for k, v in params.items() if k in WORKLOADS[name].defaults}
             used |= set(mine)
-            out.append(build_workload(name, mine, scale))
+            try:
+                out.append(build_workload(name, mine, scale))
+            except WorkloadParamError as exc:
+                raise click.BadParameter(str(exc), param_hint="--param") from None
         elif Path(name).exists():
             out.extend(_load_all((Path(name),)))
         else:
@@ -554,6 +557,11 @@ def sweep_command(
                 f"{workload} has no parameter {key!r} ({', '.join(WORKLOADS[workload].defaults)})",
                 param_hint="--param",
             )
+        for value in values:
+            try:
+                WORKLOADS[workload].check(key, value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--param") from None
         if len(values) > 1:
             if swept is not None:
                 raise click.BadParameter("sweep one parameter at a time", param_hint="--param")

@@ -30,8 +30,9 @@ class Violation:
     """A disagreement between a design and the truth, or a broken invariant."""
 
     kind: str
-    """``missed`` (a walk did not find a mapping), ``mapcount``, ``pte``,
-    ``vma``, ``invariant`` (design structure), ``client`` (a client's result)."""
+    """One of :data:`VIOLATION_KINDS`: ``missed`` (a walk did not find a mapping),
+    ``mapcount``, ``pte``, ``vma``, ``invariant`` (design structure), ``client`` (a
+    client's result); or of :data:`LIMIT_KINDS`."""
     detail: str
     folio: int | None = None
     step: int | None = None
@@ -80,6 +81,9 @@ def walk_mappings(m: Machine, folio: Folio) -> set[Mapping]:
         m.ledger.muted -= 1
     return found
 
+
+VIOLATION_KINDS = frozenset({"missed", "mapcount", "pte", "vma", "invariant", "client"})
+"""Every kind of :class:`Violation` (what an ``expect.violations`` block may name)."""
 
 LIMIT_KINDS = frozenset({"ksm_unlisted"})
 """Misses the kernel makes too, reported apart from violations.

@@ -7,7 +7,6 @@ These tests need root, tracefs, pagemap and gcc; elsewhere they skip with the re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,12 @@ from cowctx.scenario.schema import Scenario
 TRACEFS = Path("/sys/kernel/tracing")
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[KernelSession]:
-    reason = kernel_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with KernelSession() as s:
-        yield s
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def session(kernel_session: KernelSession) -> KernelSession:
+    return kernel_session
 
 
 def scenario(

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from cowctx.designs import sound_design_names
-from cowctx.linux import kernel_unavailable_reason
+from cowctx.linux import KernelSession
+from cowctx.linux.diff import kernel_diff
 from cowctx.report.compare import compare, comparison_json
 from cowctx.scenario.runner import run_scenario
 from cowctx.workloads import WORKLOADS, build_workload
@@ -52,15 +53,8 @@ def test_unknown_parameter_is_refused() -> None:
         build_workload("prefork", {"apps": 3})
 
 
-KERNEL = kernel_unavailable_reason()
-
-
-@pytest.mark.skipif(KERNEL is not None, reason=f"kernel not observable: {KERNEL}")
+@pytest.mark.kernel
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
-def test_workload_agrees_with_the_kernel(name: str) -> None:
-    from cowctx.linux import KernelSession
-    from cowctx.linux.diff import kernel_diff
-
-    with KernelSession() as session:
-        _, _, diffs = kernel_diff(build_workload(name, scale=0.1), session)
+def test_workload_agrees_with_the_kernel(name: str, kernel_session: KernelSession) -> None:
+    _, _, diffs = kernel_diff(build_workload(name, scale=0.1), kernel_session)
     assert diffs == []

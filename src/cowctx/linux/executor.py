@@ -14,7 +14,6 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from cowctx.linux.tracefs import (
     TraceError,
     TraceInstance,
     remove_stale_instances,
+    signals_deferred,
     tracefs_root,
 )
 from cowctx.linux.worker import (
@@ -178,16 +178,6 @@ def _kernel_info() -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT while cleaning up, so Ctrl-C cannot leave tracing or processes behind."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class _Run:
     """State of one run: processes by name in creation order, trace, ledger."""
 
@@ -333,14 +323,14 @@ class KernelSession:
         try:
             trace.start(tracing=False)
         except BaseException:
-            with _sigint_deferred():
+            with signals_deferred():
                 trace.stop()
             raise
         self.trace = trace
 
     def close(self) -> None:
         if self.trace is not None:
-            with _sigint_deferred():
+            with signals_deferred():
                 self.trace.stop()
             self.trace = None
 
@@ -399,7 +389,7 @@ class KernelSession:
                 "wall_ns": {"steps": t_end - t_kernel, "run": t_end - t_start},
             }
         finally:
-            with _sigint_deferred():
+            with signals_deferred():
                 problems = _cleanup(run, file_fds, was_subreaper)
                 os.sched_setaffinity(0, affinity)
         if problems:

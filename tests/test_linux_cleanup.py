@@ -66,7 +66,7 @@ def assert_clean(instances: list[str], pids: list[int]) -> None:
 
 
 def test_one_shot_run_cleans_up_everything(instances: list[str]) -> None:
-    r = run_on_kernel(scenario("cleanup", STEPS))
+    r = run_on_kernel(scenario("cleanup", STEPS)).to_json()
     assert r["final"]["objects"]["anon_vma"] == {"live": 3, "allocated": 3, "freed": 0}
     assert r["kernel"]["trace_instance"].startswith(f"{INSTANCE_PREFIX}{os.getpid()}.")
     assert instances == [r["kernel"]["trace_instance"]]
@@ -78,7 +78,7 @@ def test_session_reaps_each_run_and_removes_instance_on_close(instances: list[st
     pids: list[int] = []
     with KernelSession() as s:
         for _ in range(2):
-            r = s.run(scenario("session", STEPS))
+            r = s.run(scenario("session", STEPS)).to_json()
             pids += r["pids"].values()
             for pid in r["pids"].values():
                 assert not Path(f"/proc/{pid}").exists()

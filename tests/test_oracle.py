@@ -112,8 +112,8 @@ def test_a_wider_but_complete_walk_is_not_a_violation_but_costs_more() -> None:
     good = run_scenario(scenario("w", steps), "anon_vma")
     wide = run_scenario(scenario("w", steps), MoveToParent)
     assert not good.violations and not wide.violations
-    good_walk = good.result()["walks"]["folio_referenced"]
-    wide_walk = wide.result()["walks"]["folio_referenced"]
+    good_walk = good.result().to_json()["walks"]["folio_referenced"]
+    wide_walk = wide.result().to_json()["walks"]["folio_referenced"]
     assert (good_walk["vma_lookups"], good_walk["hits"], good_walk["misses"]) == (1, 1, 0)
     # p0's AVC comes first in the root's tree: a miss, then p1's hit ends the walk
     # (folio_referenced stops once it has seen mapcount mappings)

@@ -42,7 +42,7 @@ def test_workload_is_deterministic_and_sized_from_its_defaults(name: str) -> Non
 def test_fork_chain_costs_what_the_reference_says() -> None:
     """n live generations: n anon_vmas and n(n+1)/2 AVCs; one context each."""
     c = compare(build_workload("fork-chain", {"depth": 9, "pages": 8}), ["anon_vma", "cow_context"])
-    objs = {d.design: d.result["final"]["objects"] for d in c.designs}
+    objs = {d.design: d.result.to_json()["final"]["objects"] for d in c.designs}
     assert objs["anon_vma"]["anon_vma"]["live"] == 10
     assert objs["anon_vma"]["anon_vma_chain"]["live"] == 55
     assert objs["cow_context"]["cow_context"]["live"] == 10

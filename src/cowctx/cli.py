@@ -56,7 +56,7 @@ def main() -> None:
 )
 def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, timing: bool) -> None:
     """Run scenario FILES on the model and check their `expect` blocks."""
-    from cowctx.report_text import print_result, print_side_by_side
+    from cowctx.report.terminal import print_result, print_side_by_side
     from cowctx.scenario.runner import run_scenario
 
     designs = _designs(design)
@@ -68,18 +68,18 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
         for name in designs:
             result = run_scenario(scenario, name, check=not no_check, timing=timing).result(timing)
             failures = check_expect(scenario, result)
-            result["expect"] = {"passed": not failures, "failures": failures}
+            result.expect = failures
             bad = scenario_failed(scenario, result, failures)
             failed |= bad
             results.append(result)
             verdicts.append(bad)
             if as_json:
-                click.echo(json.dumps(result, sort_keys=True))
+                click.echo(json.dumps(result.to_json(), sort_keys=True))
             elif len(designs) == 1:
                 print_result(console, result, failures, bad)
             else:
                 for f in failures:
-                    console.print(f"  [red]{escape(result['design'])}: {escape(f)}[/]")
+                    console.print(f"  [red]{escape(result.design)}: {escape(f)}[/]")
         if len(designs) > 1 and not as_json:
             print_side_by_side(console, results, verdicts)
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
@@ -142,7 +142,7 @@ def demo(design: str, scale: float, html_path: Path, stories: bool) -> None:
 def _demo_stories(designs: list[str]) -> None:
     from importlib.resources import files as package_files
 
-    from cowctx.report_text import print_result
+    from cowctx.report.terminal import print_result
     from cowctx.scenario.runner import run_scenario
 
     console = Console(highlight=False, soft_wrap=True)
@@ -223,12 +223,12 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
             model, kernel, diffs = kernel_diff(scenario, session)
             disagree += bool(diffs)
             if as_json:
-                click.echo(json.dumps(model, sort_keys=True))
-                click.echo(json.dumps(kernel, sort_keys=True))
+                click.echo(json.dumps(model.to_json(), sort_keys=True))
+                click.echo(json.dumps(kernel.to_json(), sort_keys=True))
                 continue
             mark = "[green]agree[/]" if not diffs else f"[red]{len(diffs)} differences[/]"
-            model_ns = sum(s["time_ns"] for s in model["steps"])
-            kernel_ns = sum(s["time_ns"] or 0 for s in kernel["steps"])
+            model_ns = sum(s.time_ns or 0 for s in model.steps)
+            kernel_ns = sum(s.time_ns or 0 for s in kernel.steps)
             console.print(
                 f"{mark} [bold]{scenario.name}[/]  (model {model_ns / 1e6:.2f} ms, "
                 f"kernel {kernel_ns / 1e6:.2f} ms)"

@@ -29,9 +29,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from cowctx.clients.migrate import migrate_folio
-from cowctx.clients.reclaim import reclaim_folio
-from cowctx.clients.referenced import folio_referenced
 from cowctx.designs import make_machine, sound_design_names
 from cowctx.mm.constants import (
     MADV_BY_NAME,
@@ -49,6 +46,7 @@ from cowctx.mm.constants import (
 from cowctx.mm.errors import AccessFault, SyscallError
 from cowctx.mm.ksm_scan import ksm_do_scan
 from cowctx.mm.mm_types import TaskStruct
+from cowctx.oracle.clients import check_migrate, check_reclaim, check_referenced
 from cowctx.oracle.oracle import check_machine
 
 W = 0x2000_0000_0000
@@ -310,16 +308,11 @@ class RmapMachine(RuleBasedStateMachine):
         self.record("rmap_client", "ok")
         with m.operation(client):
             if client == "migrate":
-                self.problems += migrate_folio(m, folio).problems
+                self.problems += check_migrate(m, folio)[1]
             elif client == "reclaim":
-                self.problems += reclaim_folio(m, folio).problems
+                self.problems += check_reclaim(m, folio)[1]
             else:
-                result = folio_referenced(m, folio)
-                if result.mappings_found != result.mapcount:
-                    self.problems.append(
-                        f"folio_referenced found {result.mappings_found} of "
-                        f"{result.mapcount} mappings of {folio!r}"
-                    )
+                self.problems += check_referenced(m, folio)
 
     @rule(p=procs, spot=spots, write=st.booleans())
     def swap_out_and_in(self, p: int, spot: tuple[int, int], write: bool) -> None:
@@ -335,7 +328,7 @@ class RmapMachine(RuleBasedStateMachine):
             )
             return
         with m.operation("reclaim"):
-            self.problems += reclaim_folio(m, folio).problems
+            self.problems += check_reclaim(m, folio)[1]
         with self.outcome("swap_out_and_in"):
             m.access(task, addr(page), write)
 

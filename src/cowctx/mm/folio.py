@@ -120,3 +120,28 @@ def is_migration_entry(pte: int) -> bool:
 
 def is_swap_pte(pte: int) -> bool:
     return bool(pte & PTE_SWAP)
+
+
+def pte_mkold(pte: int) -> int:
+    return pte & ~PTE_YOUNG
+
+
+def swp_entry_to_pte(slot: int, exclusive: bool) -> int:
+    """``swp_entry_to_pte()`` (with ``pte_swp_mkexclusive()`` when ``exclusive``)."""
+    return (slot << PTE_PFN_SHIFT) | PTE_SWAP | (PTE_SWP_EXCLUSIVE if exclusive else 0)
+
+
+def pte_swp_exclusive(pte: int) -> bool:
+    return bool(pte & PTE_SWP_EXCLUSIVE)
+
+
+def make_migration_entry(pte: int) -> int:
+    """The migration entry that replaces present ``pte`` in ``try_to_migrate_one()``:
+    the old pfn and the PTE's bits are kept, so the entry can be restored."""
+    return (pte & ~PTE_PRESENT) | PTE_MIGRATION
+
+
+def migration_entry_to_pte(entry: int, pfn: int) -> int:
+    """``remove_migration_pte()``: a present PTE of ``pfn`` with the entry's bits."""
+    bits = entry & ((1 << PTE_PFN_SHIFT) - 1) & ~PTE_MIGRATION
+    return (pfn << PTE_PFN_SHIFT) | bits | PTE_PRESENT

@@ -27,7 +27,7 @@ from cowctx.mm.constants import (
 )
 from cowctx.mm.content import ContentSource
 from cowctx.mm.file import File
-from cowctx.mm.folio import ZERO_PFN, Folio
+from cowctx.mm.folio import ZERO_PFN, Folio, pte_pfn, pte_present
 from cowctx.mm.ksm import Ksm
 from cowctx.mm.memory import handle_mm_fault
 from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
@@ -282,19 +282,6 @@ class Machine:
 
     # --- hooks the mm code calls into other subsystems --------------------------------
 
-    def ksm_enter(self, mm: MmStruct) -> None:
-        self.ksm.ksm_enter(mm)
-
-    def unmerge_ksm_pages(self, vma: VmAreaStruct, start: int, end: int) -> None:
-        self.ksm.unmerge_ksm_pages(vma, start, end)
-
-    def ksm_unmerge_range(self, vma: VmAreaStruct, start: int, end: int) -> None:
-        """``prep_move_vma()``: KSM pages are broken before a move."""
-        from cowctx.mm.constants import VM_MERGEABLE
-
-        if vma.vm_flags & VM_MERGEABLE:
-            self.ksm.unmerge_ksm_pages(vma, start, end)
-
     def reclaim_folio(self, folio: Folio) -> bool:
         """``shrink_folio_list()`` for one anon folio: swap it out."""
         from cowctx.clients.reclaim import reclaim_folio
@@ -306,9 +293,9 @@ class Machine:
     def folio_at(self, task: TaskStruct, addr: int) -> Folio | None:
         """The folio mapped at ``addr`` in ``task`` (None: nothing, or the zero page)."""
         pte = _mm(task).pgd.get(addr >> PAGE_SHIFT)
-        if pte is None or not pte & 1:
+        if pte is None or not pte_present(pte):
             return None
-        folio = self.mem_map[pte >> 8]
+        folio = self.mem_map[pte_pfn(pte)]
         return None if folio.pfn == ZERO_PFN else folio
 
 

@@ -129,13 +129,10 @@ def madvise_vma_behavior(
         new_flags &= ~VM_WIPEONFORK
     elif behavior == MADV_MERGEABLE:
         if not vma.vm_flags & VM_MERGEABLE and vma_ksm_compatible(vma):
-            m.ksm_enter(vma.vm_mm)
+            m.ksm.ksm_enter(vma.vm_mm)
             new_flags |= VM_MERGEABLE
     elif behavior == MADV_UNMERGEABLE:
-        if new_flags & VM_MERGEABLE:
-            if vma.anon_vma is not None:
-                m.unmerge_ksm_pages(vma, start, end)
-            new_flags &= ~VM_MERGEABLE
+        new_flags = m.ksm.ksm_madvise_unmergeable(vma, start, end, new_flags)
     elif behavior == MADV_HUGEPAGE:
         new_flags = (new_flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
     elif behavior == MADV_NOHUGEPAGE:

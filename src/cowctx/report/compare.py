@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cowctx.clients.migrate import migrate_folio
-from cowctx.clients.referenced import folio_referenced
 from cowctx.metrics.ledger import WALK_UNITS
+from cowctx.oracle.clients import check_migrate, check_referenced
 from cowctx.oracle.oracle import scan_page_tables
 from cowctx.report.graph import machine_dot
 from cowctx.scenario.results import ScenarioResult
@@ -95,15 +94,10 @@ def measure_walks(machine: Any) -> list[str]:
     problems: list[str] = []
     with machine.operation(MEASURE_OP):
         for folio in folios:
-            result = folio_referenced(machine, folio)
-            if result.mappings_found != result.mapcount:
-                problems.append(
-                    f"folio_referenced found {result.mappings_found} of "
-                    f"{result.mapcount} mappings of pfn {folio.pfn}"
-                )
+            problems += check_referenced(machine, folio)
         for folio in folios:
             if not folio.freed and folio.mapcount:
-                problems += migrate_folio(machine, folio, truth.get(folio.pfn, set())).problems
+                problems += check_migrate(machine, folio, truth.get(folio.pfn, set()))[1]
     return problems
 
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cowctx.clients.migrate import migrate_folio
-from cowctx.clients.reclaim import reclaim_folio
-from cowctx.clients.referenced import folio_referenced
 from cowctx.designs import make_machine
 from cowctx.mm.errors import AccessFault, SyscallError
 from cowctx.mm.folio import Folio
 from cowctx.mm.ksm_scan import ksm_do_scan
 from cowctx.mm.machine import Machine
 from cowctx.mm.mm_types import TaskStruct
+from cowctx.oracle.clients import check_migrate, check_reclaim, check_referenced
 from cowctx.oracle.oracle import LIMIT_KINDS, Violation, check_machine, scan_page_tables
 from cowctx.rmap.protocol import AnonRmap
 from cowctx.scenario import schema as S
@@ -134,17 +132,13 @@ def _run_client(
     unlisted = _ksm_unlisted(m, folio)
     with m.operation(call.client):
         if call.client == "migrate":
-            problems = migrate_folio(m, folio).problems
+            problems = check_migrate(m, folio)[1]
         elif call.client == "reclaim":
             if folio.ksm:
                 return "EBUSY", "KSM folios are not swapped by the model"
-            problems = reclaim_folio(m, folio).problems
+            problems = check_reclaim(m, folio)[1]
         else:
-            result = folio_referenced(m, folio)
-            if result.mappings_found != result.mapcount:
-                problems = [
-                    f"folio_referenced found {result.mappings_found} of {result.mapcount} mappings"
-                ]
+            problems = check_referenced(m, folio)
     index = len(run.steps)
     for p in problems:
         if unlisted and (p.startswith("folio_referenced") or any(u in p for u in unlisted)):

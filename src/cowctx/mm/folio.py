@@ -98,6 +98,16 @@ def mk_pte(pfn: int, write: bool, young: bool = True, dirty: bool = False) -> in
     )
 
 
+def pfn_pte(pfn: int, bits: int) -> int:
+    """``pfn_pte()``: a PTE of ``pfn`` with ``bits`` (PTE_PRESENT and the rest)."""
+    return (pfn << PTE_PFN_SHIFT) | bits
+
+
+def pte_flags(pte: int) -> int:
+    """The bits of ``pte`` below the pfn (``pte_flags()``)."""
+    return pte & ((1 << PTE_PFN_SHIFT) - 1)
+
+
 def pte_present(pte: int) -> bool:
     return bool(pte & PTE_PRESENT)
 
@@ -114,6 +124,27 @@ def pte_young(pte: int) -> bool:
     return bool(pte & PTE_YOUNG)
 
 
+def pte_dirty(pte: int) -> bool:
+    return bool(pte & PTE_DIRTY)
+
+
+def pte_wrprotect(pte: int) -> int:
+    return pte & ~PTE_WRITE
+
+
+def pte_mkwrite(pte: int) -> int:
+    return pte | PTE_WRITE
+
+
+def pte_mkclean(pte: int) -> int:
+    return pte & ~PTE_DIRTY
+
+
+def swp_offset(pte: int) -> int:
+    """The swap slot of a swap entry (``swp_offset(pte_to_swp_entry(pte))``)."""
+    return pte >> PTE_PFN_SHIFT
+
+
 def is_migration_entry(pte: int) -> bool:
     return bool(pte & PTE_MIGRATION)
 
@@ -128,7 +159,7 @@ def pte_mkold(pte: int) -> int:
 
 def swp_entry_to_pte(slot: int, exclusive: bool) -> int:
     """``swp_entry_to_pte()`` (with ``pte_swp_mkexclusive()`` when ``exclusive``)."""
-    return (slot << PTE_PFN_SHIFT) | PTE_SWAP | (PTE_SWP_EXCLUSIVE if exclusive else 0)
+    return pfn_pte(slot, PTE_SWAP | (PTE_SWP_EXCLUSIVE if exclusive else 0))
 
 
 def pte_swp_exclusive(pte: int) -> bool:
@@ -143,5 +174,4 @@ def make_migration_entry(pte: int) -> int:
 
 def migration_entry_to_pte(entry: int, pfn: int) -> int:
     """``remove_migration_pte()``: a present PTE of ``pfn`` with the entry's bits."""
-    bits = entry & ((1 << PTE_PFN_SHIFT) - 1) & ~PTE_MIGRATION
-    return (pfn << PTE_PFN_SHIFT) | bits | PTE_PRESENT
+    return pfn_pte(pfn, (pte_flags(entry) & ~PTE_MIGRATION) | PTE_PRESENT)

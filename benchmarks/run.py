@@ -116,11 +116,11 @@ def bench_kernel_ratio(repeat: int) -> dict[str, float]:
                 continue
             for _ in range(repeat):
                 model, kernel, _ = kernel_diff(scenario, session)
-                for ms, ks in zip(model["steps"], kernel["steps"], strict=True):
-                    if ks["time_ns"]:
-                        ratios.setdefault(ms["op"], []).append(ms["time_ns"] / ks["time_ns"])
-                    model_total += ms["time_ns"]
-                    kernel_total += ks["time_ns"] or 0
+                for ms, ks in zip(model.steps, kernel.steps, strict=True):
+                    if ks.time_ns and ms.time_ns is not None:
+                        ratios.setdefault(ms.op, []).append(ms.time_ns / ks.time_ns)
+                    model_total += ms.time_ns or 0
+                    kernel_total += ks.time_ns or 0
     out = {
         f"model/kernel time, {op} (median)": statistics.median(v)
         for op, v in sorted(ratios.items())

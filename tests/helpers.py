@@ -41,7 +41,7 @@ def run(steps: list[dict[str, Any]], design: str = "anon_vma", **extra: Any):  #
 
 def layout(result, proc: str = "p0") -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
     """The window VMAs of ``proc`` as (start_page, end_page, perms)."""
-    return [tuple(x) for x in result.result()["final"]["maps"][proc]]  # type: ignore[misc]
+    return [tuple(x) for x in result.result().to_json()["final"]["maps"][proc]]  # type: ignore[misc]
 
 
 def objects(result, kind: str) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]

@@ -136,7 +136,7 @@ def test_interval_tree_keys_follow_vma_pgoff_ranges() -> None:
 
 def test_the_root_rwsem_is_recorded_with_what_it_covered() -> None:
     r = run([*TOUCH, {"op": "fork", "child": "p1"}, {"op": "fork", "proc": "p1", "child": "p2"}])
-    locks = r.result()["locks"]
+    locks = r.result().to_json()["locks"]
     clones = [x for x in locks if x["site"] == "anon_vma_clone"]
     assert clones == [
         {

@@ -53,7 +53,7 @@ def test_dead_context_stays_while_referenced_and_walks_descend_through_it() -> N
     dead = ctx_of(r, "p1").parent
     assert dead is not None and dead.mm is None and not dead.freed
     assert dead.refcount == 1 + 8  # the child context and the 8 folios it still maps
-    walk = r.result()["walks"]["folio_referenced"]
+    walk = r.result().to_json()["walks"]["folio_referenced"]
     assert (walk["anchors"], walk["hits"]) == (2, 1)  # dead parent skipped, child found
     r.machine.exit(r.procs["p1"])
     assert r.machine.ledger.objects["cow_context"].live == 0
@@ -111,8 +111,8 @@ def test_sentinel_merge_keeps_faulted_and_unfaulted_neighbours_apart() -> None:
     ]
     fixed = run(steps, design="cow_context")
     poc = run(steps, design="cow_context[sentinel_merge]")
-    assert fixed.result()["final"]["maps"]["p0"] == [[0, 8, "rw-p"]]
-    assert poc.result()["final"]["maps"]["p0"] == [[0, 4, "rw-p"], [4, 8, "rw-p"]]
+    assert fixed.result().to_json()["final"]["maps"]["p0"] == [[0, 8, "rw-p"]]
+    assert poc.result().to_json()["final"]["maps"]["p0"] == [[0, 4, "rw-p"], [4, 8, "rw-p"]]
 
 
 def test_no_fork_child_rule_lets_a_forked_split_remerge() -> None:
@@ -124,8 +124,10 @@ def test_no_fork_child_rule_lets_a_forked_split_remerge() -> None:
         {"op": "fork", "child": "p1"},
         {"op": "mprotect", "proc": "p1", "page": 2, "pages": 4, "prot": "rw"},
     ]
-    assert len(run(steps).result()["final"]["maps"]["p1"]) == 3
-    assert run(steps, design="cow_context").result()["final"]["maps"]["p1"] == [[0, 8, "rw-p"]]
+    assert len(run(steps).result().to_json()["final"]["maps"]["p1"]) == 3
+    assert run(steps, design="cow_context").result().to_json()["final"]["maps"]["p1"] == [
+        [0, 8, "rw-p"]
+    ]
 
 
 def test_ksm_page_still_mapped_by_the_parent_is_found() -> None:
@@ -152,7 +154,7 @@ def test_walk_locks_nothing_but_rcu_and_fork_a_spinlock() -> None:
         [*TOUCH, MOVE, {"op": "fork", "child": "p1"}, {"op": "referenced", "page": 100}],
         design="cow_context",
     )
-    modes = {(x["lock"], x["mode"]) for x in r.result()["locks"]}
+    modes = {(x["lock"], x["mode"]) for x in r.result().to_json()["locks"]}
     assert modes == {
         ("cow_context.list_write_lock", "spin"),
         ("cow_context.remap_lock", "spin"),

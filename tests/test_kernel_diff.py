@@ -17,21 +17,19 @@ import pytest
 
 from cowctx.designs.anon_vma import AnonVmaRmap
 from cowctx.designs.anon_vma.structs import AnonVmaVma
-from cowctx.linux import KernelSession, kernel_unavailable_reason
+from cowctx.linux import KernelSession
 from cowctx.linux.diff import kernel_diff
 from cowctx.scenario.loader import load_scenario
 
 from .helpers import ROOT, kernel_capable_files, scenario
 
-REASON = kernel_unavailable_reason()
-needs_kernel = pytest.mark.skipif(REASON is not None, reason=f"kernel not observable: {REASON}")
+needs_kernel = pytest.mark.kernel
 COWCTX = str(Path(sys.executable).parent / "cowctx")
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[KernelSession]:
-    with KernelSession() as s:
-        yield s
+@pytest.fixture
+def session(kernel_session: KernelSession) -> KernelSession:
+    return kernel_session
 
 
 @needs_kernel
@@ -110,24 +108,29 @@ def test_kernel_diff_refuses_model_only_steps(tmp_path: Path) -> None:
     assert "step 1 (ksm) is model-only" in proc.stderr
 
 
-def _simple_file(tmp_path: Path) -> Path:
-    """A scenario file any user can read (pytest's tmp_path is private to root)."""
-    public = Path(tempfile.mkdtemp(prefix="cowctx-test-", dir="/tmp"))
-    public.chmod(0o755)
-    path = public / "s.yaml"
-    path.write_text(
-        "format: cowctx-scenario/1\nname: s\nsteps:\n  - {op: mmap, page: 0, pages: 1}\n"
-    )
-    path.chmod(0o644)
-    return path
+@pytest.fixture
+def public_file() -> Iterator[Path]:
+    """A scenario file any user can read (pytest's tmp_path is private to root);
+    removed afterwards: tests leave nothing in /tmp."""
+    public = Path(tempfile.mkdtemp(prefix="cowctx-test-"))
+    try:
+        public.chmod(0o755)
+        path = public / "s.yaml"
+        path.write_text(
+            "format: cowctx-scenario/1\nname: s\nsteps:\n  - {op: mmap, page: 0, pages: 1}\n"
+        )
+        path.chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(public)
 
 
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="needs root and setpriv to run the command as another user",
 )
-def test_as_non_root_exit_code_3_with_reason(tmp_path: Path) -> None:
-    path = _simple_file(tmp_path)
+def test_as_non_root_exit_code_3_with_reason(public_file: Path) -> None:
+    path = public_file
     proc = subprocess.run(
         [
             "setpriv",
@@ -150,8 +153,8 @@ def test_as_non_root_exit_code_3_with_reason(tmp_path: Path) -> None:
     assert line["available"] is False and "not root" in line["reason"]
 
 
-def test_without_tracefs_exit_code_3_with_reason(tmp_path: Path) -> None:
-    path = _simple_file(tmp_path)
+def test_without_tracefs_exit_code_3_with_reason(public_file: Path, tmp_path: Path) -> None:
+    path = public_file
     env = {**os.environ, "COWCTX_TRACEFS": str(tmp_path / "no-tracefs-here")}
     proc = subprocess.run(
         [COWCTX, "kernel-diff", str(path)], capture_output=True, text=True, check=False, env=env

@@ -4,12 +4,11 @@ kernel's numbers (so it passes on a right model and fails on the wrong one)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cowctx.linux import KernelSession, kernel_unavailable_reason
+from cowctx.linux import KernelSession
 from cowctx.linux.fuzz import diff_class, kernel_fuzz
 from cowctx.scenario.expect import check_expect
 from cowctx.scenario.loader import load_scenario
@@ -17,14 +16,12 @@ from cowctx.scenario.runner import run_scenario
 
 from .test_kernel_diff import NeverReuseAnonVma
 
-REASON = kernel_unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"kernel not observable: {REASON}")
+pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[KernelSession]:
-    with KernelSession() as s:
-        yield s
+@pytest.fixture
+def session(kernel_session: KernelSession) -> KernelSession:
+    return kernel_session
 
 
 def test_two_hundred_random_scenarios_agree_with_the_kernel(session: KernelSession) -> None:

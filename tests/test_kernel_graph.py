@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from cowctx.designs.anon_vma import AnonVmaRmap
 from cowctx.designs.anon_vma.graph import anon_vma_graph, anon_vma_name
-from cowctx.linux import KernelSession, kernel_unavailable_reason
+from cowctx.linux import KernelSession
 from cowctx.linux import graph as kgraph
 from cowctx.linux.btf import KIND_INT, KIND_STRUCT, KIND_UNION, Btf, BtfError
 from cowctx.linux.diff import kernel_diff
@@ -25,10 +24,27 @@ from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.scenario.loader import load_scenario
 from cowctx.scenario.runner import run_scenario
 
+from .conftest import skip_or_fail
 from .helpers import ROOT, kernel_capable_files, scenario
 
-REASON = kernel_unavailable_reason() or graph_unavailable_reason()
-needs_graph = pytest.mark.skipif(REASON is not None, reason=f"kernel graph not readable: {REASON}")
+_GRAPH_PROBE: list[str | None] = []
+
+
+@pytest.fixture
+def graph_readable() -> None:
+    """Skip (or fail under COWCTX_REQUIRE_KERNEL=1) where the graph cannot be read; probed
+    once, at the first test that needs it."""
+    if not _GRAPH_PROBE:
+        _GRAPH_PROBE.append(graph_unavailable_reason())
+    if _GRAPH_PROBE[0] is not None:
+        skip_or_fail(f"the anon_vma graph cannot be read: {_GRAPH_PROBE[0]}")
+
+
+def needs_graph(test: Any) -> Any:
+    """A kernel test that reads the anon_vma graph."""
+    return pytest.mark.kernel(pytest.mark.usefixtures("graph_readable")(test))
+
+
 REUSE = ROOT / "scenarios" / "kernel-oracle" / "oracle-06-reuse-orphaned-nonroot.yaml"
 
 # --- BTF --------------------------------------------------------------------------------
@@ -128,10 +144,9 @@ def test_diff_graphs_chain_order_and_missing_anon_vma() -> None:
 # --- on the kernel ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[KernelSession]:
-    with KernelSession() as s:
-        yield s
+@pytest.fixture
+def session(kernel_session: KernelSession) -> KernelSession:
+    return kernel_session
 
 
 def _chain_total(g: dict[str, Any]) -> int:
@@ -143,10 +158,11 @@ def test_kernel_graph_matches_tracepoint_counts(session: KernelSession) -> None:
     """Independent of the model: the graph holds exactly the live objects the kmem
     tracepoints counted, and names every one from its birth step."""
     result = session.run(load_scenario(REUSE))
-    g = result["final"]["graph"]
-    live = result["final"]["objects"]
-    assert len(g["anon_vmas"]) == live["anon_vma"]["live"] == 3
-    assert _chain_total(g) == live["anon_vma_chain"]["live"] == 7
+    g = result.final.graph
+    assert g is not None
+    live = result.final.objects
+    assert len(g["anon_vmas"]) == live["anon_vma"].live == 3
+    assert _chain_total(g) == live["anon_vma_chain"].live == 7
     assert not any("untraced" in n for n in g["anon_vmas"])
     assert g["vmas"]["p3"][0]["anon_vma"] == "AV(p0 fork step 2)"
     assert "p1" not in g["vmas"]  # exited
@@ -156,8 +172,8 @@ def test_kernel_graph_matches_tracepoint_counts(session: KernelSession) -> None:
 @pytest.mark.parametrize("path", kernel_capable_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_scenario_file_agrees_on_the_graph(path: Path, session: KernelSession) -> None:
     model, kernel, diffs = kernel_diff(load_scenario(path), session)
-    assert "graph" in kernel["final"], kernel["kernel"].get("graph_unavailable")
-    assert "graph" in model["final"]
+    assert kernel.final.graph is not None, kernel.kernel["kernel"].get("graph_unavailable")
+    assert model.final.graph is not None
     assert diffs == []
 
 
@@ -204,10 +220,11 @@ def test_graph_diff_catches_cow_folio_in_wrong_anon_vma(session: KernelSession) 
 def test_graph_every_step() -> None:
     with KernelSession(graph_every_step=True) as s:
         model, kernel, diffs = kernel_diff(COW, s, RootForCowAnonVma)
-    assert all("graph" in st for st in kernel["steps"])
-    assert all("graph" in st for st in model["steps"])
-    assert kernel["steps"][0]["graph"]["anon_vmas"] == {}
-    assert kernel["steps"][1]["graph"]["anon_vmas"].keys() == {"AV(p0 fault step 1)"}
+    assert all(st.graph is not None for st in kernel.steps)
+    assert all(st.graph is not None for st in model.steps)
+    assert kernel.steps[0].graph is not None and kernel.steps[1].graph is not None
+    assert kernel.steps[0].graph["anon_vmas"] == {}
+    assert kernel.steps[1].graph["anon_vmas"].keys() == {"AV(p0 fault step 1)"}
     assert diffs[0] == (
         "steps.3 (write).graph.folios.p1[page 102]: folio in AV(p0 fork step 2) on the "
         "kernel, AV(p0 fault step 1) in the model"

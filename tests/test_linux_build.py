@@ -9,11 +9,13 @@ import pytest
 
 from cowctx.linux import build
 
+from .conftest import skip_or_fail
+
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     if shutil.which("gcc") is None:
-        pytest.skip("gcc not found on PATH: cannot build the kernel worker")
+        skip_or_fail("gcc not found on PATH: cannot build the kernel worker")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     return tmp_path / "cowctx"
 

@@ -5,26 +5,24 @@ Separate from test_linux_executor.py, whose module-wide session keeps its own in
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cowctx.linux import executor
-from cowctx.linux.executor import KernelSession, kernel_unavailable_reason, run_on_kernel
-from cowctx.linux.tracefs import INSTANCE_PREFIX
+from cowctx.linux.executor import KernelSession, run_on_kernel
+from cowctx.linux.tracefs import INSTANCE_PREFIX, TraceInstance, tracefs_root
 from cowctx.scenario.loader import parse_scenario
 from cowctx.scenario.schema import Scenario
 
-TRACEFS = Path("/sys/kernel/tracing")
-
-
-@pytest.fixture(autouse=True)
-def _kernel() -> None:
-    reason = kernel_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+pytestmark = pytest.mark.kernel
 
 
 def scenario(name: str, steps: list[dict[str, Any]]) -> Scenario:
@@ -40,41 +38,54 @@ STEPS: list[dict[str, Any]] = [
 ]
 
 
-def assert_clean(pids: list[int]) -> None:
-    """No instance of this process, no event enabled at top level, no scenario process."""
-    ours = [
-        d.name
-        for d in (TRACEFS / "instances").iterdir()
-        if d.name.startswith(f"{INSTANCE_PREFIX}{os.getpid()}")
-    ]
-    assert ours == [], f"tracefs instances left behind: {ours}"
-    assert (TRACEFS / "set_event").read_text().strip() == ""
-    for ev in ("kmem_cache_alloc", "kmem_cache_free"):
-        assert (TRACEFS / "events" / "kmem" / ev / "enable").read_text().strip() == "0"
+@pytest.fixture
+def instances(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the tracefs instances this test's runs create."""
+    names: list[str] = []
+    real_start = TraceInstance.start
+
+    def start(self: TraceInstance, tracing: bool = True) -> None:
+        try:
+            real_start(self, tracing)
+        finally:
+            names.append(self.name)
+
+    monkeypatch.setattr(TraceInstance, "start", start)
+    return names
+
+
+def assert_clean(instances: list[str], pids: list[int]) -> None:
+    """Our instances are gone (so are their events) and no scenario process is left.
+    Only what this test created is looked at: the host's own tracing is not ours."""
+    assert instances, "the run created no tracefs instance"
+    root = tracefs_root()
+    left = [name for name in instances if (root / "instances" / name).exists()]
+    assert left == [], f"tracefs instances left behind: {left}"
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists(), f"scenario process {pid} still exists"
 
 
-def test_one_shot_run_cleans_up_everything() -> None:
-    r = run_on_kernel(scenario("cleanup", STEPS))
+def test_one_shot_run_cleans_up_everything(instances: list[str]) -> None:
+    r = run_on_kernel(scenario("cleanup", STEPS)).to_json()
     assert r["final"]["objects"]["anon_vma"] == {"live": 3, "allocated": 3, "freed": 0}
-    assert r["kernel"]["trace_instance"].startswith(f"{INSTANCE_PREFIX}{os.getpid()}")
+    assert r["kernel"]["trace_instance"].startswith(f"{INSTANCE_PREFIX}{os.getpid()}.")
+    assert instances == [r["kernel"]["trace_instance"]]
     assert set(r["pids"]) == {"p0", "p1", "p2"}
-    assert_clean(list(r["pids"].values()))
+    assert_clean(instances, list(r["pids"].values()))
 
 
-def test_session_reaps_each_run_and_removes_instance_on_close() -> None:
+def test_session_reaps_each_run_and_removes_instance_on_close(instances: list[str]) -> None:
     pids: list[int] = []
     with KernelSession() as s:
         for _ in range(2):
-            r = s.run(scenario("session", STEPS))
+            r = s.run(scenario("session", STEPS)).to_json()
             pids += r["pids"].values()
             for pid in r["pids"].values():
                 assert not Path(f"/proc/{pid}").exists()
-    assert_clean(pids)
+    assert_clean(instances, pids)
 
 
-def test_cleanup_after_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cleanup_after_interrupt(monkeypatch: pytest.MonkeyPatch, instances: list[str]) -> None:
     seen: list[int] = []
     real_add = executor._Run.add
 
@@ -90,10 +101,12 @@ def test_cleanup_after_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_on_kernel(scenario("interrupted", STEPS))
     assert len(seen) == 3
-    assert_clean(seen)
+    assert_clean(instances, seen)
 
 
-def test_worker_death_names_the_step_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_death_names_the_step_and_cleans_up(
+    monkeypatch: pytest.MonkeyPatch, instances: list[str]
+) -> None:
     """A worker killed behind our back: the error names the step; the rest is cleaned up."""
     seen: list[Any] = []
     real_add = executor._Run.add
@@ -107,4 +120,75 @@ def test_worker_death_names_the_step_and_cleans_up(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(executor._Run, "add", add)
     with pytest.raises(executor.WorkerError, match=r"step 3 \(fork, p1\).*died"):
         run_on_kernel(scenario("worker-dies", STEPS))
-    assert_clean([p.pid for p in seen])
+    assert_clean(instances, [p.pid for p in seen])
+
+
+# --- signals: every exit but SIGKILL cleans up; a later run removes what SIGKILL left ------
+
+COWCTX = str(Path(sys.executable).parent / "cowctx")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _fuzzing_cowctx(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, list[int]]:
+    """A long ``cowctx kernel-fuzz`` caught while it runs scenarios: (process, its
+    tracefs instance, the worker processes it had then)."""
+    proc = subprocess.Popen(
+        [COWCTX, "kernel-fuzz", "--seed", "5", "--scenarios", "100000", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    root = tracefs_root()
+    deadline = time.monotonic() + 60
+    name, workers = None, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = sorted((root / "instances").glob(f"{INSTANCE_PREFIX}{proc.pid}.*"))
+        workers = _children(proc.pid) if found else []
+        if found and workers:
+            name = found[0].name
+            break
+        time.sleep(0.01)
+    if name is None:
+        proc.kill()
+        proc.wait()
+        pytest.fail("kernel-fuzz never got as far as running a scenario")
+    return proc, name, workers
+
+
+def _gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if Path(f"/proc/{p}").exists()]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_removes_the_instance_and_the_workers(sig: int, tmp_path: Path) -> None:
+    proc, name, workers = _fuzzing_cowctx(tmp_path)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    # click turns Ctrl-C into "Aborted!" and exit 1; SIGTERM/SIGHUP exit 128 + signal
+    assert code == (1 if sig == signal.SIGINT else 128 + sig), code
+    assert not (tracefs_root() / "instances" / name).exists(), f"{name} left behind"
+    assert _gone(workers) == []
+
+
+def test_a_later_run_removes_what_a_killed_one_left(tmp_path: Path) -> None:
+    proc, name, workers = _fuzzing_cowctx(tmp_path)
+    proc.kill()
+    proc.wait(timeout=60)
+    instance = tracefs_root() / "instances" / name
+    assert instance.exists(), "SIGKILL cannot clean up: the instance must still be there"
+    assert _gone(workers) == [], "workers end when their controller's socket closes"
+    with KernelSession():
+        pass
+    assert not instance.exists(), f"{name} of a dead cowctx was not removed"

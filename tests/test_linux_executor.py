@@ -7,7 +7,6 @@ These tests need root, tracefs, pagemap and gcc; elsewhere they skip with the re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,22 @@ from cowctx.scenario.schema import Scenario
 TRACEFS = Path("/sys/kernel/tracing")
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[KernelSession]:
-    reason = kernel_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with KernelSession() as s:
-        yield s
+pytestmark = pytest.mark.kernel
+
+
+class JsonSession:
+    """The shared kernel session, its results read as SCENARIO.md's JSON objects."""
+
+    def __init__(self, session: KernelSession) -> None:
+        self.session = session
+
+    def run(self, s: Scenario) -> dict[str, Any]:
+        return self.session.run(s).to_json()
+
+
+@pytest.fixture
+def session(kernel_session: KernelSession) -> JsonSession:
+    return JsonSession(kernel_session)
 
 
 def scenario(
@@ -88,7 +96,7 @@ def step_objects(step: dict[str, Any]) -> tuple[int, int, int, int]:
 # --- "Behaviour seen" (kernel-oracle.md) -------------------------------------------------
 
 
-def test_fork_of_faulted_vma_clones_chain_and_adds_child_anon_vma(session: KernelSession) -> None:
+def test_fork_of_faulted_vma_clones_chain_and_adds_child_anon_vma(session: JsonSession) -> None:
     r = session.run(scenario("fork-faulted", [mmap(), write(), fork("p0", "p1")]))
     assert r["design"] == "linux" and r["scenario"] == "fork-faulted"
     assert objects(r) == ((2, 0, 2), (3, 0, 3))
@@ -99,7 +107,7 @@ def test_fork_of_faulted_vma_clones_chain_and_adds_child_anon_vma(session: Kerne
     assert r["final"]["maps"] == {"p0": [[0, 16, "rw-p"]], "p1": [[0, 16, "rw-p"]]}
 
 
-def test_fork_shares_every_page_with_mapcount_2(session: KernelSession) -> None:
+def test_fork_shares_every_page_with_mapcount_2(session: JsonSession) -> None:
     r = session.run(scenario("fork-pfn-sharing", [mmap(), write(), fork("p0", "p1")]))
     p0, p1 = r["final"]["pages"]["p0"], r["final"]["pages"]["p1"]
     assert [p["page"] for p in p0] == list(range(16))
@@ -108,7 +116,7 @@ def test_fork_shares_every_page_with_mapcount_2(session: KernelSession) -> None:
     assert all(p["mapcount"] == 2 and p["anon"] and not p["zero_page"] for p in p0 + p1)
 
 
-def test_cow_after_fork_gives_child_its_own_folios(session: KernelSession) -> None:
+def test_cow_after_fork_gives_child_its_own_folios(session: JsonSession) -> None:
     r = session.run(
         scenario("fork-cow-half", [mmap(), write(), fork("p0", "p1"), write(0, 8, proc="p1")])
     )
@@ -122,7 +130,7 @@ def test_cow_after_fork_gives_child_its_own_folios(session: KernelSession) -> No
     assert objects(r) == ((2, 0, 2), (3, 0, 3))  # CoW allocates no rmap objects
 
 
-def test_fork_chain_of_five(session: KernelSession) -> None:
+def test_fork_chain_of_five(session: JsonSession) -> None:
     steps = [mmap(), write()]
     for k in range(5):
         steps += [fork(f"p{k}", f"p{k + 1}"), write(proc=f"p{k + 1}")]
@@ -136,20 +144,20 @@ def test_fork_chain_of_five(session: KernelSession) -> None:
     assert all(p["mapcount"] == 1 for p in pages)
 
 
-def test_ten_children_of_one_faulted_vma(session: KernelSession) -> None:
+def test_ten_children_of_one_faulted_vma(session: JsonSession) -> None:
     steps = [mmap(), write()] + [fork("p0", f"c{i}") for i in range(10)]
     r = session.run(scenario("ten-children", steps))
     assert objects(r) == ((11, 0, 11), (21, 0, 21))
     assert all(p["mapcount"] == 11 for p in r["final"]["pages"]["c9"])
 
 
-def test_hundred_children(session: KernelSession) -> None:
+def test_hundred_children(session: JsonSession) -> None:
     steps = [mmap(), write()] + [fork("p0", f"c{i}") for i in range(100)]
     r = session.run(scenario("hundred-children", steps))
     assert objects(r) == ((101, 0, 101), (201, 0, 201))
 
 
-def test_mprotect_middle_splits_then_remerges(session: KernelSession) -> None:
+def test_mprotect_middle_splits_then_remerges(session: JsonSession) -> None:
     split = [mmap(), write(), {"op": "mprotect", "page": 4, "pages": 8, "prot": "r"}]
     r = session.run(scenario("mprotect-split", split))
     assert r["final"]["maps"]["p0"] == [[0, 4, "rw-p"], [4, 12, "r--p"], [12, 16, "rw-p"]]
@@ -161,7 +169,7 @@ def test_mprotect_middle_splits_then_remerges(session: KernelSession) -> None:
     assert step_objects(r["steps"][3]) == (0, 0, 0, 2)  # unlink_anon_vmas of middle and next
 
 
-def test_fork_parent_exits_child_forks(session: KernelSession) -> None:
+def test_fork_parent_exits_child_forks(session: JsonSession) -> None:
     steps = [mmap(), write(), fork("p0", "p1"), exit_("p0"), fork("p1", "p2")]
     r = session.run(scenario("parent-exits", steps))
     assert objects(r) == ((3, 0, 3), (6, 1, 5))
@@ -169,21 +177,21 @@ def test_fork_parent_exits_child_forks(session: KernelSession) -> None:
     assert set(r["final"]["maps"]) == {"p1", "p2"}
 
 
-def test_orphaned_non_root_anon_vma_is_reused(session: KernelSession) -> None:
+def test_orphaned_non_root_anon_vma_is_reused(session: JsonSession) -> None:
     steps = [mmap(), write(), fork("p0", "p1"), fork("p1", "p2"), exit_("p1"), fork("p2", "p3")]
     r = session.run(scenario("orphan-reuse", steps))
     assert objects(r) == ((3, 0, 3), (9, 2, 7))
     assert step_objects(r["steps"][5]) == (0, 0, 3, 0)  # p3 reuses p1's anon_vma
 
 
-def test_fork_of_unfaulted_vma_then_both_write(session: KernelSession) -> None:
+def test_fork_of_unfaulted_vma_then_both_write(session: JsonSession) -> None:
     steps = [mmap(), fork("p0", "p1"), write(), write(proc="p1")]
     r = session.run(scenario("unfaulted-fork", steps))
     assert objects(r) == ((2, 0, 2), (2, 0, 2))
     assert step_objects(r["steps"][1]) == (0, 0, 0, 0)
 
 
-def test_null_scenario_causes_no_rmap_events(session: KernelSession) -> None:
+def test_null_scenario_causes_no_rmap_events(session: JsonSession) -> None:
     r = session.run(scenario("null", [fork("p0", "p1"), fork("p0", "p2"), exit_("p1")]))
     assert objects(r) == ((0, 0, 0), (0, 0, 0))
     assert all(step_objects(s) == (0, 0, 0, 0) for s in r["steps"])
@@ -192,7 +200,7 @@ def test_null_scenario_causes_no_rmap_events(session: KernelSession) -> None:
     assert r["final"]["maps"] == {"p0": [], "p2": []}
 
 
-def test_child_exit_frees_its_anon_vma_and_chain(session: KernelSession) -> None:
+def test_child_exit_frees_its_anon_vma_and_chain(session: JsonSession) -> None:
     r = session.run(scenario("child-exit", [mmap(), write(), fork("p0", "p1"), exit_("p1")]))
     assert step_objects(r["steps"][3]) == (0, 1, 0, 2)
     assert objects(r) == ((2, 1, 1), (3, 2, 1))
@@ -202,7 +210,7 @@ def test_child_exit_frees_its_anon_vma_and_chain(session: KernelSession) -> None
 # --- faults, pages and errors -------------------------------------------------------------
 
 
-def test_read_fault_maps_the_zero_page(session: KernelSession) -> None:
+def test_read_fault_maps_the_zero_page(session: JsonSession) -> None:
     r = session.run(scenario("zero-page", [mmap(pages=4), read(pages=4)]))
     assert objects(r) == ((0, 0, 0), (0, 0, 0))
     assert r["final"]["pages"]["p0"] == [
@@ -211,7 +219,7 @@ def test_read_fault_maps_the_zero_page(session: KernelSession) -> None:
     ]
 
 
-def test_write_after_read_replaces_zero_page(session: KernelSession) -> None:
+def test_write_after_read_replaces_zero_page(session: JsonSession) -> None:
     r = session.run(
         scenario("zero-then-write", [mmap(pages=4), read(pages=4), write(page=1, pages=1)])
     )
@@ -221,12 +229,12 @@ def test_write_after_read_replaces_zero_page(session: KernelSession) -> None:
     assert pages[1]["anon"] and pages[1]["folio"] == 0 and pages[1]["mapcount"] == 1
 
 
-def test_unfaulted_pages_are_omitted(session: KernelSession) -> None:
+def test_unfaulted_pages_are_omitted(session: JsonSession) -> None:
     r = session.run(scenario("sparse", [mmap(), write(page=3, pages=2)]))
     assert [p["page"] for p in r["final"]["pages"]["p0"]] == [3, 4]
 
 
-def test_write_to_prot_none_is_sigsegv_and_process_survives(session: KernelSession) -> None:
+def test_write_to_prot_none_is_sigsegv_and_process_survives(session: JsonSession) -> None:
     steps = [
         mmap(pages=4, prot="none"),
         write(pages=1),
@@ -239,14 +247,14 @@ def test_write_to_prot_none_is_sigsegv_and_process_survives(session: KernelSessi
     assert r["final"]["maps"]["p0"] == [[0, 4, "rw-p"]]
 
 
-def test_sigsegv_leaves_earlier_pages_touched(session: KernelSession) -> None:
+def test_sigsegv_leaves_earlier_pages_touched(session: JsonSession) -> None:
     r = session.run(scenario("write-past-end", [mmap(pages=4), write(pages=8)]))
     assert r["steps"][1]["errno"] == "SIGSEGV"
     assert [p["page"] for p in r["final"]["pages"]["p0"]] == [0, 1, 2, 3]
     assert objects(r) == ((1, 0, 1), (1, 0, 1))
 
 
-def test_read_of_file_page_beyond_eof_is_sigbus(session: KernelSession) -> None:
+def test_read_of_file_page_beyond_eof_is_sigbus(session: JsonSession) -> None:
     steps = [mmap(pages=8, file="f0"), read(pages=8)]
     r = session.run(scenario("beyond-eof", steps, files={"f0": {"pages": 4}}))
     assert r["steps"][1]["errno"] == "SIGBUS"
@@ -255,13 +263,13 @@ def test_read_of_file_page_beyond_eof_is_sigbus(session: KernelSession) -> None:
     assert all(not p["anon"] and p["mapcount"] == 1 for p in pages)
 
 
-def test_overlapping_mmap_is_eexist(session: KernelSession) -> None:
+def test_overlapping_mmap_is_eexist(session: JsonSession) -> None:
     r = session.run(scenario("overlap", [mmap(), mmap(page=8)]))
     assert [s["errno"] for s in r["steps"]] == [None, "EEXIST"]
     assert r["final"]["maps"]["p0"] == [[0, 16, "rw-p"]]
 
 
-def test_syscall_errors_are_errno_names(session: KernelSession) -> None:
+def test_syscall_errors_are_errno_names(session: JsonSession) -> None:
     steps = [mmap(pages=0), {"op": "mremap", "page": 0, "pages": 4, "new_pages": 8}]
     r = session.run(scenario("errnos", steps))
     assert [s["errno"] for s in r["steps"]] == ["EINVAL", "EFAULT"]
@@ -280,7 +288,7 @@ MOVE = {
 }
 
 
-def test_mremap_moves_faulted_vma_which_then_merges_with_nothing(session: KernelSession) -> None:
+def test_mremap_moves_faulted_vma_which_then_merges_with_nothing(session: JsonSession) -> None:
     steps = [mmap(pages=8), write(pages=8), MOVE, mmap(page=108, pages=8), write(page=108, pages=8)]
     r = session.run(scenario("mremap-faulted", steps))
     assert r["steps"][2]["errno"] is None
@@ -290,14 +298,14 @@ def test_mremap_moves_faulted_vma_which_then_merges_with_nothing(session: Kernel
     assert [p["page"] for p in r["final"]["pages"]["p0"]] == list(range(100, 116))
 
 
-def test_mremap_of_unfaulted_vma_resets_pgoff_and_merges(session: KernelSession) -> None:
+def test_mremap_of_unfaulted_vma_resets_pgoff_and_merges(session: JsonSession) -> None:
     steps = [mmap(pages=8), MOVE, mmap(page=108, pages=8), write(page=100, pages=16)]
     r = session.run(scenario("mremap-unfaulted", steps))
     assert r["final"]["maps"]["p0"] == [[100, 116, "rw-p"]]
     assert objects(r) == ((1, 0, 1), (1, 0, 1))
 
 
-def test_mremap_dontunmap_unlinks_the_source_chain(session: KernelSession) -> None:
+def test_mremap_dontunmap_unlinks_the_source_chain(session: JsonSession) -> None:
     move = {**MOVE, "flags": ["maymove", "fixed", "dontunmap"]}
     r = session.run(scenario("mremap-dontunmap", [mmap(pages=8), write(pages=8), move]))
     assert r["final"]["maps"]["p0"] == [[0, 8, "rw-p"], [100, 108, "rw-p"]]
@@ -305,12 +313,12 @@ def test_mremap_dontunmap_unlinks_the_source_chain(session: KernelSession) -> No
     assert [p["page"] for p in r["final"]["pages"]["p0"]] == list(range(100, 108))
 
 
-def test_adjacent_unfaulted_mmap_merges_with_faulted_neighbour(session: KernelSession) -> None:
+def test_adjacent_unfaulted_mmap_merges_with_faulted_neighbour(session: JsonSession) -> None:
     r = session.run(scenario("adjacent", [mmap(pages=8), write(pages=8), mmap(page=8, pages=8)]))
     assert r["final"]["maps"]["p0"] == [[0, 16, "rw-p"]]
 
 
-def test_dontfork_and_wipeonfork(session: KernelSession) -> None:
+def test_dontfork_and_wipeonfork(session: JsonSession) -> None:
     dontfork = {"op": "madvise", "page": 0, "pages": 16, "advice": "dontfork"}
     r = session.run(scenario("dontfork", [mmap(), write(), dontfork, fork("p0", "p1")]))
     assert objects(r) == ((1, 0, 1), (1, 0, 1))
@@ -323,7 +331,7 @@ def test_dontfork_and_wipeonfork(session: KernelSession) -> None:
     assert [p["page"] for p in r["final"]["pages"]["p1"]] == [0]
 
 
-def test_private_file_mapping(session: KernelSession) -> None:
+def test_private_file_mapping(session: JsonSession) -> None:
     files = {"f0": {"pages": 16}}
     r = session.run(scenario("file-read-fork", [mmap(file="f0"), read(), fork("p0", "p1")], files))
     assert objects(r) == ((0, 0, 0), (0, 0, 0))
@@ -335,14 +343,14 @@ def test_private_file_mapping(session: KernelSession) -> None:
     assert r["final"]["pages"]["p0"][0]["anon"]  # the CoW copy of the file page
 
 
-def test_shared_file_mapping_has_no_anon_vma(session: KernelSession) -> None:
+def test_shared_file_mapping_has_no_anon_vma(session: JsonSession) -> None:
     steps = [mmap(file="f0", shared=True), write(), fork("p0", "p1")]
     r = session.run(scenario("file-shared", steps, files={"f0": {"pages": 16}}))
     assert objects(r) == ((0, 0, 0), (0, 0, 0))
     assert r["final"]["maps"]["p0"] == [[0, 16, "rw-s"]]
 
 
-def test_exec_gives_a_fresh_mm(session: KernelSession) -> None:
+def test_exec_gives_a_fresh_mm(session: JsonSession) -> None:
     steps = [
         mmap(),
         write(),
@@ -359,13 +367,13 @@ def test_exec_gives_a_fresh_mm(session: KernelSession) -> None:
     assert objects(r) == ((3, 1, 2), (4, 2, 2))
 
 
-def test_exec_of_empty_process_counts_nothing(session: KernelSession) -> None:
+def test_exec_of_empty_process_counts_nothing(session: JsonSession) -> None:
     r = session.run(scenario("exec-empty", [{"op": "exec", "proc": "p0"}]))
     assert objects(r) == ((0, 0, 0), (0, 0, 0))
     assert r["other_events"]["own_live"] == 0
 
 
-def test_model_only_steps_are_refused(session: KernelSession) -> None:
+def test_model_only_steps_are_refused(session: JsonSession) -> None:
     s = scenario("ksm", [mmap(), write(), {"op": "ksm"}])
     with pytest.raises(ModelOnlyStep, match=r"step 2 \(ksm\)"):
         run_on_kernel(s, session)
@@ -374,7 +382,7 @@ def test_model_only_steps_are_refused(session: KernelSession) -> None:
         session.run(s)
 
 
-def test_worker_writes_distinct_content(session: KernelSession) -> None:
+def test_worker_writes_distinct_content(session: JsonSession) -> None:
     """Default writes stamp (step, page); files have a non-uniform pattern per page."""
     from cowctx.linux.build import ensure_worker
     from cowctx.linux.worker import OP_SYSCALL, OP_TOUCH, WorkerProcess, kill_and_reap

@@ -112,9 +112,56 @@ def test_a_wider_but_complete_walk_is_not_a_violation_but_costs_more() -> None:
     good = run_scenario(scenario("w", steps), "anon_vma")
     wide = run_scenario(scenario("w", steps), MoveToParent)
     assert not good.violations and not wide.violations
-    good_walk = good.result()["walks"]["folio_referenced"]
-    wide_walk = wide.result()["walks"]["folio_referenced"]
+    good_walk = good.result().to_json()["walks"]["folio_referenced"]
+    wide_walk = wide.result().to_json()["walks"]["folio_referenced"]
     assert (good_walk["vma_lookups"], good_walk["hits"], good_walk["misses"]) == (1, 1, 0)
     # p0's AVC comes first in the root's tree: a miss, then p1's hit ends the walk
     # (folio_referenced stops once it has seen mapcount mappings)
     assert (wide_walk["vma_lookups"], wide_walk["hits"], wide_walk["misses"]) == (2, 1, 1)
+
+
+class ForgetsNewFolioOfChild(AnonVmaRmap):
+    """folio_migrate() gives the new folio the child's anon_vma instead of the old
+    folio's: remove_migration_ptes() then walks the wrong hierarchy and misses the
+    parent's migration entry."""
+
+    name = "migrate_to_child_anon_vma"
+
+    def folio_migrate(self, dst: Folio, src: Folio) -> None:
+        super().folio_migrate(dst, src)
+        for av in self.anon_vmas.values():  # the newest anon_vma: the child's
+            dst.mapping = av
+
+
+def test_clients_report_what_they_did_and_the_oracle_what_they_missed() -> None:
+    """With a walk that misses the child: the migration fails and the entries it
+    made are mapped back to the old folio (as migrate_pages() does); reclaim leaves
+    the folio mapped in the child.  Only the oracle-side check names the miss."""
+    from cowctx.clients.migrate import migrate_pages
+    from cowctx.oracle.clients import check_reclaim
+
+    run = run_scenario(FORK_SHARE, ForkWithoutParentLinks, check=False)
+    m, p0 = run.machine, run.procs["p0"]
+    folio = m.folio_at(p0, 0x2000_0000_0000)
+    assert folio is not None and folio.mapcount == 2
+    result = migrate_pages(m, folio)
+    assert result.new is None and len(result.unmapped) == len(result.remapped) == 1
+    assert folio.mapcount == 2 and m.folio_at(p0, 0x2000_0000_0000) is folio
+    reclaimed, problems = check_reclaim(m, folio)
+    assert not reclaimed.freed and len(reclaimed.unmapped) == 1
+    assert problems == ["try_to_unmap missed mm#2 at 0x200000000000"]
+
+
+def test_a_migration_entry_left_behind_is_named_and_repaired() -> None:
+    s = scenario(
+        "fork-migrate-left",
+        [
+            *[st.model_dump(exclude_none=True) for st in FORK_SHARE.steps],
+            {"op": "migrate", "page": 0},
+        ],
+    )
+    run = run_scenario(s, ForgetsNewFolioOfChild)
+    details = [v.detail for v in run.violations if v.kind == "client"]
+    assert details and all("remove_migration_ptes missed" in d for d in details)
+    assert not [v for v in run.violations if v.kind == "pte"], "the entry was repaired"
+    assert not run_scenario(s, "anon_vma").violations

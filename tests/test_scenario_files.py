@@ -41,4 +41,4 @@ def test_scenario_file(path: Path, design: str) -> None:
     result = run_scenario(scenario, design).result()
     failures = check_expect(scenario, result)
     assert failures == []
-    assert not scenario_failed(scenario, result, failures), result["oracle"]["violations"]
+    assert not scenario_failed(scenario, result, failures), [str(v) for v in result.violations]

@@ -17,7 +17,7 @@ import pytest
 from cowctx.linux import executor
 from cowctx.linux import swap as swapmod
 from cowctx.linux.diff import diff_results
-from cowctx.linux.executor import KernelSession, kernel_unavailable_reason, run_on_kernel
+from cowctx.linux.executor import KernelSession, run_on_kernel
 from cowctx.linux.swap import (
     PREFIX,
     SwapFile,
@@ -32,10 +32,22 @@ from cowctx.linux.views import add_model_views
 from cowctx.scenario.loader import load_scenario
 from cowctx.scenario.runner import run_scenario
 
+from .conftest import skip_or_fail
 from .helpers import ROOT, scenario
 
-REASON = kernel_unavailable_reason() or swap_unavailable_reason()
-needs_swap = pytest.mark.skipif(REASON is not None, reason=f"no swap here: {REASON}")
+
+@pytest.fixture
+def swap_possible() -> None:
+    reason = swap_unavailable_reason()
+    if reason is not None:
+        skip_or_fail(f"no swap file possible here: {reason}")
+
+
+def needs_swap(test: Any) -> Any:
+    """A kernel test that switches a swap file on."""
+    return pytest.mark.kernel(pytest.mark.usefixtures("swap_possible")(test))
+
+
 FORK_SWAPIN = ROOT / "scenarios" / "kernel-fuzz" / "swap-fork-swapin.yaml"
 
 PAGEOUT = [
@@ -81,12 +93,13 @@ def test_swap_file_on_and_gone() -> None:
 @needs_swap
 def test_pageout_really_swaps_and_fork_shares_entries() -> None:
     r = run_on_kernel(scenario("pageout-fork", PAGEOUT))
-    assert r["kernel"]["swap"]["pages"] == pages_for(scenario("s", PAGEOUT))
-    assert isinstance(r["kernel"]["swap"]["damon"], list)
-    swapped = r["final"]["swap"]
+    assert r.kernel["kernel"]["swap"]["pages"] == pages_for(scenario("s", PAGEOUT))
+    assert isinstance(r.kernel["kernel"]["swap"]["damon"], list)
+    swapped = r.final.swap
+    assert swapped is not None
     assert [e["page"] for e in swapped["p0"]] == list(range(8))
     assert swapped["p1"] == swapped["p0"]  # fork copied the swap entries: same slots
-    assert r["final"]["pages"] == {"p0": [], "p1": []}
+    assert r.final.pages == {"p0": [], "p1": []}
     assert ours() == []
 
 
@@ -110,15 +123,17 @@ def test_swap_scenario_agrees_including_swapin_graph() -> None:
     with KernelSession() as s:
         model, kernel, diffs = kernel_diff(load_scenario(FORK_SWAPIN), s)
     assert diffs == []
-    folios = {f["page"]: f for f in kernel["final"]["graph"]["folios"]["p1"]}
+    graph = kernel.final.graph
+    assert graph is not None
+    folios = {f["page"]: f for f in graph["folios"]["p1"]}
     assert folios[2]["anon_vma"] == "AV(p0 fault step 1)"  # read swap-in: the root
     assert folios[2]["exclusive"] is False
     assert folios[3]["anon_vma"] == "AV(p0 fork step 3)"  # write swap-in of a shared slot
     assert folios[3]["exclusive"] is False  # ... then shared by p1's fork of p2
-    p2 = {f["page"]: f for f in kernel["final"]["graph"]["folios"]["p2"]}
+    p2 = {f["page"]: f for f in graph["folios"]["p2"]}
     assert p2[3]["anon_vma"] == "AV(p1 fork step 9)"  # p2's CoW copy: its own, exclusive
     assert p2[3]["exclusive"] is True
-    assert model["final"]["swap"] == kernel["final"]["swap"]
+    assert model.final.swap == kernel.final.swap
 
 
 @needs_swap
@@ -208,13 +223,15 @@ def test_pageout_verdicts_from_vmscan() -> None:
     no_swap = [{**PAGEOUT[0], "shared": False}, *PAGEOUT[1:3]]
     with KernelSession(swap=False) as s:
         kept = s.run(scenario("pageout-no-swap", no_swap))
-    assert kept["kernel"]["swap"] is None
-    vm = kept["steps"][2]["vmscan"]
+    assert kept.kernel["kernel"]["swap"] is None
+    vm = kept.steps[2].vmscan
+    assert vm is not None
     assert (vm["nr_scanned"], vm["nr_reclaimed"], vm["nr_activate_anon"]) == (8, 0, 8)
     swapped = run_on_kernel(scenario("pageout-swap", no_swap))
-    vm = swapped["steps"][2]["vmscan"]
+    vm = swapped.steps[2].vmscan
+    assert vm is not None
     assert (vm["nr_scanned"], vm["nr_reclaimed"], vm["nr_activate_anon"]) == (8, 0, 0)
-    assert len(swapped["final"]["swap"]["p0"]) == 8
+    assert swapped.final.swap is not None and len(swapped.final.swap["p0"]) == 8
 
 
 @needs_swap
@@ -225,8 +242,8 @@ def test_swap_that_cannot_be_switched_on_runs_without(monkeypatch: pytest.Monkey
     monkeypatch.setattr(swapmod, "SWAP_DIR", Path("/dev/shm"))
     with KernelSession() as s:
         _, kernel, diffs = kernel_diff(scenario("pageout", PAGEOUT), s)
-    assert kernel["kernel"]["swap"] is None
-    assert "cannot switch a swap file on" in kernel["kernel"]["swap_unavailable"]
+    assert kernel.kernel["kernel"]["swap"] is None
+    assert "cannot switch a swap file on" in kernel.kernel["kernel"]["swap_unavailable"]
     assert diffs == []
-    assert kernel["final"]["swap"] == {"p0": [], "p1": []}
+    assert kernel.final.swap == {"p0": [], "p1": []}
     assert not list(Path("/dev/shm").glob(PREFIX + "*"))

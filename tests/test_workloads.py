@@ -8,7 +8,8 @@ import json
 import pytest
 
 from cowctx.designs import sound_design_names
-from cowctx.linux import kernel_unavailable_reason
+from cowctx.linux import KernelSession
+from cowctx.linux.diff import kernel_diff
 from cowctx.report.compare import compare, comparison_json
 from cowctx.scenario.runner import run_scenario
 from cowctx.workloads import WORKLOADS, build_workload
@@ -41,7 +42,7 @@ def test_workload_is_deterministic_and_sized_from_its_defaults(name: str) -> Non
 def test_fork_chain_costs_what_the_reference_says() -> None:
     """n live generations: n anon_vmas and n(n+1)/2 AVCs; one context each."""
     c = compare(build_workload("fork-chain", {"depth": 9, "pages": 8}), ["anon_vma", "cow_context"])
-    objs = {d.design: d.result["final"]["objects"] for d in c.designs}
+    objs = {d.design: d.result.to_json()["final"]["objects"] for d in c.designs}
     assert objs["anon_vma"]["anon_vma"]["live"] == 10
     assert objs["anon_vma"]["anon_vma_chain"]["live"] == 55
     assert objs["cow_context"]["cow_context"]["live"] == 10
@@ -52,15 +53,8 @@ def test_unknown_parameter_is_refused() -> None:
         build_workload("prefork", {"apps": 3})
 
 
-KERNEL = kernel_unavailable_reason()
-
-
-@pytest.mark.skipif(KERNEL is not None, reason=f"kernel not observable: {KERNEL}")
+@pytest.mark.kernel
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
-def test_workload_agrees_with_the_kernel(name: str) -> None:
-    from cowctx.linux import KernelSession
-    from cowctx.linux.diff import kernel_diff
-
-    with KernelSession() as session:
-        _, _, diffs = kernel_diff(build_workload(name, scale=0.1), session)
+def test_workload_agrees_with_the_kernel(name: str, kernel_session: KernelSession) -> None:
+    _, _, diffs = kernel_diff(build_workload(name, scale=0.1), kernel_session)
     assert diffs == []

@@ -58,7 +58,7 @@ def main() -> None:
 def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, timing: bool) -> None:
     """Run scenario FILES on the model and check their `expect` blocks."""
     from cowctx.designs.anon_vma.graph import anon_vma_graph, is_anon_vma_run
-    from cowctx.report_text import print_result, print_side_by_side
+    from cowctx.report.terminal import print_result, print_side_by_side
     from cowctx.scenario.runner import run_scenario
 
     designs = _designs(design)
@@ -71,20 +71,20 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
             ran = run_scenario(scenario, name, check=not no_check, timing=timing)
             result = ran.result(timing)
             if is_anon_vma_run(ran):
-                result["final"]["graph"] = anon_vma_graph(ran)
+                result.final.graph = anon_vma_graph(ran)
             failures = check_expect(scenario, result)
-            result["expect"] = {"passed": not failures, "failures": failures}
+            result.expect = failures
             bad = scenario_failed(scenario, result, failures)
             failed |= bad
             results.append(result)
             verdicts.append(bad)
             if as_json:
-                click.echo(json.dumps(result, sort_keys=True))
+                click.echo(json.dumps(result.to_json(), sort_keys=True))
             elif len(designs) == 1:
                 print_result(console, result, failures, bad)
             else:
                 for f in failures:
-                    console.print(f"  [red]{escape(result['design'])}: {escape(f)}[/]")
+                    console.print(f"  [red]{escape(result.design)}: {escape(f)}[/]")
         if len(designs) > 1 and not as_json:
             print_side_by_side(console, results, verdicts)
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
@@ -147,7 +147,7 @@ def demo(design: str, scale: float, html_path: Path, stories: bool) -> None:
 def _demo_stories(designs: list[str]) -> None:
     from importlib.resources import files as package_files
 
-    from cowctx.report_text import print_result
+    from cowctx.report.terminal import print_result
     from cowctx.scenario.runner import run_scenario
 
     console = Console(highlight=False, soft_wrap=True)
@@ -235,12 +235,12 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool, graph_every_step
             model, kernel, diffs = kernel_diff(scenario, session)
             disagree += bool(diffs)
             if as_json:
-                click.echo(json.dumps(model, sort_keys=True))
-                click.echo(json.dumps(kernel, sort_keys=True))
+                click.echo(json.dumps(model.to_json(), sort_keys=True))
+                click.echo(json.dumps(kernel.to_json(), sort_keys=True))
                 continue
             mark = "[green]agree[/]" if not diffs else f"[red]{len(diffs)} differences[/]"
-            model_ns = sum(s["time_ns"] for s in model["steps"])
-            kernel_ns = sum(s["time_ns"] or 0 for s in kernel["steps"])
+            model_ns = sum(s.time_ns or 0 for s in model.steps)
+            kernel_ns = sum(s.time_ns or 0 for s in kernel.steps)
             console.print(
                 f"{mark} [bold]{scenario.name}[/]  (model {model_ns / 1e6:.2f} ms, "
                 f"kernel {kernel_ns / 1e6:.2f} ms)"
@@ -341,7 +341,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, float]:
 
 def _targets(names: tuple[str, ...], params: dict[str, float], scale: float) -> list:  # type: ignore[type-arg]
     """Workload names and scenario files, as scenarios."""
-    from cowctx.workloads import WORKLOADS, build_workload
+    from cowctx.workloads import WORKLOADS, WorkloadParamError, build_workload
 
     used: set[str] = set()
     out = []
@@ -349,7 +349,10 @@ def _targets(names: tuple[str, ...], params: dict[str, float], scale: float) -> 
         if name in WORKLOADS:
             mine = {k: v for k, v in params.items() if k in WORKLOADS[name].defaults}
             used |= set(mine)
-            out.append(build_workload(name, mine, scale))
+            try:
+                out.append(build_workload(name, mine, scale))
+            except WorkloadParamError as exc:
+                raise click.BadParameter(str(exc), param_hint="--param") from None
         elif Path(name).exists():
             out.extend(_load_all((Path(name),)))
         else:
@@ -545,7 +548,8 @@ def _kernel_graph_dot(scenario: Any, run: Any, where: str) -> str:
         if session.graph_unavailable:
             click.echo(session.graph_unavailable, err=True)
             sys.exit(EXIT_NO_KERNEL)
-        kernel_graph = session.run(scenario)["final"]["graph"]
+        kernel_graph = session.run(scenario).final.graph
+        assert kernel_graph is not None
     model_graph = anon_vma_graph(run)
     diffs = diff_graphs(model_graph, kernel_graph, "graph")
     for d in diffs:
@@ -619,6 +623,11 @@ def sweep_command(
                 f"{workload} has no parameter {key!r} ({', '.join(WORKLOADS[workload].defaults)})",
                 param_hint="--param",
             )
+        for value in values:
+            try:
+                WORKLOADS[workload].check(key, value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--param") from None
         if len(values) > 1:
             if swept is not None:
                 raise click.BadParameter("sweep one parameter at a time", param_hint="--param")

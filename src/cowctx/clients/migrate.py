@@ -1,9 +1,11 @@
-"""Folio migration: ``try_to_migrate()``, copy, ``remove_migration_ptes()``.
+"""Folio migration as ``migrate_pages()`` does it for one anon (or KSM) folio.
 
-A mapping ``try_to_migrate`` misses keeps the old folio mapped (the kernel
-would then fail the migration); a migration entry ``remove_migration_ptes``
-misses is left behind (a task faulting on it would wait forever).  Both are
-violations; the machine is repaired so a run can go on.
+What the kernel does, and no more: it cannot know which mappings its rmap walk
+missed.  A mapping ``try_to_migrate()`` misses keeps the folio mapped, so the
+migration fails and the entries it did install are turned back into PTEs of the
+old folio; a migration entry ``remove_migration_ptes()`` misses stays behind.
+Telling those apart from a correct run is the oracle's job
+(:func:`cowctx.oracle.clients.check_migrate`).
 """
 
 from __future__ import annotations
@@ -12,94 +14,89 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cowctx.mm.constants import PAGE_SHIFT
-from cowctx.mm.folio import PTE_MIGRATION, PTE_PFN_SHIFT, PTE_PRESENT, Folio
+from cowctx.mm.folio import Folio, make_migration_entry, migration_entry_to_pte
 from cowctx.mm.mm_types import VmAreaStruct
-from cowctx.oracle.oracle import scan_page_tables
 from cowctx.rmap.walk import page_vma_mapped_walk, rmap_walk
 
 if TYPE_CHECKING:
     from cowctx.mm.machine import Machine
 
+Mapping = tuple[int, int]
+"""(mm_id, address)."""
+
 
 @dataclass
 class MigrateResult:
     new: Folio | None
-    problems: list[str] = field(default_factory=list)
+    """The folio that took the old one's place; None when the old folio stayed
+    mapped after ``try_to_migrate()`` and migration failed (``-EAGAIN``)."""
+    unmapped: list[Mapping] = field(default_factory=list)
+    """Where ``try_to_migrate()`` installed a migration entry."""
+    remapped: list[Mapping] = field(default_factory=list)
+    """Where ``remove_migration_ptes()`` turned one back into a PTE (of the new
+    folio, or of the old one after a failure)."""
 
 
-def migrate_folio(
-    m: Machine, folio: Folio, mappings: set[tuple[int, int]] | None = None
-) -> MigrateResult:
-    """``migrate_pages()`` for one mapped anon (or KSM) folio."""
+def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
+    """``migrate_pages()`` of a one-folio list, MIGRATE_SYNC, to any free page.
+
+    # Combination of migrate_folio_unmap(), migrate_folio_move() and
+    # migrate_folio_undo_src() for an anon folio: try_to_migrate(), then either
+    # folio_migrate_mapping() + folio_migrate_flags() + remove_migration_ptes(src, dst)
+    # or, if the folio is still mapped, remove_migration_ptes(src, src).
+    """
     assert folio.anon and folio.mapcount, folio
-    # the mappings to check afterwards: given by a caller migrating many folios
-    # (one page-table scan for all), else found by scanning the page tables
-    before = mappings if mappings is not None else scan_page_tables(m).get(folio.pfn, set())
-    mms = {mm.mm_id: mm for mm in m.live_mms()}
-    problems: list[str] = []
     record = m.ledger.walk("try_to_migrate", shared=folio.mapcount > 1)
+    unmapped: list[Mapping] = []
 
     def try_to_migrate_one(f: Folio, vma: VmAreaStruct, address: int) -> bool:
         if page_vma_mapped_walk(f, vma, address, record):
             pgd = vma.vm_mm.pgd
             vpn = address >> PAGE_SHIFT
-            pgd[vpn] = (pgd[vpn] & ~PTE_PRESENT) | PTE_MIGRATION  # keeps pfn and bits
+            pgd[vpn] = make_migration_entry(pgd[vpn])
             f.mapcount -= 1
+            unmapped.append((vma.vm_mm.mm_id, address))
         return True
 
     rmap_walk(m, folio, record, try_to_migrate_one, done=lambda f: f.mapcount == 0)
-    if folio.mapcount:
-        for mm_id, address in sorted(before):
-            pte = mms[mm_id].pgd[address >> PAGE_SHIFT]
-            if pte & PTE_PRESENT:
-                problems.append(f"try_to_migrate missed mm#{mm_id} at {address:#x}")
-        _restore(m, folio, folio, before, mms)
-        return MigrateResult(None, problems)
+    if folio.mapcount:  # folio_mapped(src): migrate_folio_undo_src()
+        return MigrateResult(None, unmapped, remove_migration_ptes(m, folio, folio, len(unmapped)))
     new = m.alloc_folio(folio.content)
     new.anon, new.ksm = True, folio.ksm
     new.anon_exclusive = folio.anon_exclusive
     if folio.ksm:
         node = folio.mapping
         new.mapping, new.index = node, folio.index
-        node.folio = new  # type: ignore[attr-defined]
+        node.folio = new  # type: ignore[union-attr]
     else:
         m.rmap.folio_migrate(new, folio)
     new.lazyfree, new.dirty = folio.lazyfree, folio.dirty  # folio_migrate_flags()
     if folio.swapcache is not None:  # folio_migrate_mapping(): the swap cache follows
         new.swapcache, folio.swapcache = folio.swapcache, None
         m.swap.cache[new.swapcache] = new
-    record = m.ledger.walk("remove_migration_ptes", shared=len(before) > 1)
-
-    def remove_migration_pte(f: Folio, vma: VmAreaStruct, address: int) -> bool:
-        if page_vma_mapped_walk(f, vma, address, record, migration_of=folio):
-            _map_new(vma.vm_mm.pgd, address >> PAGE_SHIFT, new)
-        return True
-
-    rmap_walk(m, new, record, remove_migration_pte)
-    for mm_id, address in sorted(before):
-        pte = mms[mm_id].pgd[address >> PAGE_SHIFT]
-        if pte & PTE_MIGRATION:
-            problems.append(f"remove_migration_ptes missed mm#{mm_id} at {address:#x}")
-    _restore(m, folio, new, before, mms)
+    remapped = remove_migration_ptes(m, folio, new, len(unmapped))
     if folio.ksm:
         folio.mapcount = 0
     folio.anon = folio.ksm = False  # the old folio's rmap state moved to `new`
     m.free_folio(folio)
-    return MigrateResult(new, problems)
+    return MigrateResult(new, unmapped, remapped)
 
 
-def _restore(m: Machine, old: Folio, new: Folio, mappings: set[tuple[int, int]], mms: dict) -> None:  # type: ignore[type-arg]
-    """Turn any migration entry of ``old`` left behind into a PTE of ``new``."""
-    for mm_id, address in mappings:
-        pgd = mms[mm_id].pgd
-        vpn = address >> PAGE_SHIFT
-        pte = pgd[vpn]
-        if pte & PTE_MIGRATION and pte >> PTE_PFN_SHIFT == old.pfn:
-            _map_new(pgd, vpn, new)
+def remove_migration_ptes(m: Machine, src: Folio, dst: Folio, entries: int) -> list[Mapping]:
+    """``remove_migration_ptes(src, dst)``: walk ``dst``'s rmap for migration entries
+    of ``src`` and map ``dst`` there (``entries``: how many were made, for the
+    walk's shared/exclusive label)."""
+    record = m.ledger.walk("remove_migration_ptes", shared=entries > 1)
+    remapped: list[Mapping] = []
 
+    def remove_migration_pte(f: Folio, vma: VmAreaStruct, address: int) -> bool:
+        if page_vma_mapped_walk(f, vma, address, record, migration_of=src):
+            pgd = vma.vm_mm.pgd
+            vpn = address >> PAGE_SHIFT
+            pgd[vpn] = migration_entry_to_pte(pgd[vpn], dst.pfn)
+            dst.mapcount += 1
+            remapped.append((vma.vm_mm.mm_id, address))
+        return True
 
-def _map_new(pgd: dict[int, int], vpn: int, new: Folio) -> None:
-    """A migration entry becomes a present PTE of ``new``, keeping its bits."""
-    bits = pgd[vpn] & ((1 << PTE_PFN_SHIFT) - 1) & ~PTE_MIGRATION
-    pgd[vpn] = (new.pfn << PTE_PFN_SHIFT) | bits | PTE_PRESENT
-    new.mapcount += 1
+    rmap_walk(m, dst, record, remove_migration_pte)
+    return remapped

@@ -38,6 +38,25 @@ def get_design(name: str) -> type[AnonRmap]:
     return registry[name]
 
 
+def known_design(name: str) -> str | None:
+    """None when ``name`` names a design, else why not (for error messages)."""
+    try:
+        get_design(name)
+    except (KeyError, ValueError) as exc:
+        return str(exc.args[0]) if exc.args else str(exc)
+    return None
+
+
+def object_kind_names() -> list[str]:
+    """Every object kind some design (or the machine: ``vm_area_struct``) counts."""
+    from cowctx.mm.machine import VM_AREA_STRUCT
+
+    names = {VM_AREA_STRUCT.name}
+    for design in _registry().values():
+        names.update(kind.name for kind in design.object_kinds)
+    return sorted(names)
+
+
 def make_machine(design: str | Callable[..., AnonRmap] = "anon_vma"):  # type: ignore[no-untyped-def]
     """A :class:`~cowctx.mm.machine.Machine` running ``design``."""
     from cowctx.mm.machine import Machine

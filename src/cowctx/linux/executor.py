@@ -14,7 +14,6 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from cowctx.linux.tracefs import (
     TraceError,
     TraceInstance,
     remove_stale_instances,
+    signals_deferred,
     tracefs_root,
 )
 from cowctx.linux.worker import (
@@ -57,44 +57,18 @@ from cowctx.linux.worker import (
     kill_and_reap,
     set_child_subreaper,
 )
-from cowctx.scenario.schema import (
-    WINDOW_BASE,
-    ExecStep,
-    ExitStep,
-    ForkStep,
-    MadviseStep,
-    MmapStep,
-    MprotectStep,
-    MremapStep,
-    MunmapStep,
-    ReadStep,
-    Scenario,
-    WriteStep,
+from cowctx.mm.constants import PAGE_SIZE, SYS_MMAP
+from cowctx.scenario.lower import Exec, Exit, Fork, Syscall, Touch, lower
+from cowctx.scenario.results import (
+    Counts,
+    FinalState,
+    MapLine,
+    RawPage,
+    ScenarioResult,
+    StepResult,
+    number_folios,
 )
-
-PAGE_SIZE = 4096
-
-# x86-64 syscall numbers and flags (the worker runs raw syscalls)
-SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_MREMAP, SYS_MADVISE = 9, 10, 11, 25, 28
-PROT = {"none": 0, "r": 1, "rw": 3, "rx": 5, "rwx": 7}
-MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
-MAP_NORESERVE, MAP_POPULATE, MAP_FIXED_NOREPLACE = 0x4000, 0x8000, 0x100000
-MMAP_FLAGS = {"noreserve": MAP_NORESERVE, "populate": MAP_POPULATE}
-MREMAP_FLAGS = {"maymove": 1, "fixed": 2, "dontunmap": 4}
-MADV = {
-    "dontneed": 4,
-    "free": 8,
-    "dontfork": 10,
-    "dofork": 11,
-    "mergeable": 12,
-    "unmergeable": 13,
-    "hugepage": 14,
-    "nohugepage": 15,
-    "wipeonfork": 18,
-    "keeponfork": 19,
-    "cold": 20,
-    "pageout": 21,
-}
+from cowctx.scenario.schema import WINDOW_BASE, Scenario
 
 
 class KernelUnavailable(RuntimeError):
@@ -107,10 +81,6 @@ class ModelOnlyStep(ValueError):
 
 class KernelRunError(RuntimeError):
     """The run failed; the message names the step."""
-
-
-def _addr(page: int) -> int:
-    return WINDOW_BASE + page * PAGE_SIZE
 
 
 def kernel_unavailable_reason() -> str | None:
@@ -191,14 +161,15 @@ def _kernel_info() -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT while cleaning up, so Ctrl-C cannot leave tracing or processes behind."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def _touch_args(i: int, touch: Touch) -> tuple[int, ...]:
+    """The worker's touch command.  A write with no value stores an 8-byte stamp
+    (step, page) unique to this write, then fills: content no other page has."""
+    if not touch.write:
+        return (touch.addr, touch.pages, TOUCH_READ, 0, 0)
+    if touch.value is not None:
+        return (touch.addr, touch.pages, TOUCH_FILL, touch.value, 0)
+    page = (touch.addr - WINDOW_BASE) // PAGE_SIZE
+    return (touch.addr, touch.pages, TOUCH_STAMP, 0, ((i + 1) << 32) | (page + 1))
 
 
 class _Run:
@@ -233,118 +204,89 @@ class _Run:
         self.all_procs.append(proc)
         self.ledger.pids.add(proc.pid)
 
-    def run_step(self, i: int, step: Any) -> dict[str, Any]:
+    def run_step(self, i: int, step: Any) -> StepResult:
         what = f"step {i} ({step.op}, {step.proc})"
         proc = self.procs[step.proc]
+        action = lower(step)
         err: str | None = None
         exec_pid: int | None = None
-        if isinstance(step, ForkStep):
-            r, child = proc.fork(what, i, step.child)
+        if isinstance(action, Fork):
+            r, child = proc.fork(what, i, action.child)
             time_ns = r.time_ns
             if child is None:
                 err = _errno_name(r.ret)
             else:
                 self.add(child)
-        elif isinstance(step, ExitStep):
+        elif isinstance(action, Exit):
             time_ns = proc.exit(what, i)
             del self.procs[step.proc]
-        elif isinstance(step, ExecStep):
+        elif isinstance(action, Exec):
             exec_pid = proc.pid
             r = proc.call(what, OP_EXEC, i, name=step.proc)
             time_ns = r.time_ns
             if r.ret < 0:
                 err = _errno_name(r.ret)
-        elif isinstance(step, ReadStep | WriteStep):
-            args = self._touch_args(i, step)
-            r = proc.call(what, OP_TOUCH, i, args=args)
+        elif isinstance(action, Touch):
+            r = proc.call(what, OP_TOUCH, i, args=_touch_args(i, action))
             time_ns = r.time_ns
             if r.sig:
                 err = signal.Signals(r.sig).name
-        else:
-            nr, args = self._syscall(step)
-            r = proc.call(what, OP_SYSCALL, i, nr=nr, args=args)
+        elif isinstance(action, Syscall):
+            args = action.args
+            if action.file is not None:  # the worker's descriptor of that file
+                args = (*args[:4], self.file_fd[action.file], *args[5:])
+            r = proc.call(what, OP_SYSCALL, i, nr=action.nr, args=args)
             time_ns = r.time_ns
             if -4095 <= r.ret < 0:
                 err = _errno_name(r.ret)
-            elif isinstance(step, MmapStep) and r.ret != args[0]:
+            elif action.nr == SYS_MMAP and r.ret != args[0]:
                 raise KernelRunError(
                     f"{what}: mmap placed the mapping at {r.ret:#x}, not {args[0]:#x}"
                 )
+        else:  # pragma: no cover - _refuse_model_only keeps these out
+            raise ModelOnlyStep(f"{what} is model-only")
         assert self.trace is not None
         counts: StepCounts = self.ledger.account(
             self.trace.drain(), exec_pid=exec_pid, step_index=i
         )
-        out = {
-            "op": step.op,
-            "proc": step.proc,
-            "errno": err,
-            "time_ns": time_ns,
-            "objects": counts.as_dict(),
-        }
-        vmscan = self.trace.take_vmscan(self.ledger.pids)
-        if vmscan is not None:
-            out["vmscan"] = vmscan
+        out = StepResult(step.op, err, _counts(counts.as_dict()), time_ns, step.proc)
+        out.vmscan = self.trace.take_vmscan(self.ledger.pids)
         if self.graph_every_step and self.graph_reader is not None:
-            out["graph"] = self.read_graph()
+            out.graph = self.read_graph()
         return out
 
-    @staticmethod
-    def _touch_args(i: int, step: ReadStep | WriteStep) -> tuple[int, ...]:
-        addr = _addr(step.page)
-        if isinstance(step, ReadStep):
-            return (addr, step.pages, TOUCH_READ, 0, 0)
-        if step.value is not None:
-            return (addr, step.pages, TOUCH_FILL, step.value, 0)
-        # default write: an 8-byte stamp (step, page), unique to this write, then a fill
-        stamp = ((i + 1) << 32) | (step.page + 1)
-        return (addr, step.pages, TOUCH_STAMP, 0, stamp)
-
-    def _syscall(self, step: Any) -> tuple[int, tuple[int, ...]]:
-        addr, length = _addr(step.page), step.pages * PAGE_SIZE
-        if isinstance(step, MmapStep):
-            flags = MAP_FIXED_NOREPLACE | (MAP_SHARED if step.shared else MAP_PRIVATE)
-            for f in step.flags:
-                flags |= MMAP_FLAGS[f]
-            if step.file is None:
-                flags |= MAP_ANONYMOUS
-                fd, off = -1, 0
-            else:
-                fd, off = self.file_fd[step.file], step.file_page * PAGE_SIZE
-            return SYS_MMAP, (addr, length, PROT[step.prot], flags, fd, off)
-        if isinstance(step, MunmapStep):
-            return SYS_MUNMAP, (addr, length)
-        if isinstance(step, MprotectStep):
-            return SYS_MPROTECT, (addr, length, PROT[step.prot])
-        if isinstance(step, MremapStep):
-            flags = 0
-            for f in step.flags:
-                flags |= MREMAP_FLAGS[f]
-            new_addr = _addr(step.new_page) if step.new_page is not None else 0
-            return SYS_MREMAP, (addr, length, step.new_pages * PAGE_SIZE, flags, new_addr)
-        if isinstance(step, MadviseStep):
-            return SYS_MADVISE, (addr, length, MADV[step.advice])
-        raise KernelRunError(f"op {step.op!r} has no syscall")  # pragma: no cover
-
-    def final_state(self) -> dict[str, Any]:
+    def final_state(self) -> FinalState:
         live = [p for p in self.all_procs if p.alive]
-        maps: dict[str, list[list[object]]] = {}
-        pages: list[tuple[str, list[pagemap.PageInfo]]] = []
+        maps: dict[str, list[MapLine]] = {}
+        raw: list[tuple[str, list[RawPage]]] = []
         swapped: list[tuple[str, list[tuple[int, int]]]] = []
         with pagemap.PhysReader() as phys:
             for p in live:
-                lines = pagemap.read_window_maps(p.pid)
-                maps[p.name] = [m.as_list() for m in lines]
-                pages.append((p.name, pagemap.read_window_pages(p.pid, lines, phys)))
+                maps[p.name] = lines = pagemap.read_window_maps(p.pid)
+                raw.append(
+                    (
+                        p.name,
+                        [
+                            RawPage(
+                                info.page,
+                                None if info.zero_page else info.head_pfn,
+                                info.mapcount,
+                                info.anon,
+                            )
+                            for info in pagemap.read_window_pages(p.pid, lines, phys)
+                        ],
+                    )
+                )
                 swapped.append((p.name, pagemap.read_window_swap(p.pid, lines)))
-        final = {
-            "objects": self.ledger.totals(),
-            "maps": maps,
-            "pages": pagemap.number_folios(pages),
-            "swap": pagemap.number_swap_entries(swapped),
-        }
+        final = FinalState(_counts(self.ledger.totals()), maps, number_folios(raw))
+        final.swap = pagemap.number_swap_entries(swapped)
         if self.graph_reader is not None:
-            final["graph"] = self.read_graph()
+            final.graph = self.read_graph()
         return final
+
+
+def _counts(objects: dict[str, dict[str, int]]) -> dict[str, Counts]:
+    return {kind: Counts(c["allocated"], c["freed"], c.get("live")) for kind, c in objects.items()}
 
 
 class KernelSession:
@@ -389,7 +331,7 @@ class KernelSession:
         try:
             trace.start(tracing=False)
         except BaseException:
-            with _sigint_deferred():
+            with signals_deferred():
                 trace.stop()
             raise
         self.trace = trace
@@ -404,11 +346,11 @@ class KernelSession:
             self.graph_reader.close()
             self.graph_reader = None
         if self.trace is not None:
-            with _sigint_deferred():
+            with signals_deferred():
                 self.trace.stop()
             self.trace = None
 
-    def run(self, scenario: Scenario) -> dict[str, Any]:
+    def run(self, scenario: Scenario) -> ScenarioResult:
         """Run one scenario; see run_on_kernel."""
         _refuse_model_only(scenario)
         if self.trace is None or self.binary is None:
@@ -422,7 +364,7 @@ class KernelSession:
         file_fds: list[int] = []
         was_subreaper = get_child_subreaper()
         affinity = os.sched_getaffinity(0)
-        result: dict[str, Any]
+        result: ScenarioResult
         swap = (
             SwapFile(pages_for(scenario))
             if self.want_swap and self.swap_unavailable is None and wants_swap(scenario)
@@ -436,7 +378,7 @@ class KernelSession:
                 except (SwapError, OSError) as exc:
                     # no swap here after all (e.g. SWAP_DIR on tmpfs): say so and run
                     # without, as the model then does too
-                    with _sigint_deferred():
+                    with signals_deferred():
                         swap.remove()
                     self.swap_unavailable = f"cannot switch a swap file on: {exc}"
                     swap = None
@@ -470,34 +412,29 @@ class KernelSession:
             lost = trace.lost_events() - lost_before
             if lost:
                 raise KernelRunError(f"the trace buffer dropped {lost} events: counts not exact")
-            result = {
-                "scenario": scenario.name,
-                "design": "linux",
-                "steps": steps,
-                "final": final,
-                "other_events": run.ledger.other_events(),
-                "pids": {p.name: p.pid for p in run.all_procs},
-                "kernel": {
-                    **_kernel_info(),
-                    "trace_instance": trace.name,
-                    "swap": {"pages": swap.pages, "damon": damon_state()}
-                    if swap is not None
-                    else None,
-                    **(
-                        {"swap_unavailable": self.swap_unavailable}
-                        if self.want_swap and self.swap_unavailable
-                        else {}
-                    ),
-                    **(
-                        {"graph_unavailable": self.graph_unavailable}
-                        if self.want_graph and self.graph_unavailable
-                        else {}
-                    ),
-                },
-                "wall_ns": {"steps": t_end - t_kernel, "run": t_end - t_start},
+            kernel_info: dict[str, Any] = {
+                **_kernel_info(),
+                "trace_instance": trace.name,
+                "swap": {"pages": swap.pages, "damon": damon_state()} if swap else None,
             }
+            if self.want_swap and self.swap_unavailable:
+                kernel_info["swap_unavailable"] = self.swap_unavailable
+            if self.want_graph and self.graph_unavailable:
+                kernel_info["graph_unavailable"] = self.graph_unavailable
+            result = ScenarioResult(
+                scenario.name,
+                "linux",
+                steps,
+                final,
+                kernel={
+                    "other_events": run.ledger.other_events(),
+                    "pids": {p.name: p.pid for p in run.all_procs},
+                    "kernel": kernel_info,
+                    "wall_ns": {"steps": t_end - t_kernel, "run": t_end - t_start},
+                },
+            )
         finally:
-            with _sigint_deferred():
+            with signals_deferred():
                 problems = _cleanup(run, file_fds, was_subreaper)
                 os.sched_setaffinity(0, affinity)
                 if swap is not None:
@@ -518,17 +455,13 @@ def _refuse_model_only(scenario: Scenario) -> None:
         )
 
 
-def run_on_kernel(scenario: Scenario, session: KernelSession | None = None) -> dict[str, Any]:
+def run_on_kernel(scenario: Scenario, session: KernelSession | None = None) -> ScenarioResult:
     """Run `scenario` on this machine's kernel; the SCENARIO.md result with design ``linux``.
 
-    Result: ``{"scenario", "design": "linux",
-    "steps": [{"op", "proc", "errno", "time_ns", "objects": {kind: {"allocated", "freed"}}}],
-    "final": {"objects": {kind: {"live", "allocated", "freed"}},
-              "maps": {proc: [[start_page, end_page, perms]]},
-              "pages": {proc: [{"page", "folio", "mapcount", "anon", "zero_page"}]}},
-    "other_events": {"by_kind", "by_call_site", "own_live", "anomalies"},
-    "pids": {proc: pid}, "kernel": {...}, "wall_ns": {"steps", "run"}}``
-    with kind in ``anon_vma``, ``anon_vma_chain``.  ``time_ns`` is measured in the worker
+    Steps name their process and carry ``time_ns``; object kinds are ``anon_vma`` and
+    ``anon_vma_chain``; ``kernel`` holds ``other_events`` (``by_kind``, ``by_call_site``,
+    ``own_live``, ``anomalies``), ``pids`` (proc -> pid), ``kernel`` (release, THP, KSM,
+    the trace instance) and ``wall_ns`` (``steps``, ``run``).  ``time_ns`` is measured in the worker
     around the syscall, the touches, the clone or the whole exec; for ``exit`` (no reply) the
     controller measures from the command to the task becoming a zombie.
 

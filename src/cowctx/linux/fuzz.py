@@ -18,6 +18,7 @@ from cowctx.fuzz.generate import files_block, generate_scenario
 from cowctx.fuzz.shrink import scenario_yaml, shrink_steps
 from cowctx.linux.diff import kernel_diff
 from cowctx.scenario.loader import ScenarioError, parse_scenario
+from cowctx.scenario.results import ScenarioResult
 from cowctx.scenario.schema import FORMAT, Scenario
 
 
@@ -104,15 +105,15 @@ def swap_variant(scenario: Scenario, seed: int) -> Scenario:
     return _scenario(steps, scenario.name) or scenario
 
 
-def kernel_expect_yaml(kernel: dict[str, Any]) -> str:
+def kernel_expect_yaml(kernel: ScenarioResult) -> str:
     """An ``expect`` block holding the kernel's final objects and maps."""
-    final = kernel["final"]
+    final = kernel.final
     expect: dict[str, Any] = {
-        kind: {k: final["objects"][kind][k] for k in ("live", "allocated", "freed")}
+        kind: final.objects[kind].to_json()
         for kind in ("anon_vma", "anon_vma_chain")
-        if kind in final["objects"]
+        if kind in final.objects
     }
-    expect["maps"] = final["maps"]
+    expect["maps"] = {p: [m.to_json() for m in lines] for p, lines in final.maps.items()}
     return yaml.safe_dump({"expect": expect}, default_flow_style=None, sort_keys=False)
 
 
@@ -165,8 +166,8 @@ def kernel_fuzz(
             + ". The expect block holds the kernel's numbers."
         )
         steps_with_errno = [
-            {**st, **({"errno": ks["errno"]} if ks["errno"] else {})}
-            for st, ks in zip(small, kernel["steps"], strict=True)
+            {**st, **({"errno": ks.errno} if ks.errno else {})}
+            for st, ks in zip(small, kernel.steps, strict=True)
         ]
         text = scenario_yaml(name, steps_with_errno, files_block(), description)
         text += kernel_expect_yaml(kernel)

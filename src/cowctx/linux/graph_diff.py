@@ -9,7 +9,10 @@ folio in AV(p1 fault step 4) on the kernel, AV(p0 fault step 1) in the model``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cowctx.scenario.results import ScenarioResult
 
 STRUCTURE_FIELDS = ("root", "parent")
 COUNTER_FIELDS = ("refcount", "num_children", "num_active_vmas")
@@ -78,21 +81,21 @@ def diff_graphs(model: dict[str, Any], kernel: dict[str, Any], where: str) -> li
     return out
 
 
-def graph_diffs(model: dict[str, Any], kernel: dict[str, Any]) -> list[str]:
+def graph_diffs(model: ScenarioResult, kernel: ScenarioResult) -> list[str]:
     """Graph differences of two results (per step where both have step graphs, then at
     the end); nothing when either side has no graph (another design, or no BPF)."""
     out: list[str] = []
-    for i, (ms, ks) in enumerate(zip(model["steps"], kernel["steps"], strict=False)):
-        if "graph" in ms and "graph" in ks:
-            out.extend(diff_graphs(ms["graph"], ks["graph"], f"steps.{i} ({ms['op']}).graph"))
-    mg, kg = model["final"].get("graph"), kernel["final"].get("graph")
+    for i, (ms, ks) in enumerate(zip(model.steps, kernel.steps, strict=False)):
+        if ms.graph is not None and ks.graph is not None:
+            out.extend(diff_graphs(ms.graph, ks.graph, f"steps.{i} ({ms.op}).graph"))
+    mg, kg = model.final.graph, kernel.final.graph
     if mg is not None and kg is not None:
         out.extend(diff_graphs(mg, kg, "final.graph"))
     return out
 
 
 def add_model_graphs(
-    scenario: Any, design: Any, run: Any, model: dict[str, Any], kernel: dict[str, Any]
+    scenario: Any, design: Any, run: Any, model: ScenarioResult, kernel: ScenarioResult
 ) -> None:
     """Give ``model`` (the result of ``run``) the graph blocks ``kernel`` has: at the end, and
     after every step when the kernel read one per step (the model re-runs each prefix)."""
@@ -101,9 +104,9 @@ def add_model_graphs(
 
     if not is_anon_vma_run(run):
         return
-    if "graph" in kernel["final"]:
-        model["final"]["graph"] = anon_vma_graph(run)
-    for i, ks in enumerate(kernel["steps"]):
-        if "graph" in ks and i < len(model["steps"]):
+    if kernel.final.graph is not None:
+        model.final.graph = anon_vma_graph(run)
+    for i, ks in enumerate(kernel.steps):
+        if ks.graph is not None and i < len(model.steps):
             prefix = scenario.model_copy(update={"steps": scenario.steps[: i + 1], "expect": None})
-            model["steps"][i]["graph"] = anon_vma_graph(run_scenario(prefix, design, check=False))
+            model.steps[i].graph = anon_vma_graph(run_scenario(prefix, design, check=False))

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from cowctx.scenario.results import MapLine
 from cowctx.scenario.schema import WINDOW_BASE, WINDOW_PAGES
 
 PAGE_SIZE = 4096
@@ -32,18 +33,6 @@ KPF_KSM = 21
 KPF_ZERO_PAGE = 24
 
 
-@dataclass(frozen=True, slots=True)
-class MapLine:
-    """One VMA of /proc/PID/maps, clipped to the window, in window page numbers."""
-
-    start_page: int
-    end_page: int
-    perms: str
-
-    def as_list(self) -> list[object]:
-        return [self.start_page, self.end_page, self.perms]
-
-
 def read_window_maps(pid: int) -> list[MapLine]:
     """The VMAs of `pid` that intersect the scenario window, sorted by start."""
     out = []
@@ -58,7 +47,7 @@ def read_window_maps(pid: int) -> list[MapLine]:
             out.append(
                 MapLine((lo - WINDOW_BASE) // PAGE_SIZE, (hi - WINDOW_BASE) // PAGE_SIZE, perms)
             )
-    out.sort(key=lambda m: m.start_page)
+    out.sort(key=lambda m: m.start)
     return out
 
 
@@ -143,8 +132,8 @@ def read_window_pages(pid: int, maps: Sequence[MapLine], phys: PhysReader) -> li
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     try:
         for m in maps:
-            n = m.end_page - m.start_page
-            vaddr = WINDOW_BASE + m.start_page * PAGE_SIZE
+            n = m.end - m.start
+            vaddr = WINDOW_BASE + m.start * PAGE_SIZE
             raw = os.pread(fd, 8 * n, (vaddr // PAGE_SIZE) * 8)
             for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
                 if not entry & PM_PRESENT:
@@ -153,7 +142,7 @@ def read_window_pages(pid: int, maps: Sequence[MapLine], phys: PhysReader) -> li
                 count, flags = phys.get(pfn)
                 out.append(
                     PageInfo(
-                        page=m.start_page + i,
+                        page=m.start + i,
                         pfn=pfn,
                         head_pfn=phys.head_of(pfn, flags),
                         mapcount=count,
@@ -164,38 +153,6 @@ def read_window_pages(pid: int, maps: Sequence[MapLine], phys: PhysReader) -> li
     finally:
         os.close(fd)
     return out
-
-
-def number_folios(
-    pages_by_proc: Iterable[tuple[str, list[PageInfo]]],
-) -> dict[str, list[dict[str, object]]]:
-    """SCENARIO.md `final.pages`: folio ids in order of first appearance, zero page None.
-
-    `pages_by_proc` must come in process creation order with pages ascending, so the ids
-    are stable across runs that map the same pages the same way.
-    """
-    ids: dict[int, int] = {}
-    result: dict[str, list[dict[str, object]]] = {}
-    for proc, pages in pages_by_proc:
-        rows = []
-        for p in pages:
-            if p.zero_page:
-                folio = None
-                mapcount = 0
-            else:
-                folio = ids.setdefault(p.head_pfn, len(ids))
-                mapcount = p.mapcount
-            rows.append(
-                {
-                    "page": p.page,
-                    "folio": folio,
-                    "mapcount": mapcount,
-                    "anon": p.anon,
-                    "zero_page": p.zero_page,
-                }
-            )
-        result[proc] = rows
-    return result
 
 
 PM_SWAP_TYPE_BITS = 5
@@ -209,12 +166,12 @@ def read_window_swap(pid: int, maps: Sequence[MapLine]) -> list[tuple[int, int]]
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     try:
         for m in maps:
-            n = m.end_page - m.start_page
-            vaddr = WINDOW_BASE + m.start_page * PAGE_SIZE
+            n = m.end - m.start
+            vaddr = WINDOW_BASE + m.start * PAGE_SIZE
             raw = os.pread(fd, 8 * n, (vaddr // PAGE_SIZE) * 8)
             for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
                 if entry & PM_SWAP and not entry & PM_PRESENT:
-                    out.append((m.start_page + i, entry & PM_PFN_MASK))
+                    out.append((m.start + i, entry & PM_PFN_MASK))
     finally:
         os.close(fd)
     return out

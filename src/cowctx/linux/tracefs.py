@@ -15,8 +15,10 @@ import ctypes
 import errno
 import os
 import re
+import signal
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,24 +132,79 @@ def tracefs_root() -> Path:
     return TRACEFS
 
 
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that end a cowctx process whose default action skips every ``finally``."""
+DEFERRED = (signal.SIGINT, *TERMINATING)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_terminate_handlers() -> dict[int, object]:
+    """SIGTERM and SIGHUP unwind the stack like Ctrl-C does (``SystemExit(128 + sig)``),
+    so the ``finally`` that disables and removes a tracefs instance runs; returns the
+    handlers to restore.  Outside the main thread signals cannot be handled: nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _terminate) for sig in TERMINATING}
+
+
+def restore_handlers(old: dict[int, object]) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while cleaning up, so that a second signal cannot
+    leave tracing or processes behind; they are delivered when the block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(DEFERRED))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _starttime(pid: int | str) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the pid, a name
+    no later process can reuse.  None when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def instance_owner_alive(name: str) -> bool:
+    """Whether the cowctx process that created instance ``name`` still runs:
+    ``cowctx-<pid>.<starttime>[-k]`` (older names lack ``.<starttime>``)."""
+    owner = name[len(INSTANCE_PREFIX) :].split("-", 1)[0]
+    pid, _, start = owner.partition(".")
+    if not pid.isdigit():
+        return True  # not a name we make: leave it alone
+    now = _starttime(pid)
+    return now is not None and (not start or now == start)
+
+
 def remove_stale_instances(root: Path) -> list[str]:
-    """Remove cowctx-<pid> instances left by controllers that died (their pid is gone)."""
+    """Remove the instances left by cowctx processes that no longer exist (killed with
+    SIGKILL): every event in them disabled, then the directory removed."""
     removed = []
-    inst = root / "instances"
-    for d in inst.glob(INSTANCE_PREFIX + "*"):
-        owner = d.name[len(INSTANCE_PREFIX) :].split("-", 1)[0]
-        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+    for d in (root / "instances").glob(INSTANCE_PREFIX + "*"):
+        if instance_owner_alive(d.name):
             continue
         with contextlib.suppress(OSError):
             _write(d / "tracing_on", "0")
-            for ev in EVENTS:
-                _write(d / "events" / "kmem" / ev / "enable", "0")
-            vm = d / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable"
-            if vm.exists():
-                _write(vm, "0")
+            _write(d / "set_event", "")
             d.rmdir()
             removed.append(d.name)
     return removed
+
+
+def own_instance_name() -> str:
+    """``cowctx-<pid>.<starttime>``: this process's instance name."""
+    return f"{INSTANCE_PREFIX}{os.getpid()}.{_starttime('self')}"
 
 
 def _write(path: Path, text: str) -> None:
@@ -165,7 +222,7 @@ class TraceInstance:
         self, root: Path | None = None, name: str | None = None, buffer_kb: int | None = None
     ) -> None:
         self.root = root or tracefs_root()
-        self.name = name or f"{INSTANCE_PREFIX}{os.getpid()}"
+        self.name = name or own_instance_name()
         self.path = self.root / "instances" / self.name
         self.buffer_kb = buffer_kb
         """Per-CPU buffer; None keeps the default (about 1.4 MiB), as resizing costs an RCU
@@ -173,6 +230,7 @@ class TraceInstance:
         self._pipe: int | None = None
         self._partial = b""
         self.created = False
+        self._handlers: dict[int, object] = {}
         self.vmscan: list[tuple[int, dict[str, int]]] = []
         """mm_vmscan_reclaim_pages events drained and not yet taken (``take_vmscan``)."""
 
@@ -182,6 +240,7 @@ class TraceInstance:
         Costs two RCU grace periods (trace_clock, and rmdir in stop()), tens of ms: a
         session keeps one instance for many scenarios and only toggles tracing_on.
         """
+        self._handlers = install_terminate_handlers()
         base = self.name
         for k in range(1, 100):
             try:
@@ -272,6 +331,13 @@ class TraceInstance:
 
     def stop(self) -> None:
         """Tracing off, events disabled, instance removed; safe to call more than once."""
+        try:
+            self._remove()
+        finally:
+            restore_handlers(self._handlers)
+            self._handlers = {}
+
+    def _remove(self) -> None:
         if self._pipe is not None:
             with contextlib.suppress(OSError):
                 os.close(self._pipe)
@@ -281,6 +347,8 @@ class TraceInstance:
         p = self.path
         with contextlib.suppress(OSError):
             _write(p / "tracing_on", "0")
+        with contextlib.suppress(OSError):
+            _write(p / "set_event", "")  # every event of the instance, whoever enabled it
         for ev in EVENTS:
             with contextlib.suppress(OSError):
                 _write(p / "events" / "kmem" / ev / "enable", "0")

@@ -4,13 +4,16 @@ the kernel run had a swap file."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cowctx.linux.graph_diff import add_model_graphs, graph_diffs
 from cowctx.mm.constants import PAGE_SHIFT
-from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, PTE_SWAP
+from cowctx.mm.folio import is_swap_pte, pte_present, swp_offset
 from cowctx.rmap.protocol import AnonRmap
 from cowctx.scenario.schema import WINDOW_BASE, WINDOW_PAGES
+
+if TYPE_CHECKING:
+    from cowctx.scenario.results import ScenarioResult
 
 WINDOW_END = WINDOW_BASE + (WINDOW_PAGES << PAGE_SHIFT)
 
@@ -31,8 +34,8 @@ def with_swap(design: str | type[AnonRmap]) -> type[AnonRmap]:
     return Swapping
 
 
-def kernel_had_swap(kernel: dict[str, Any]) -> bool:
-    return bool(kernel.get("kernel", {}).get("swap"))
+def kernel_had_swap(kernel: ScenarioResult) -> bool:
+    return bool(kernel.kernel.get("kernel", {}).get("swap"))
 
 
 def model_swap_entries(run: Any) -> dict[str, list[dict[str, int]]]:
@@ -44,25 +47,25 @@ def model_swap_entries(run: Any) -> dict[str, list[dict[str, int]]]:
             continue
         rows = []
         for vpn, pte in task.mm.iter_ptes(WINDOW_BASE, WINDOW_END):
-            if pte & PTE_SWAP and not pte & PTE_PRESENT:
-                slot = ids.setdefault(pte >> PTE_PFN_SHIFT, len(ids))
+            if is_swap_pte(pte) and not pte_present(pte):
+                slot = ids.setdefault(swp_offset(pte), len(ids))
                 rows.append({"page": vpn - (WINDOW_BASE >> PAGE_SHIFT), "slot": slot})
         out[proc] = rows
     return out
 
 
 def add_model_views(
-    scenario: Any, design: Any, run: Any, model: dict[str, Any], kernel: dict[str, Any]
+    scenario: Any, design: Any, run: Any, model: ScenarioResult, kernel: ScenarioResult
 ) -> None:
     """The graph blocks (see graph_diff.add_model_graphs) and the swap entries."""
     add_model_graphs(scenario, design, run, model, kernel)
-    if "swap" in kernel["final"]:
-        model["final"]["swap"] = model_swap_entries(run)
+    if kernel.final.swap is not None:
+        model.final.swap = model_swap_entries(run)
 
 
-def swap_diffs(model: dict[str, Any], kernel: dict[str, Any]) -> list[str]:
+def swap_diffs(model: ScenarioResult, kernel: ScenarioResult) -> list[str]:
     """Which pages are swapped out, and which share a swap entry."""
-    ms, ks = model["final"].get("swap"), kernel["final"].get("swap")
+    ms, ks = model.final.swap, kernel.final.swap
     if ms is None or ks is None:
         return []
     out = []
@@ -77,6 +80,6 @@ def swap_diffs(model: dict[str, Any], kernel: dict[str, Any]) -> list[str]:
     return out
 
 
-def referee_diffs(model: dict[str, Any], kernel: dict[str, Any]) -> list[str]:
+def referee_diffs(model: ScenarioResult, kernel: ScenarioResult) -> list[str]:
     """Swap entries, then the graph."""
     return swap_diffs(model, kernel) + graph_diffs(model, kernel)

@@ -116,3 +116,26 @@ def vm_flags_perms(vm_flags: int) -> str:
         + ("x" if vm_flags & VM_EXEC else "-")
         + ("s" if vm_flags & VM_MAYSHARE else "p")
     )
+
+
+# x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the calls a
+# scenario makes: the kernel referee's worker issues them raw, the model's
+# Machine.syscall() dispatches on them.
+SYS_MMAP = 9
+SYS_MPROTECT = 10
+SYS_MUNMAP = 11
+SYS_MREMAP = 25
+SYS_MADVISE = 28
+SYSCALL_NAMES = {
+    SYS_MMAP: "mmap",
+    SYS_MPROTECT: "mprotect",
+    SYS_MUNMAP: "munmap",
+    SYS_MREMAP: "mremap",
+    SYS_MADVISE: "madvise",
+}
+MMAP_FLAGS_BY_NAME = {"noreserve": MAP_NORESERVE, "populate": MAP_POPULATE}
+MREMAP_FLAGS_BY_NAME = {
+    "maymove": MREMAP_MAYMOVE,
+    "fixed": MREMAP_FIXED,
+    "dontunmap": MREMAP_DONTUNMAP,
+}

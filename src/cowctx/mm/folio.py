@@ -98,6 +98,16 @@ def mk_pte(pfn: int, write: bool, young: bool = True, dirty: bool = False) -> in
     )
 
 
+def pfn_pte(pfn: int, bits: int) -> int:
+    """``pfn_pte()``: a PTE of ``pfn`` with ``bits`` (PTE_PRESENT and the rest)."""
+    return (pfn << PTE_PFN_SHIFT) | bits
+
+
+def pte_flags(pte: int) -> int:
+    """The bits of ``pte`` below the pfn (``pte_flags()``)."""
+    return pte & ((1 << PTE_PFN_SHIFT) - 1)
+
+
 def pte_present(pte: int) -> bool:
     return bool(pte & PTE_PRESENT)
 
@@ -114,9 +124,54 @@ def pte_young(pte: int) -> bool:
     return bool(pte & PTE_YOUNG)
 
 
+def pte_dirty(pte: int) -> bool:
+    return bool(pte & PTE_DIRTY)
+
+
+def pte_wrprotect(pte: int) -> int:
+    return pte & ~PTE_WRITE
+
+
+def pte_mkwrite(pte: int) -> int:
+    return pte | PTE_WRITE
+
+
+def pte_mkclean(pte: int) -> int:
+    return pte & ~PTE_DIRTY
+
+
+def swp_offset(pte: int) -> int:
+    """The swap slot of a swap entry (``swp_offset(pte_to_swp_entry(pte))``)."""
+    return pte >> PTE_PFN_SHIFT
+
+
 def is_migration_entry(pte: int) -> bool:
     return bool(pte & PTE_MIGRATION)
 
 
 def is_swap_pte(pte: int) -> bool:
     return bool(pte & PTE_SWAP)
+
+
+def pte_mkold(pte: int) -> int:
+    return pte & ~PTE_YOUNG
+
+
+def swp_entry_to_pte(slot: int, exclusive: bool) -> int:
+    """``swp_entry_to_pte()`` (with ``pte_swp_mkexclusive()`` when ``exclusive``)."""
+    return pfn_pte(slot, PTE_SWAP | (PTE_SWP_EXCLUSIVE if exclusive else 0))
+
+
+def pte_swp_exclusive(pte: int) -> bool:
+    return bool(pte & PTE_SWP_EXCLUSIVE)
+
+
+def make_migration_entry(pte: int) -> int:
+    """The migration entry that replaces present ``pte`` in ``try_to_migrate_one()``:
+    the old pfn and the PTE's bits are kept, so the entry can be restored."""
+    return (pte & ~PTE_PRESENT) | PTE_MIGRATION
+
+
+def migration_entry_to_pte(entry: int, pfn: int) -> int:
+    """``remove_migration_pte()``: a present PTE of ``pfn`` with the entry's bits."""
+    return pfn_pte(pfn, (pte_flags(entry) & ~PTE_MIGRATION) | PTE_PRESENT)

@@ -22,7 +22,7 @@ def dup_mmap(m: Machine, mm: MmStruct, oldmm: MmStruct) -> None:
     parent's child is registered with KSM too (``ksm_fork()``).
     """
     if oldmm.mm_id in m.ksm.mm_slots:
-        m.ksm_enter(mm)
+        m.ksm.ksm_enter(mm)
     for mpnt in oldmm.vmas():
         if mpnt.vm_flags & VM_DONTCOPY:
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cowctx.mm.constants import VM_MERGEABLE
 from cowctx.mm.folio import Folio
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 from cowctx.rmap.protocol import RmapWalkControl
@@ -52,12 +53,20 @@ class Ksm:
         """``__ksm_enter()``: the mm will be scanned."""
         self.mm_slots.setdefault(mm.mm_id, mm)
 
-    def unmerge_ksm_pages(self, vma: VmAreaStruct, start: int, end: int) -> None:
-        """``unmerge_ksm_pages()``: break every KSM page mapped in the range."""
+    def ksm_madvise_unmergeable(
+        self, vma: VmAreaStruct, start: int, end: int, vm_flags: int
+    ) -> int:
+        """``ksm_madvise(vma, start, end, MADV_UNMERGEABLE, &vm_flags)``: break every
+        KSM page mapped in the range of a mergeable VMA with anon state (through
+        ``unmerge_ksm_pages()``); returns ``vm_flags`` without VM_MERGEABLE.  Called
+        by madvise and, on a copy of the flags, by mremap's ``prep_move_vma()``."""
         from cowctx.mm.ksm_scan import break_ksm_range
 
-        if self.stable_nodes:
+        if not vm_flags & VM_MERGEABLE:
+            return vm_flags
+        if vma.anon_vma is not None and self.stable_nodes:
             break_ksm_range(self.machine, vma, start, end)
+        return vm_flags & ~VM_MERGEABLE
 
     def rmap_walk_ksm(self, folio: Folio, rwc: RmapWalkControl) -> None:
         """``rmap_walk_ksm()``: each rmap_item's anchor is walked, first for the

@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowctx.mm.constants import PAGE_SHIFT, VM_MERGEABLE
-from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, PTE_WRITE, ZERO_PFN, Folio
+from cowctx.mm.folio import (
+    ZERO_PFN,
+    Folio,
+    pfn_pte,
+    pte_flags,
+    pte_pfn,
+    pte_present,
+    pte_wrprotect,
+)
 from cowctx.mm.ksm import KsmRmapItem, KsmStableNode
 from cowctx.mm.memory import folio_remove_rmap_pte, wp_page_copy
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
@@ -24,7 +32,7 @@ if TYPE_CHECKING:
 
 def _maps(mm: MmStruct, address: int, folio: Folio) -> bool:
     pte = mm.pgd.get(address >> PAGE_SHIFT)
-    return pte is not None and bool(pte & PTE_PRESENT) and pte >> PTE_PFN_SHIFT == folio.pfn
+    return pte is not None and pte_present(pte) and pte_pfn(pte) == folio.pfn
 
 
 def remove_stale_rmap_items(m: Machine) -> None:
@@ -65,9 +73,9 @@ def ksm_do_scan(m: Machine) -> int:
             if not vma.vm_flags & VM_MERGEABLE or vma.anon_vma is None:
                 continue
             for vpn, pte in mm.iter_ptes(vma.vm_start, vma.vm_end):
-                if not pte & PTE_PRESENT or pte >> PTE_PFN_SHIFT == ZERO_PFN:
+                if not pte_present(pte) or pte_pfn(pte) == ZERO_PFN:
                     continue
-                folio = m.mem_map[pte >> PTE_PFN_SHIFT]
+                folio = m.mem_map[pte_pfn(pte)]
                 if not folio.anon:
                     continue
                 address = vpn << PAGE_SHIFT
@@ -109,14 +117,14 @@ def _make_stable(m: Machine, folio: Folio) -> KsmStableNode:
 def _wrprotect(vma: VmAreaStruct, address: int) -> None:
     pgd = vma.vm_mm.pgd
     vpn = address >> PAGE_SHIFT
-    pgd[vpn] &= ~PTE_WRITE
+    pgd[vpn] = pte_wrprotect(pgd[vpn])
 
 
 def _replace_page(m: Machine, vma: VmAreaStruct, address: int, old: Folio, kfolio: Folio) -> None:
     """``replace_page()``: the PTE now maps the KSM folio, read-only."""
     vpn = address >> PAGE_SHIFT
     pte = vma.vm_mm.pgd[vpn]
-    vma.vm_mm.pgd[vpn] = ((kfolio.pfn << PTE_PFN_SHIFT) | (pte & 0xFF)) & ~PTE_WRITE
+    vma.vm_mm.pgd[vpn] = pte_wrprotect(pfn_pte(kfolio.pfn, pte_flags(pte)))
     kfolio.mapcount += 1
     folio_remove_rmap_pte(m, old)
 
@@ -125,8 +133,8 @@ def break_ksm_range(m: Machine, vma: VmAreaStruct, start: int, end: int) -> None
     """``break_ksm()`` over a range: an unsharing fault copies each KSM page
     into a new exclusive anon folio (mapped read-only: unshare is not a write)."""
     for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
-        if not pte & PTE_PRESENT:
+        if not pte_present(pte):
             continue
-        folio = m.mem_map.get(pte >> PTE_PFN_SHIFT)
+        folio = m.mem_map.get(pte_pfn(pte))
         if folio is not None and folio.ksm:
             wp_page_copy(m, vma, vpn << PAGE_SHIFT, folio, unshare=True)

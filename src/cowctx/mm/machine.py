@@ -15,10 +15,19 @@ from cowctx.mm import madvise as _madvise
 from cowctx.mm import mmap as _mmap
 from cowctx.mm import mprotect as _mprotect
 from cowctx.mm import mremap as _mremap
-from cowctx.mm.constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from cowctx.mm.constants import (
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    SYS_MADVISE,
+    SYS_MMAP,
+    SYS_MPROTECT,
+    SYS_MREMAP,
+    SYS_MUNMAP,
+)
 from cowctx.mm.content import ContentSource
 from cowctx.mm.file import File
-from cowctx.mm.folio import ZERO_PFN, Folio
+from cowctx.mm.folio import ZERO_PFN, Folio, pte_pfn, pte_present
 from cowctx.mm.ksm import Ksm
 from cowctx.mm.memory import handle_mm_fault
 from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
@@ -55,8 +64,6 @@ class Machine:
         always uses the model's swap."""
         self.ksm = Ksm(self)
         self.rmap: AnonRmap = rmap(self)
-        self.after_op: list[Callable[[str], None]] = []
-        """Called after every top-level operation with its name (the oracle hooks here)."""
 
     # --- operation bracketing ---------------------------------------------------------
 
@@ -156,20 +163,17 @@ class Machine:
             child = _fork.copy_process(self, parent, comm, self._next_pid)
         self._next_pid += 1
         self.tasks[child.pid] = child
-        self._done("fork")
         return child
 
     def exit(self, task: TaskStruct) -> None:
         """``do_exit()``: the mm goes (``exit_mmap``), children are reparented."""
         with self.operation("exit"):
             _fork.do_exit(self, task)
-        self._done("exit")
 
     def execve(self, task: TaskStruct) -> None:
         """``execve()`` of the same program: the task gets a fresh mm."""
         with self.operation("exec"):
             _fork.exec_mmap(self, task)
-        self._done("exec")
 
     def live_tasks(self) -> list[TaskStruct]:
         return [t for t in self.tasks.values() if not t.exit_state]
@@ -191,36 +195,48 @@ class Machine:
     ) -> int:
         with self.operation("mmap"):
             result = _mmap.do_mmap(self, _mm(task), addr, length, prot, flags, file, pgoff)
-        self._done("mmap")
         return result
 
     def munmap(self, task: TaskStruct, addr: int, length: int) -> None:
         with self.operation("munmap"):
             _mmap.do_vmi_munmap(self, _mm(task), addr, length)
-        self._done("munmap")
 
     def mprotect(self, task: TaskStruct, addr: int, length: int, prot: int) -> None:
         with self.operation("mprotect"):
             _mprotect.do_mprotect_pkey(self, _mm(task), addr, length, prot)
-        self._done("mprotect")
 
     def mremap(
         self, task: TaskStruct, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0
     ) -> int:
         with self.operation("mremap"):
             result = _mremap.do_mremap(self, _mm(task), addr, old_len, new_len, flags, new_addr)
-        self._done("mremap")
         return result
 
     def madvise(self, task: TaskStruct, addr: int, length: int, advice: int) -> None:
         with self.operation("madvise"):
             _madvise.do_madvise(self, _mm(task), addr, length, advice)
-        self._done("madvise")
+
+    def syscall(self, task: TaskStruct, nr: int, args: tuple[int, ...], file: File | None) -> int:
+        """The model's ``sys_call_table``: syscall ``nr`` (x86-64) with the arguments the
+        kernel would get; ``file`` is what the fd argument of an mmap refers to."""
+        if nr == SYS_MMAP:
+            addr, length, prot, flags, _fd, offset = args
+            return self.mmap(task, addr, length, prot, flags, file, offset >> PAGE_SHIFT)
+        if nr == SYS_MUNMAP:
+            self.munmap(task, *args)
+        elif nr == SYS_MPROTECT:
+            self.mprotect(task, *args)
+        elif nr == SYS_MREMAP:
+            return self.mremap(task, *args)
+        elif nr == SYS_MADVISE:
+            self.madvise(task, *args)
+        else:
+            raise ValueError(f"syscall {nr} is not modelled")
+        return 0
 
     def brk(self, task: TaskStruct, brk: int) -> int:
         with self.operation("brk"):
             result = _mmap.do_brk(self, _mm(task), brk)
-        self._done("brk")
         return result
 
     # --- user accesses ----------------------------------------------------------------
@@ -232,18 +248,13 @@ class Machine:
         it with content no other page has.  Faults as the kernel would; raises
         :class:`~cowctx.mm.errors.AccessFault` for SIGSEGV/SIGBUS.
         """
-        content = self._access_pages(task, addr & PAGE_MASK, 1, write, value)
-        self._done("fault")
-        return content
+        return self._access_pages(task, addr & PAGE_MASK, 1, write, value)
 
     def access_range(
         self, task: TaskStruct, addr: int, pages: int, write: bool, value: int | None = None
     ) -> None:
         """Touch ``pages`` pages from ``addr`` in order (stops at the first fault)."""
-        try:
-            self._access_pages(task, addr & PAGE_MASK, pages, write, value)
-        finally:
-            self._done("fault")
+        self._access_pages(task, addr & PAGE_MASK, pages, write, value)
 
     def _access_pages(
         self, task: TaskStruct, addr: int, pages: int, write: bool, value: int | None
@@ -271,39 +282,20 @@ class Machine:
 
     # --- hooks the mm code calls into other subsystems --------------------------------
 
-    def ksm_enter(self, mm: MmStruct) -> None:
-        self.ksm.ksm_enter(mm)
-
-    def unmerge_ksm_pages(self, vma: VmAreaStruct, start: int, end: int) -> None:
-        self.ksm.unmerge_ksm_pages(vma, start, end)
-
-    def ksm_unmerge_range(self, vma: VmAreaStruct, start: int, end: int) -> None:
-        """``prep_move_vma()``: KSM pages are broken before a move."""
-        from cowctx.mm.constants import VM_MERGEABLE
-
-        if vma.vm_flags & VM_MERGEABLE:
-            self.ksm.unmerge_ksm_pages(vma, start, end)
-
     def reclaim_folio(self, folio: Folio) -> bool:
         """``shrink_folio_list()`` for one anon folio: swap it out."""
         from cowctx.clients.reclaim import reclaim_folio
 
         return reclaim_folio(self, folio).freed
 
-    def _done(self, op: str) -> None:
-        if not self.after_op:
-            return
-        for hook in self.after_op:
-            hook(op)
-
     # --- views ------------------------------------------------------------------------
 
     def folio_at(self, task: TaskStruct, addr: int) -> Folio | None:
         """The folio mapped at ``addr`` in ``task`` (None: nothing, or the zero page)."""
         pte = _mm(task).pgd.get(addr >> PAGE_SHIFT)
-        if pte is None or not pte & 1:
+        if pte is None or not pte_present(pte):
             return None
-        folio = self.mem_map[pte >> 8]
+        folio = self.mem_map[pte_pfn(pte)]
         return None if folio.pfn == ZERO_PFN else folio
 
 

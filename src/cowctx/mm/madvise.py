@@ -35,7 +35,16 @@ from cowctx.mm.constants import (
 )
 from cowctx.mm.errors import SyscallError
 from cowctx.mm.file import File
-from cowctx.mm.folio import PTE_DIRTY, PTE_PFN_SHIFT, PTE_PRESENT, PTE_SWAP, PTE_YOUNG, ZERO_PFN
+from cowctx.mm.folio import (
+    ZERO_PFN,
+    is_swap_pte,
+    pte_dirty,
+    pte_mkclean,
+    pte_mkold,
+    pte_pfn,
+    pte_present,
+    swp_offset,
+)
 from cowctx.mm.memory import folio_remove_rmap_pte, zap_pte_range
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 from cowctx.mm.swap import folio_free_swap, free_swap_and_cache
@@ -129,13 +138,10 @@ def madvise_vma_behavior(
         new_flags &= ~VM_WIPEONFORK
     elif behavior == MADV_MERGEABLE:
         if not vma.vm_flags & VM_MERGEABLE and vma_ksm_compatible(vma):
-            m.ksm_enter(vma.vm_mm)
+            m.ksm.ksm_enter(vma.vm_mm)
             new_flags |= VM_MERGEABLE
     elif behavior == MADV_UNMERGEABLE:
-        if new_flags & VM_MERGEABLE:
-            if vma.anon_vma is not None:
-                m.unmerge_ksm_pages(vma, start, end)
-            new_flags &= ~VM_MERGEABLE
+        new_flags = m.ksm.ksm_madvise_unmergeable(vma, start, end, new_flags)
     elif behavior == MADV_HUGEPAGE:
         new_flags = (new_flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
     elif behavior == MADV_NOHUGEPAGE:
@@ -165,16 +171,16 @@ def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) 
     mapping (then its swap is freed).  Nothing visible changes until reclaim."""
     pgd = vma.vm_mm.pgd
     for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
-        if pte & PTE_SWAP:
-            free_swap_and_cache(m, pte >> PTE_PFN_SHIFT)
+        if is_swap_pte(pte):
+            free_swap_and_cache(m, swp_offset(pte))
             del pgd[vpn]
             continue
-        if not pte & PTE_PRESENT or pte >> PTE_PFN_SHIFT == ZERO_PFN:
+        if not pte_present(pte) or pte_pfn(pte) == ZERO_PFN:
             continue
-        folio = m.mem_map[pte >> PTE_PFN_SHIFT]
+        folio = m.mem_map[pte_pfn(pte)]
         if folio.swapcache is not None and (folio.mapcount != 1 or not folio_free_swap(m, folio)):
             continue
-        pgd[vpn] = pte & ~(PTE_YOUNG | PTE_DIRTY)
+        pgd[vpn] = pte_mkclean(pte_mkold(pte))
         if folio.anon and not folio.ksm and folio.swapcache is None:
             folio.lazyfree = True  # folio_mark_lazyfree()
 
@@ -200,20 +206,20 @@ def madvise_cold_or_pageout(
     mm = vma.vm_mm
     pgd = mm.pgd
     for vpn, pte in list(mm.iter_ptes(start, end)):
-        if not pte & PTE_PRESENT:
+        if not pte_present(pte):
             continue
-        pfn = pte >> PTE_PFN_SHIFT
+        pfn = pte_pfn(pte)
         if pfn == ZERO_PFN:
             continue
         folio = m.mem_map[pfn]
         if folio.mapcount != 1:
             continue
-        pgd[vpn] = pte & ~PTE_YOUNG
+        pgd[vpn] = pte_mkold(pte)
         if not pageout:
             continue
         if folio.anon:
             if folio.lazyfree:
-                if not pte & PTE_DIRTY:  # try_to_unmap_one(): discard a clean lazyfree folio
+                if not pte_dirty(pte):  # try_to_unmap_one(): discard a clean lazyfree folio
                     del pgd[vpn]
                     folio_remove_rmap_pte(m, folio)
                 else:  # redirtied since MADV_FREE: swap-backed again, stays

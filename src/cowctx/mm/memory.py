@@ -19,15 +19,20 @@ from cowctx.mm.constants import (
 from cowctx.mm.errors import AccessFault
 from cowctx.mm.folio import (
     PTE_DIRTY,
-    PTE_MIGRATION,
-    PTE_PFN_SHIFT,
     PTE_PRESENT,
-    PTE_SWAP,
     PTE_SWP_EXCLUSIVE,
     PTE_WRITE,
     PTE_YOUNG,
     ZERO_PFN,
     Folio,
+    is_migration_entry,
+    is_swap_pte,
+    pfn_pte,
+    pte_pfn,
+    pte_present,
+    pte_swp_exclusive,
+    pte_write,
+    swp_offset,
 )
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct, is_cow_mapping, linear_page_index
 from cowctx.mm.swap import (
@@ -102,15 +107,15 @@ def handle_mm_fault(m: Machine, mm: MmStruct, address: int, write: bool) -> Foli
     mem_map = m.mem_map
     if pte is None:
         return do_pte_missing(m, vma, address, write)
-    if not pte & PTE_PRESENT:
-        if pte & PTE_MIGRATION:
+    if not pte_present(pte):
+        if is_migration_entry(pte):
             raise AssertionError(f"fault on a migration entry at {address:#x}")
         do_swap_page(m, vma, address, pte, write)
         return handle_mm_fault(m, mm, address, write)
-    if write and not pte & PTE_WRITE:
+    if write and not pte_write(pte):
         return do_wp_page(m, vma, address, pte)
     pgd[vpn] = pte | (PTE_YOUNG | PTE_DIRTY if write else PTE_YOUNG)
-    pfn = pte >> PTE_PFN_SHIFT
+    pfn = pte_pfn(pte)
     return None if pfn == ZERO_PFN else mem_map[pfn]
 
 
@@ -119,36 +124,34 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
     vpn = address >> PAGE_SHIFT
     if vma.vm_file is None:  # do_anonymous_page()
         if not write:
-            mm.pgd[vpn] = (ZERO_PFN << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
+            mm.pgd[vpn] = pfn_pte(ZERO_PFN, PTE_PRESENT | PTE_YOUNG)
             return None
         vmf_anon_prepare(m, vma)
         folio = m.alloc_folio(0)
         folio_add_new_anon_rmap(m, folio, vma, address)
-        mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
+        mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
         return folio
     if not write:  # do_read_fault()
         do_fault_around(m, vma, address)
         pte = mm.pgd.get(vpn)
         if pte is not None:
-            return m.mem_map[pte >> PTE_PFN_SHIFT]
+            return m.mem_map[pte_pfn(pte)]
         folio = _file_folio(m, vma, address)
         folio.mapcount += 1
         writable = (vma.vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
-        mm.pgd[vpn] = (
-            (folio.pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if writable else 0)
-        )
+        mm.pgd[vpn] = pfn_pte(folio.pfn, PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if writable else 0))
         return folio
     if vma.vm_flags & VM_SHARED:  # do_shared_fault()
         folio = _file_folio(m, vma, address)
         folio.mapcount += 1
-        mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
+        mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
         return folio
     # do_cow_fault(): copy the page-cache folio into a new anon folio
     vmf_anon_prepare(m, vma)
     source = _file_folio(m, vma, address)
     folio = m.alloc_folio(source.content)
     folio_add_new_anon_rmap(m, folio, vma, address)
-    mm.pgd[vpn] = (folio.pfn << PTE_PFN_SHIFT) | _PRESENT_WRITE_YOUNG_DIRTY
+    mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
     return folio
 
 
@@ -186,7 +189,7 @@ def do_fault_around(m: Machine, vma: VmAreaStruct, address: int) -> None:
         folio = file.i_pages.get(index)
         if folio is None or (base + index) in pgd:
             continue
-        pgd[base + index] = (folio.pfn << PTE_PFN_SHIFT) | bits
+        pgd[base + index] = pfn_pte(folio.pfn, bits)
         folio.mapcount += 1
 
 
@@ -208,7 +211,7 @@ def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio |
     """``do_wp_page()``: a write to a present, write-protected PTE."""
     mm = vma.vm_mm
     vpn = address >> PAGE_SHIFT
-    pfn = pte >> PTE_PFN_SHIFT
+    pfn = pte_pfn(pte)
     folio = None if pfn == ZERO_PFN else m.mem_map[pfn]
     if vma.vm_flags & (VM_SHARED | VM_MAYSHARE):  # wp_page_shared(): no copy
         mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
@@ -233,7 +236,7 @@ def wp_page_copy(
     new = m.alloc_folio(0 if old is None else old.content)
     folio_add_new_anon_rmap(m, new, vma, address)
     bits = PTE_PRESENT | PTE_YOUNG if unshare else _PRESENT_WRITE_YOUNG_DIRTY
-    vma.vm_mm.pgd[address >> PAGE_SHIFT] = (new.pfn << PTE_PFN_SHIFT) | bits
+    vma.vm_mm.pgd[address >> PAGE_SHIFT] = pfn_pte(new.pfn, bits)
     if old is not None:
         folio_remove_rmap_pte(m, old)
     return new
@@ -245,12 +248,12 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
     mem_map = m.mem_map
     for vpn, pte in list(mm.iter_ptes(start, end)):
         del pgd[vpn]
-        if pte & PTE_PRESENT:
-            pfn = pte >> PTE_PFN_SHIFT
+        if pte_present(pte):
+            pfn = pte_pfn(pte)
             if pfn != ZERO_PFN:
                 folio_remove_rmap_pte(m, mem_map[pfn])
-        elif pte & PTE_SWAP:
-            free_swap_and_cache(m, pte >> PTE_PFN_SHIFT)
+        elif is_swap_pte(pte):
+            free_swap_and_cache(m, swp_offset(pte))
         else:
             raise AssertionError(f"zap of a migration entry at {vpn << PAGE_SHIFT:#x}")
 
@@ -277,20 +280,20 @@ def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) ->
     cow = is_cow_mapping(src_vma.vm_flags)
     child_clear = PTE_YOUNG | (PTE_DIRTY if src_vma.vm_flags & VM_SHARED else 0)
     for vpn, pte in list(src_vma.vm_mm.iter_ptes(src_vma.vm_start, src_vma.vm_end)):
-        if pte & PTE_PRESENT:
-            pfn = pte >> PTE_PFN_SHIFT
+        if pte_present(pte):
+            pfn = pte_pfn(pte)
             if pfn != ZERO_PFN:
                 folio = mem_map[pfn]
                 folio.mapcount += 1
                 if folio.anon:
                     folio.anon_exclusive = False  # folio_try_dup_anon_rmap_pte()
-            if cow and pte & PTE_WRITE:
+            if cow and pte_write(pte):
                 pte &= ~PTE_WRITE
                 src_pgd[vpn] = pte
             dst_pgd[vpn] = pte & ~child_clear
-        elif pte & PTE_SWAP:
-            swap_duplicate(m, pte >> PTE_PFN_SHIFT)
-            if pte & PTE_SWP_EXCLUSIVE:
+        elif is_swap_pte(pte):
+            swap_duplicate(m, swp_offset(pte))
+            if pte_swp_exclusive(pte):
                 pte &= ~PTE_SWP_EXCLUSIVE
                 src_pgd[vpn] = pte
             dst_pgd[vpn] = pte

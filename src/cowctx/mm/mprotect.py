@@ -18,7 +18,13 @@ from cowctx.mm.constants import (
     calc_vm_prot_bits,
 )
 from cowctx.mm.errors import SyscallError
-from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, PTE_WRITE
+from cowctx.mm.folio import (
+    pte_mkwrite,
+    pte_pfn,
+    pte_present,
+    pte_write,
+    pte_wrprotect,
+)
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct, vma_is_anonymous
 from cowctx.mm.vma import vma_modify_flags
 
@@ -93,14 +99,14 @@ def change_protection(m: Machine, vma: VmAreaStruct, start: int, end: int) -> No
     pgd = vma.vm_mm.pgd
     if not vma.vm_flags & VM_WRITE:
         for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
-            if pte & PTE_PRESENT and pte & PTE_WRITE:
-                pgd[vpn] = pte & ~PTE_WRITE
+            if pte_present(pte) and pte_write(pte):
+                pgd[vpn] = pte_wrprotect(pte)
         return
     if vma.vm_flags & VM_SHARED:
         return
     mem_map = m.mem_map
     for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
-        if pte & PTE_PRESENT and not pte & PTE_WRITE:
-            folio = mem_map[pte >> PTE_PFN_SHIFT]
+        if pte_present(pte) and not pte_write(pte):
+            folio = mem_map[pte_pfn(pte)]
             if folio.anon and folio.anon_exclusive:
-                pgd[vpn] = pte | PTE_WRITE
+                pgd[vpn] = pte_mkwrite(pte)

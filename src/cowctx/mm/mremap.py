@@ -224,7 +224,7 @@ def move_vma(m: Machine, vrm: VmaRemapStruct) -> int:
     assert vma is not None
     if mm.map_count >= SYSCTL_MAX_MAP_COUNT - 3:
         raise SyscallError("ENOMEM", "map count limit")
-    m.ksm_unmerge_range(vma, vrm.addr, vrm.addr + vrm.old_len)
+    m.ksm.ksm_madvise_unmergeable(vma, vrm.addr, vrm.addr + vrm.old_len, vma.vm_flags)
     new_pgoff = vma.vm_pgoff + ((vrm.addr - vma.vm_start) >> PAGE_SHIFT)
     new_vma, vma, need_rmap_locks = copy_vma(m, vma, vrm.new_addr, vrm.new_len, new_pgoff, vrm.addr)
     vrm.vma = vma

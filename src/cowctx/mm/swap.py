@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 from cowctx.mm.constants import PAGE_SHIFT, VM_WRITE
 from cowctx.mm.folio import (
     PTE_DIRTY,
-    PTE_PFN_SHIFT,
     PTE_PRESENT,
-    PTE_SWP_EXCLUSIVE,
     PTE_WRITE,
     PTE_YOUNG,
     Folio,
+    pfn_pte,
+    pte_swp_exclusive,
+    swp_offset,
 )
 from cowctx.mm.mm_types import VmAreaStruct
 
@@ -99,12 +100,12 @@ def free_swap_and_cache(m: Machine, slot: int) -> None:
 def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: bool) -> None:
     """``do_swap_page()`` (order-0, no KSM copy, no writeback in flight)."""
     swap = m.swap
-    slot = pte >> PTE_PFN_SHIFT
+    slot = swp_offset(pte)
     folio = swap.cache.get(slot)
     if folio is None:  # swapin: a fresh folio into the swap cache
         folio = m.alloc_folio(swap.data[slot])
         add_to_swap_cache(m, folio, slot)
-    exclusive = bool(pte & PTE_SWP_EXCLUSIVE)
+    exclusive = pte_swp_exclusive(pte)
     swap.swap_map[slot] -= 1  # swap_free()
     if write and not folio.ksm and folio.mapcount == 0:  # should_try_to_free_swap()
         folio_free_swap(m, folio)
@@ -122,10 +123,8 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
         folio.mapcount += 1
         if exclusive:
             folio.anon_exclusive = True
-    vma.vm_mm.pgd[address >> PAGE_SHIFT] = (
-        (folio.pfn << PTE_PFN_SHIFT)
-        | PTE_PRESENT
-        | PTE_YOUNG
-        | (PTE_WRITE | (PTE_DIRTY if write else 0) if writable else 0)
+    vma.vm_mm.pgd[address >> PAGE_SHIFT] = pfn_pte(
+        folio.pfn,
+        PTE_PRESENT | PTE_YOUNG | (PTE_WRITE | (PTE_DIRTY if write else 0) if writable else 0),
     )
     _maybe_free_slot(m, slot)

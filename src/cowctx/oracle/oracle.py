@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cowctx.mm.constants import PAGE_SHIFT, VM_SHARED, VM_WRITE
-from cowctx.mm.folio import PTE_MIGRATION, PTE_PFN_SHIFT, PTE_PRESENT, PTE_SWAP, PTE_WRITE, ZERO_PFN
+from cowctx.mm.folio import (
+    ZERO_PFN,
+    is_migration_entry,
+    is_swap_pte,
+    pte_pfn,
+    pte_present,
+    pte_write,
+)
 from cowctx.rmap.walk import page_vma_mapped_walk, rmap_walk
 
 if TYPE_CHECKING:
@@ -30,8 +37,9 @@ class Violation:
     """A disagreement between a design and the truth, or a broken invariant."""
 
     kind: str
-    """``missed`` (a walk did not find a mapping), ``mapcount``, ``pte``,
-    ``vma``, ``invariant`` (design structure), ``client`` (a client's result)."""
+    """One of :data:`VIOLATION_KINDS`: ``missed`` (a walk did not find a mapping),
+    ``mapcount``, ``pte``, ``vma``, ``invariant`` (design structure), ``client`` (a
+    client's result); or of :data:`LIMIT_KINDS`."""
     detail: str
     folio: int | None = None
     step: int | None = None
@@ -56,8 +64,8 @@ def scan_page_tables(m: Machine) -> dict[int, set[Mapping]]:
     truth: dict[int, set[Mapping]] = {}
     for mm in m.live_mms():
         for vpn, pte in mm.pgd.items():
-            if pte & PTE_PRESENT:
-                pfn = pte >> PTE_PFN_SHIFT
+            if pte_present(pte):
+                pfn = pte_pfn(pte)
                 if pfn != ZERO_PFN:
                     truth.setdefault(pfn, set()).add((mm.mm_id, vpn << PAGE_SHIFT))
     return truth
@@ -80,6 +88,9 @@ def walk_mappings(m: Machine, folio: Folio) -> set[Mapping]:
         m.ledger.muted -= 1
     return found
 
+
+VIOLATION_KINDS = frozenset({"missed", "mapcount", "pte", "vma", "invariant", "client"})
+"""Every kind of :class:`Violation` (what an ``expect.violations`` block may name)."""
 
 LIMIT_KINDS = frozenset({"ksm_unlisted"})
 """Misses the kernel makes too, reported apart from violations.
@@ -152,17 +163,17 @@ def check_page_tables(m: Machine) -> list[Violation]:
             if vma is None:
                 out.append(Violation("pte", f"mm#{mm.mm_id}: PTE at {addr:#x} outside any VMA"))
                 continue
-            if pte & PTE_MIGRATION:
+            if is_migration_entry(pte):
                 out.append(Violation("pte", f"mm#{mm.mm_id}: migration entry left at {addr:#x}"))
                 continue
-            if pte & PTE_SWAP or not pte & PTE_PRESENT:
+            if is_swap_pte(pte) or not pte_present(pte):
                 continue
-            if pte & PTE_WRITE:
+            if pte_write(pte):
                 if not vma.vm_flags & VM_WRITE:
                     out.append(
                         Violation("pte", f"mm#{mm.mm_id}: writable PTE at {addr:#x} in {vma!r}")
                     )
-                folio = m.mem_map.get(pte >> PTE_PFN_SHIFT)
+                folio = m.mem_map.get(pte_pfn(pte))
                 if (
                     folio is not None
                     and folio.anon

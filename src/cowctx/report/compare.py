@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cowctx.clients.migrate import migrate_folio
-from cowctx.clients.referenced import folio_referenced
 from cowctx.metrics.ledger import WALK_UNITS
+from cowctx.oracle.clients import check_migrate, check_referenced
 from cowctx.oracle.oracle import scan_page_tables
 from cowctx.report.graph import machine_dot
+from cowctx.scenario.results import ScenarioResult
 from cowctx.scenario.runner import run_scenario
 from cowctx.scenario.schema import Scenario
 
@@ -32,7 +32,7 @@ design does per candidate mapping."""
 @dataclass
 class DesignResult:
     design: str
-    result: dict[str, Any]
+    result: ScenarioResult
     """The scenario result (SCENARIO.md shape) at the end of the workload."""
     walks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     """client -> ``exclusive``/``shared`` -> statistic -> value."""
@@ -51,7 +51,7 @@ class Comparison:
     scenario: str
     description: str
     designs: list[DesignResult]
-    kernel: dict[str, Any] | None = None
+    kernel: ScenarioResult | None = None
     """The kernel's result for the same steps, where it could be observed."""
     kernel_reason: str | None = None
 
@@ -94,15 +94,10 @@ def measure_walks(machine: Any) -> list[str]:
     problems: list[str] = []
     with machine.operation(MEASURE_OP):
         for folio in folios:
-            result = folio_referenced(machine, folio)
-            if result.mappings_found != result.mapcount:
-                problems.append(
-                    f"folio_referenced found {result.mappings_found} of "
-                    f"{result.mapcount} mappings of pfn {folio.pfn}"
-                )
+            problems += check_referenced(machine, folio)
         for folio in folios:
             if not folio.freed and folio.mapcount:
-                problems += migrate_folio(machine, folio, truth.get(folio.pfn, set())).problems
+                problems += check_migrate(machine, folio, truth.get(folio.pfn, set()))[1]
     return problems
 
 
@@ -116,13 +111,13 @@ def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignRe
     graph_dot = None
     live = [t for t in run.procs.values() if not t.exit_state]
     if len(live) <= GRAPH_LIMIT[0] and sum(len(t.mm.vmas()) for t in live) <= GRAPH_LIMIT[1]:
-        graph_dot = machine_dot(machine, run.procs, f"{scenario.name} on {result['design']}")
+        graph_dot = machine_dot(machine, run.procs, f"{scenario.name} on {result.design}")
     mark = len(machine.ledger.walks)
     misses = measure_walks(machine)
     seconds = time.perf_counter() - t0
-    locks = run.result()["locks"]
+    locks = run.result().locks or []
     return DesignResult(
-        design=result["design"],
+        design=result.design,
         result=result,
         walks=walk_summary(machine.ledger.walks[mark:]),
         workload_locks=[x for x in locks if x["op"] != MEASURE_OP],
@@ -177,18 +172,21 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
         "description": c.description,
         "designs": {
             d.design: {
-                "objects": d.result["final"]["objects"],
-                "bytes": d.result["final"]["bytes"],
-                "estimated": d.result["final"]["estimated"],
+                "objects": {k: n.to_json() for k, n in d.result.final.objects.items()},
+                "bytes": d.result.final.bytes,
+                "estimated": d.result.final.estimated,
                 "locks": {f"{k[0]} {k[1]}": v for k, v in lock_totals(d.workload_locks).items()},
                 "walks": d.walks,
-                "violations": d.result["oracle"]["violations"],
+                "violations": [v.to_json() for v in d.result.violations],
                 "client_misses": d.client_misses,
             }
             for d in c.designs
         },
         "kernel": None
         if c.kernel is None
-        else {"objects": c.kernel["final"]["objects"], "maps_agree": None},
+        else {
+            "objects": {k: n.to_json() for k, n in c.kernel.final.objects.items()},
+            "maps_agree": None,
+        },
         "kernel_reason": c.kernel_reason,
     }

@@ -26,10 +26,10 @@ def bytes_plot(c: Comparison) -> bytes:
     """Live bytes per design, stacked by object kind."""
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     designs = [d.design for d in c.designs]
-    kinds = sorted({k for d in c.designs for k in d.result["final"]["bytes"]})
+    kinds = sorted({k for d in c.designs for k in d.result.final.bytes or {}})
     bottom = [0.0] * len(designs)
     for i, kind in enumerate(kinds):
-        values = [float(d.result["final"]["bytes"].get(kind, 0)) for d in c.designs]
+        values = [float((d.result.final.bytes or {}).get(kind, 0)) for d in c.designs]
         if not any(values):
             continue
         ax.bar(designs, values, bottom=bottom, label=kind, color=COLOURS[i % len(COLOURS)])

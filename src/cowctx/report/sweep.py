@@ -46,13 +46,13 @@ def point_metrics(
     c = compare(build_workload(workload, params, scale), designs)
     out: dict[str, dict[str, float | None]] = {}
     for d in c.designs:
-        objects = d.result["final"]["objects"]
+        objects = d.result.final.objects
         totals = lock_totals(d.workload_locks)
         ref = d.walks.get("folio_referenced", {})
         out[d.design] = {
-            "bytes": float(sum(d.result["final"]["bytes"].values())),
+            "bytes": float(sum((d.result.final.bytes or {}).values())),
             "rmap_objects": float(
-                sum(s["live"] for k, s in objects.items() if k != "vm_area_struct")
+                sum(n.live or 0 for k, n in objects.items() if k != "vm_area_struct")
             ),
             "lock_acquisitions": float(sum(v["acquisitions"] for v in totals.values())),
             "held_vmas_objects": float(sum(v["vmas"] + v["objects"] for v in totals.values())),

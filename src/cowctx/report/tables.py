@@ -7,41 +7,46 @@ from rich.markup import escape
 from rich.table import Table
 
 from cowctx.report.compare import CLIENTS, Comparison, lock_totals
+from cowctx.scenario.results import ScenarioResult
 
 KERNEL_KINDS = ("anon_vma", "anon_vma_chain")
 
 
-def object_rows(results: list[dict], kernel: dict | None = None) -> list[tuple[str, list[str]]]:  # type: ignore[type-arg]
+def object_rows(
+    results: list[ScenarioResult], kernel: ScenarioResult | None = None
+) -> list[tuple[str, list[str]]]:
     """Objects live (allocated) and bytes live per kind, one cell per result
     (then the kernel's counts, marked ≠ where they differ from anon_vma's)."""
     rows: list[tuple[str, list[str]]] = [("objects live (allocated)", [])]
     kinds = sorted(
-        {k for r in results for k in r["final"]["objects"]},
+        {k for r in results for k in r.final.objects},
         key=lambda k: (k != "vm_area_struct", k),
     )
-    model = next((r for r in results if r["design"] == "anon_vma"), None)
+    model = next((r for r in results if r.design == "anon_vma"), None)
     for kind in kinds:
         cells = []
         for r in results:
-            s = r["final"]["objects"].get(kind)
-            star = "*" if kind in r["final"]["estimated"] else ""
-            cells.append(f"{s['live']:,} ({s['allocated']:,}){star}" if s else "")
+            n = r.final.objects.get(kind)
+            star = "*" if kind in (r.final.estimated or []) else ""
+            cells.append(f"{n.live or 0:,} ({n.allocated:,}){star}" if n else "")
         if kernel is not None:
-            k = kernel["final"]["objects"].get(kind)
+            k = kernel.final.objects.get(kind)
             mark = ""
             if k and model is not None:
-                ms = model["final"]["objects"][kind]
-                if (ms["live"], ms["allocated"]) != (k["live"], k["allocated"]):
+                ms = model.final.objects[kind]
+                if (ms.live, ms.allocated) != (k.live, k.allocated):
                     mark = " ≠"
-            cells.append(f"{k['live']:,} ({k['allocated']:,}){mark}" if k else "")
+            cells.append(f"{k.live or 0:,} ({k.allocated:,}){mark}" if k else "")
         rows.append((f"  {kind}", cells))
     extra = [""] if kernel is not None else []
-    rows.append(("bytes live", [f"{sum(r['final']['bytes'].values()):,}" for r in results] + extra))
+    rows.append(
+        ("bytes live", [f"{sum((r.final.bytes or {}).values()):,}" for r in results] + extra)
+    )
     for kind in kinds:
         cells = []
         for r in results:
-            size = r["final"]["bytes"].get(kind)
-            star = "*" if kind in r["final"]["estimated"] else ""
+            size = (r.final.bytes or {}).get(kind)
+            star = "*" if kind in (r.final.estimated or []) else ""
             cells.append(f"{size:,}{star}" if size is not None else "")
         rows.append((f"  {kind}", cells + extra))
     return rows
@@ -95,7 +100,7 @@ def comparison_rows(c: Comparison) -> list[tuple[str, list[str]]]:
     rows.append(
         (
             "oracle violations (with --check)",
-            [str(len(d.result["oracle"]["violations"])) for d in designs] + extra,
+            [str(len(d.result.violations)) for d in designs] + extra,
         )
     )
     return rows
@@ -117,7 +122,7 @@ def print_comparison(console: Console, c: Comparison) -> None:
             table.add_row(escape(label), *(escape(x) for x in cells))
     console.print(table)
     notes = []
-    if any(d.result["final"]["estimated"] for d in c.designs):
+    if any(d.result.final.estimated for d in c.designs):
         notes.append("* estimated sizes")
     if c.kernel is not None:
         notes.append("≠ the kernel's count differs from the anon_vma model's")
@@ -127,9 +132,9 @@ def print_comparison(console: Console, c: Comparison) -> None:
         console.print("  " + "; ".join(notes))
 
 
-def _vma_size(result: dict) -> str:  # type: ignore[type-arg]
-    live = result["final"]["objects"]["vm_area_struct"]["live"]
+def _vma_size(result: ScenarioResult) -> str:
+    live = result.final.objects["vm_area_struct"].live
     if not live:
         return ""
-    star = "*" if "vm_area_struct" in result["final"]["estimated"] else ""
-    return f"{result['final']['bytes']['vm_area_struct'] // live}{star}"
+    star = "*" if "vm_area_struct" in (result.final.estimated or []) else ""
+    return f"{(result.final.bytes or {})['vm_area_struct'] // live}{star}"

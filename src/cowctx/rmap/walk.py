@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 
 from cowctx.metrics.ledger import WalkRecord
 from cowctx.mm.constants import PAGE_SHIFT
-from cowctx.mm.folio import PTE_MIGRATION, PTE_PFN_SHIFT, PTE_PRESENT, Folio
+from cowctx.mm.folio import (
+    Folio,
+    is_migration_entry,
+    pte_pfn,
+    pte_present,
+)
 from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.rmap.protocol import RmapWalkControl
 
@@ -32,9 +37,9 @@ def page_vma_mapped_walk(
         pte = vma.vm_mm.pgd.get(address >> PAGE_SHIFT)
         if pte is not None:
             if migration_of is None:
-                hit = bool(pte & PTE_PRESENT) and pte >> PTE_PFN_SHIFT == folio.pfn
+                hit = pte_present(pte) and pte_pfn(pte) == folio.pfn
             else:
-                hit = bool(pte & PTE_MIGRATION) and pte >> PTE_PFN_SHIFT == migration_of.pfn
+                hit = is_migration_entry(pte) and pte_pfn(pte) == migration_of.pfn
             if hit:
                 c["hits"] += 1
                 return True

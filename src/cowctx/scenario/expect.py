@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from cowctx.scenario.results import ScenarioResult
 from cowctx.scenario.schema import Scenario
 
 
-def check_expect(scenario: Scenario, result: dict[str, Any]) -> list[str]:
+def check_expect(scenario: Scenario, result: ScenarioResult) -> list[str]:
     """Failures, one message each naming the field; empty when all hold.
 
     Object kinds the design does not have (anon_vma counts on a CoW context
@@ -19,46 +18,44 @@ def check_expect(scenario: Scenario, result: dict[str, Any]) -> list[str]:
     if expect is None:
         return []
     failures: list[str] = []
-    objects = result["final"]["objects"]
+    objects = result.final.objects
     for kind, want in expect.object_counts().items():
         if kind not in objects:
             continue
         for field in ("live", "allocated", "freed"):
             wanted = getattr(want, field)
-            if wanted is not None and objects[kind][field] != wanted:
-                failures.append(
-                    f"expect.{kind}.{field}: expected {wanted}, got {objects[kind][field]}"
-                )
-    design = result["design"]
+            got = getattr(objects[kind], field)
+            if wanted is not None and got != wanted:
+                failures.append(f"expect.{kind}.{field}: expected {wanted}, got {got}")
+    design = result.design
     maps = expect.design_maps.get(design)
     if maps is None and design == "anon_vma":
         maps = expect.maps
     if maps is not None:
-        got_maps = result["final"]["maps"]
+        got_maps = result.final.maps
         for proc, lines in maps.items():
             want_lines = [list(line) for line in lines]
             got = got_maps.get(proc)
             if got is None:
                 failures.append(f"expect.maps.{proc}: process is not alive at the end")
-            elif got != want_lines:
-                failures.append(f"expect.maps.{proc}: expected {want_lines}, got {got}")
+            elif [m.to_json() for m in got] != want_lines:
+                got_lines = [m.to_json() for m in got]
+                failures.append(f"expect.maps.{proc}: expected {want_lines}, got {got_lines}")
     want_kinds = sorted(set(expect.violations.get(design, [])))
-    got_kinds = sorted({v["kind"] for v in result["oracle"]["violations"]})
+    got_kinds = sorted({v.kind for v in result.violations})
     if expect.violations and want_kinds != got_kinds:
         failures.append(f"expect.violations.{design}: expected {want_kinds}, got {got_kinds}")
-    for i, (step, rec) in enumerate(zip(scenario.steps, result["steps"], strict=False)):
-        if step.errno != rec["errno"]:
-            failures.append(
-                f"steps.{i} ({step.op}).errno: expected {step.errno}, got {rec['errno']}"
-            )
+    for i, (step, rec) in enumerate(zip(scenario.steps, result.steps, strict=False)):
+        if step.errno != rec.errno:
+            failures.append(f"steps.{i} ({step.op}).errno: expected {step.errno}, got {rec.errno}")
     return failures
 
 
-def scenario_failed(scenario: Scenario, result: dict[str, Any], failures: list[str]) -> bool:
+def scenario_failed(scenario: Scenario, result: ScenarioResult, failures: list[str]) -> bool:
     """A run fails on an expectation failure, or on an oracle violation the
     scenario does not expect (an ``expect.violations`` block says which it does)."""
     if failures:
         return True
     if scenario.expect is not None and scenario.expect.violations:
         return False
-    return bool(result["oracle"]["violations"])
+    return bool(result.violations)

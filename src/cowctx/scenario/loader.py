@@ -43,8 +43,11 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         steps = data.get("steps") if isinstance(data.get("steps"), list) else None
         lines = []
         for err in exc.errors():
-            where = _describe_loc(tuple(err["loc"]), steps)
             msg = err["msg"].removeprefix("Value error, ")
+            loc = tuple(err["loc"])
+            if msg.startswith("field '") and loc and not isinstance(loc[-1], int):
+                loc = loc[:-1]  # the message names the field more precisely
+            where = _describe_loc(loc, steps)
             lines.append(f"{source}: {where + ': ' if where else ''}{msg}")
         raise ScenarioError("\n".join(lines)) from None
 
@@ -53,9 +56,13 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate one scenario file (YAML, or JSON, which is YAML)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{path}: not UTF-8: byte {exc.start} is {exc.object[exc.start]:#04x} ({exc.reason})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

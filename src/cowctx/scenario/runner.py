@@ -5,42 +5,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from cowctx.clients.migrate import migrate_folio
-from cowctx.clients.reclaim import reclaim_folio
-from cowctx.clients.referenced import folio_referenced
 from cowctx.designs import make_machine
-from cowctx.mm.constants import (
-    MADV_BY_NAME,
-    MAP_ANONYMOUS,
-    MAP_FIXED_NOREPLACE,
-    MAP_NORESERVE,
-    MAP_POPULATE,
-    MAP_PRIVATE,
-    MAP_SHARED,
-    MREMAP_DONTUNMAP,
-    MREMAP_FIXED,
-    MREMAP_MAYMOVE,
-    PAGE_SHIFT,
-    PROT_BY_NAME,
-)
 from cowctx.mm.errors import AccessFault, SyscallError
 from cowctx.mm.folio import Folio
 from cowctx.mm.ksm_scan import ksm_do_scan
 from cowctx.mm.machine import Machine
 from cowctx.mm.mm_types import TaskStruct
+from cowctx.oracle.clients import check_migrate, check_reclaim, check_referenced
 from cowctx.oracle.oracle import LIMIT_KINDS, Violation, check_machine, scan_page_tables
 from cowctx.rmap.protocol import AnonRmap
 from cowctx.scenario import schema as S
-from cowctx.scenario.results import build_result
-
-PAGE = 1 << PAGE_SHIFT
-
-
-def page_addr(page: int) -> int:
-    """Virtual address of window page ``page``."""
-    return S.WINDOW_BASE + page * PAGE
+from cowctx.scenario.lower import (
+    ClientCall,
+    Exec,
+    Exit,
+    Fork,
+    KsmScan,
+    Syscall,
+    Touch,
+    lower,
+)
+from cowctx.scenario.results import ScenarioResult, build_result
 
 
 @dataclass
@@ -66,12 +52,8 @@ class ScenarioRun:
     """Walk misses Linux makes too (``oracle.LIMIT_KINDS``), kept apart."""
     checked: bool = True
 
-    def result(self, timing: bool = False) -> dict[str, Any]:
+    def result(self, timing: bool = False) -> ScenarioResult:
         return build_result(self, timing)
-
-
-class StepError(Exception):
-    """A step the model cannot run as written (not a syscall error)."""
 
 
 def run_scenario(
@@ -114,65 +96,24 @@ def run_scenario(
 def _run_step(run: ScenarioRun, step: S.Step) -> tuple[str | None, str | None]:
     m = run.machine
     task = run.procs[step.proc]
+    action = lower(step)
     try:
-        if isinstance(step, S.MmapStep):
-            flags = MAP_FIXED_NOREPLACE | (MAP_SHARED if step.shared else MAP_PRIVATE)
-            file = None
-            if step.file is None:
-                flags |= MAP_ANONYMOUS
-            else:
-                file = m.files[step.file]
-            if "noreserve" in step.flags:
-                flags |= MAP_NORESERVE
-            if "populate" in step.flags:
-                flags |= MAP_POPULATE
-            m.mmap(
-                task,
-                page_addr(step.page),
-                step.pages * PAGE,
-                PROT_BY_NAME[step.prot],
-                flags,
-                file,
-                step.file_page,
-            )
-        elif isinstance(step, S.MunmapStep):
-            m.munmap(task, page_addr(step.page), step.pages * PAGE)
-        elif isinstance(step, S.MprotectStep):
-            m.mprotect(task, page_addr(step.page), step.pages * PAGE, PROT_BY_NAME[step.prot])
-        elif isinstance(step, S.MremapStep):
-            flags = (
-                (MREMAP_MAYMOVE if "maymove" in step.flags else 0)
-                | (MREMAP_FIXED if "fixed" in step.flags else 0)
-                | (MREMAP_DONTUNMAP if "dontunmap" in step.flags else 0)
-            )
-            new_addr = page_addr(step.new_page) if step.new_page is not None else 0
-            m.mremap(
-                task,
-                page_addr(step.page),
-                step.pages * PAGE,
-                step.new_pages * PAGE,
-                flags,
-                new_addr,
-            )
-        elif isinstance(step, S.MadviseStep):
-            m.madvise(task, page_addr(step.page), step.pages * PAGE, MADV_BY_NAME[step.advice])
-        elif isinstance(step, S.ReadStep):
-            m.access_range(task, page_addr(step.page), step.pages, False)
-        elif isinstance(step, S.WriteStep):
-            m.access_range(task, page_addr(step.page), step.pages, True, step.value)
-        elif isinstance(step, S.ForkStep):
-            run.procs[step.child] = m.fork(task, step.child)
-        elif isinstance(step, S.ExitStep):
+        if isinstance(action, Syscall):
+            file = m.files[action.file] if action.file is not None else None
+            m.syscall(task, action.nr, action.args, file)
+        elif isinstance(action, Touch):
+            m.access_range(task, action.addr, action.pages, action.write, action.value)
+        elif isinstance(action, Fork):
+            run.procs[action.child] = m.fork(task, action.child)
+        elif isinstance(action, Exit):
             m.exit(task)
-        elif isinstance(step, S.ExecStep):
+        elif isinstance(action, Exec):
             m.execve(task)
-        elif isinstance(step, S.KsmStep):
+        elif isinstance(action, KsmScan):
             with m.operation("ksm"):
                 ksm_do_scan(m)
-        elif isinstance(step, S.ClientStep):
-            return _run_client(run, step, task)
-        else:  # pragma: no cover - the schema admits nothing else
-            raise StepError(f"unknown op {step.op}")
+        else:
+            return _run_client(run, action, task)
     except SyscallError as err:
         return err.errno, err.why
     except AccessFault as fault:
@@ -181,33 +122,29 @@ def _run_step(run: ScenarioRun, step: S.Step) -> tuple[str | None, str | None]:
 
 
 def _run_client(
-    run: ScenarioRun, step: S.ClientStep, task: TaskStruct
+    run: ScenarioRun, call: ClientCall, task: TaskStruct
 ) -> tuple[str | None, str | None]:
     m = run.machine
-    folio = m.folio_at(task, page_addr(step.page))
+    folio = m.folio_at(task, call.addr)
     if folio is None or not folio.anon:
         return "ENOENT", "no anon folio mapped at that page"
     problems: list[str] = []
     unlisted = _ksm_unlisted(m, folio)
-    with m.operation(step.op):
-        if step.op == "migrate":
-            problems = migrate_folio(m, folio).problems
-        elif step.op == "reclaim":
+    with m.operation(call.client):
+        if call.client == "migrate":
+            problems = check_migrate(m, folio)[1]
+        elif call.client == "reclaim":
             if folio.ksm:
                 return "EBUSY", "KSM folios are not swapped by the model"
-            problems = reclaim_folio(m, folio).problems
+            problems = check_reclaim(m, folio)[1]
         else:
-            result = folio_referenced(m, folio)
-            if result.mappings_found != result.mapcount:
-                problems = [
-                    f"folio_referenced found {result.mappings_found} of {result.mapcount} mappings"
-                ]
+            problems = check_referenced(m, folio)
     index = len(run.steps)
     for p in problems:
         if unlisted and (p.startswith("folio_referenced") or any(u in p for u in unlisted)):
-            run.limits.append(Violation("ksm_unlisted", p, folio.pfn, index, step.op))
+            run.limits.append(Violation("ksm_unlisted", p, folio.pfn, index, call.client))
         else:
-            run.violations.append(Violation("client", p, folio.pfn, index, step.op))
+            run.violations.append(Violation("client", p, folio.pfn, index, call.client))
     return None, None
 
 

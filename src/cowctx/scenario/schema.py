@@ -216,8 +216,30 @@ class Expect(BaseModel):
         return {kind: ObjectCounts.model_validate(v) for kind, v in extra.items()}
 
     @model_validator(mode="after")
-    def _validate_counts(self):  # type: ignore[no-untyped-def]
+    def _known_names(self):  # type: ignore[no-untyped-def]
+        """A misspelt kind or design would otherwise be checked on no design at all."""
+        from cowctx.designs import known_design, object_kind_names
+        from cowctx.oracle.oracle import VIOLATION_KINDS
+
+        kinds = object_kind_names()
+        for kind in self.model_extra or {}:
+            if kind not in kinds:
+                raise ValueError(
+                    f"field 'expect.{kind}': unknown object kind (known: {', '.join(kinds)})"
+                )
         self.object_counts()
+        for block, names in (("design_maps", self.design_maps), ("violations", self.violations)):
+            for design in names:
+                why = known_design(design)
+                if why is not None:
+                    raise ValueError(f"field 'expect.{block}.{design}': unknown design ({why})")
+        for design, vkinds in self.violations.items():
+            for kind in vkinds:
+                if kind not in VIOLATION_KINDS:
+                    raise ValueError(
+                        f"field 'expect.violations.{design}': unknown violation kind {kind!r} "
+                        f"(known: {', '.join(sorted(VIOLATION_KINDS))})"
+                    )
         return self
 
 

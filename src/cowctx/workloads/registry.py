@@ -7,8 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cowctx.scenario.loader import parse_scenario
-from cowctx.scenario.schema import FORMAT, Scenario
+from cowctx.scenario.schema import FORMAT, WINDOW_PAGES, Scenario
 from cowctx.workloads import generators as g
+
+MAX_COUNT = 100_000
+"""Upper bound of a count parameter (processes, VMAs, rounds)."""
+
+
+class WorkloadParamError(ValueError):
+    """A workload parameter outside its range; the message names it, its value and the range."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,26 @@ class Workload:
     files: dict[str, int] | None = None
     unscaled: frozenset[str] = frozenset()
     """Parameters ``scale`` leaves alone (counts of rounds, not sizes)."""
+
+    def bounds(self, key: str) -> tuple[float, float]:
+        """The allowed range of parameter ``key``: a fraction is 0 to 1, a page
+        count fits the scenario window, any other count is 1 to :data:`MAX_COUNT`."""
+        if isinstance(self.defaults[key], float):
+            return 0.0, 1.0
+        return 1, WINDOW_PAGES if key.endswith("pages") else MAX_COUNT
+
+    def check(self, key: str, value: float) -> None:
+        """Reject ``value`` for ``key`` unless in range (and whole for a count)."""
+        lo, hi = self.bounds(key)
+        shown = f"{value:g}"
+        if isinstance(self.defaults[key], int) and value != int(value):
+            raise WorkloadParamError(
+                f"workload {self.name}: {key}={shown} is not a whole number ({lo} to {hi})"
+            )
+        if not lo <= value <= hi:
+            raise WorkloadParamError(
+                f"workload {self.name}: {key}={shown} is out of range: {lo:g} to {hi:g}"
+            )
 
 
 def _doc(fn: Callable[..., Any]) -> str:
@@ -82,7 +109,8 @@ def build_workload(
     name: str, params: dict[str, float] | None = None, scale: float = 1.0
 ) -> Scenario:
     """The workload as a validated scenario; ``params`` override the defaults
-    and ``scale`` multiplies every integer size (1 = the default, real size)."""
+    and ``scale`` multiplies every integer size (1 = the default, real size).
+    A parameter outside :meth:`Workload.bounds` raises :class:`WorkloadParamError`."""
     if name not in WORKLOADS:
         raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
     w = WORKLOADS[name]
@@ -92,13 +120,19 @@ def build_workload(
             f"workload {name} has no parameter(s) {', '.join(sorted(unknown))}; "
             f"it has {', '.join(w.defaults)}"
         )
+    for key, value in (params or {}).items():
+        w.check(key, value)
     values: dict[str, Any] = {}
     for key, default in w.defaults.items():
-        value = (params or {}).get(key, default)
-        if isinstance(default, int):
-            factor = scale if key not in (params or {}) and key not in w.unscaled else 1
-            value = max(1, round(float(value) * factor))
-        values[key] = value
+        if key in (params or {}):
+            value = (params or {})[key]
+            values[key] = int(value) if isinstance(default, int) else value
+        elif isinstance(default, int) and key not in w.unscaled:
+            # a scaled default stays in range: scale 0.01 of 32 workers is 1 worker
+            lo, hi = w.bounds(key)
+            values[key] = int(min(hi, max(lo, round(default * scale))))
+        else:
+            values[key] = default
     steps, files = w.build(**values)
     label = ",".join(f"{k}={v}" for k, v in values.items())
     data = {

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cowctx.designs.anon_vma.structs import AnonVma, AnonVmaVma
 from cowctx.mm.constants import PAGE_SHIFT
-from cowctx.mm.folio import PTE_PFN_SHIFT, PTE_PRESENT, ZERO_PFN
+from cowctx.mm.folio import ZERO_PFN, pte_pfn, pte_present
 from cowctx.scenario.schema import WINDOW_BASE, WINDOW_PAGES
 
 if TYPE_CHECKING:
@@ -81,9 +81,9 @@ def anon_vma_graph(run: ScenarioRun) -> dict[str, Any]:
         graph["vmas"][proc] = rows
         folios = []
         for vpn, pte in task.mm.iter_ptes(WINDOW_BASE, WINDOW_END):
-            if not pte & PTE_PRESENT:
+            if not pte_present(pte):
                 continue
-            pfn = pte >> PTE_PFN_SHIFT
+            pfn = pte_pfn(pte)
             if pfn == ZERO_PFN:
                 continue
             folio = m.mem_map[pfn]

@@ -50,7 +50,7 @@ class CrashesOnReuse(AnonVmaRmap):
 
     name = "crashes_on_reuse"
 
-    def folio_move_anon_rmap(self, folio, vma):  # type: ignore[no-untyped-def]
+    def folio_move_anon_rmap(self, folio, vma):
         raise RuntimeError("folio_move_anon_rmap exploded")
 
 

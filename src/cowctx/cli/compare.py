@@ -92,7 +92,7 @@ def compare_command(
     kernel's anon_vma counts stand beside the model's."""
     from contextlib import ExitStack
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from cowctx.report.compare import compare, comparison_json
     from cowctx.report.tables import print_comparison
@@ -122,6 +122,10 @@ def compare_command(
         )
         for scenario in scenarios:
             task = progress.add_task(scenario.name)
+
+            def show(design: str, task: TaskID = task, name: str = scenario.name) -> None:
+                progress.update(task, description=f"{name}: {design}")
+
             comparisons.append(
                 compare(
                     scenario,
@@ -129,9 +133,7 @@ def compare_command(
                     check=check,
                     kernel_session=session,
                     kernel_reason=reason,
-                    progress=lambda d, t=task, n=scenario.name: progress.update(
-                        t, description=f"{n}: {d}"
-                    ),
+                    progress=show,
                 )
             )
             progress.remove_task(task)

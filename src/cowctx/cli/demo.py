@@ -65,7 +65,7 @@ def _demo_stories(designs: list[str]) -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     builtin = package_files("cowctx") / "scenarios_builtin"
-    paths = sorted(p for p in builtin.iterdir() if p.name.endswith(".yaml"))
+    paths = sorted((p for p in builtin.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
     failed = False
     for path in paths:
         scenario = load_scenario(Path(str(path)))

@@ -79,7 +79,7 @@ class AnonVmaRmap(AnonRmap):
     vma_type = AnonVmaVma
     object_kinds = (ANON_VMA, ANON_VMA_CHAIN)
 
-    def __init__(self, machine):  # type: ignore[no-untyped-def]
+    def __init__(self, machine):
         super().__init__(machine)
         self._next_av_id = 0
         self.anon_vmas: dict[int, AnonVma] = {}

@@ -53,7 +53,7 @@ def bench_fork_64_vmas(design: str, forks: int = 200) -> dict[str, float]:
         m.mmap(p, addr, 16 * PAGE_SIZE, RW, ANON)
         m.access_range(p, addr, 16, True)
         m.mprotect(p, addr, 16 * PAGE_SIZE, prot)
-    assert len(p.mm.vmas()) == 64  # type: ignore[union-attr]
+    assert len(p.mm.vmas()) == 64
     t = time.perf_counter()
     for i in range(forks):
         child = m.fork(p, f"c{i}")

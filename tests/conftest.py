@@ -32,7 +32,7 @@ REQUIRE_KERNEL = os.environ.get("COWCTX_REQUIRE_KERNEL") == "1"
 _probe: list[str | None] = []
 
 
-def pytest_addoption(parser) -> None:  # type: ignore[no-untyped-def]
+def pytest_addoption(parser) -> None:
     parser.addoption(
         "--screenshot", default=None, help="test_report: also save a screenshot of the report here"
     )

@@ -30,7 +30,7 @@ def page(n: int) -> int:
     return W + n * PAGE
 
 
-def run(steps: list[dict[str, Any]], design: str = "anon_vma", **extra: Any):  # type: ignore[no-untyped-def]
+def run(steps: list[dict[str, Any]], design: str = "anon_vma", **extra: Any):
     """Run inline steps with the oracle on; fails the test on any violation."""
     from cowctx.scenario.runner import run_scenario
 
@@ -39,16 +39,16 @@ def run(steps: list[dict[str, Any]], design: str = "anon_vma", **extra: Any):  #
     return result
 
 
-def layout(result, proc: str = "p0") -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
+def layout(result, proc: str = "p0") -> list[tuple[int, int, str]]:
     """The window VMAs of ``proc`` as (start_page, end_page, perms)."""
-    return [tuple(x) for x in result.result().to_json()["final"]["maps"][proc]]  # type: ignore[misc]
+    return [tuple(x) for x in result.result().to_json()["final"]["maps"][proc]]
 
 
-def objects(result, kind: str) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+def objects(result, kind: str) -> tuple[int, int, int]:
     """(allocated, freed, live) of one object kind."""
     s = result.machine.ledger.objects[kind]
     return s.allocated, s.freed, s.live
 
 
-def errnos(result) -> list[str | None]:  # type: ignore[no-untyped-def]
+def errnos(result) -> list[str | None]:
     return [s.errno for s in result.steps]

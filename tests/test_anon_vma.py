@@ -9,7 +9,7 @@ from cowctx.designs.anon_vma import AnonVma
 from .helpers import page, run
 
 
-def vma_of(result, proc: str, n: int):  # type: ignore[no-untyped-def]
+def vma_of(result, proc: str, n: int):
     return result.procs[proc].mm.vma_lookup(page(n))
 
 
@@ -18,7 +18,7 @@ def state(av: AnonVma) -> tuple[int, int, int]:
     return av.num_children, av.num_active_vmas, av.refcount
 
 
-def chain_ids(vma) -> list[int]:  # type: ignore[no-untyped-def]
+def chain_ids(vma) -> list[int]:
     """Chain tail (oldest) to head (newest)."""
     return [avc.anon_vma.av_id for avc in vma.anon_vma_chain]
 
@@ -100,7 +100,12 @@ def test_unlink_frees_every_avc_and_the_root_last() -> None:
     frees: list[int] = []
     rmap = r.machine.rmap
     original = rmap.anon_vma_free
-    rmap.anon_vma_free = lambda av: (frees.append(av.av_id), original(av))  # type: ignore[method-assign]
+
+    def anon_vma_free(av: AnonVma) -> None:
+        frees.append(av.av_id)
+        original(av)
+
+    rmap.anon_vma_free = anon_vma_free
     r.machine.exit(r.procs["p1"])
     assert frees == [1, 0]
     assert r.machine.ledger.objects["anon_vma_chain"].live == 0

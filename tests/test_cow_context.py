@@ -4,11 +4,16 @@ cost-only PoC switch costs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cowctx.designs.cow_context.structs import CowContext
 
 from .helpers import page, run
 
-TOUCH = [{"op": "mmap", "page": 0, "pages": 8}, {"op": "write", "page": 0, "pages": 8}]
+TOUCH: list[dict[str, Any]] = [
+    {"op": "mmap", "page": 0, "pages": 8},
+    {"op": "write", "page": 0, "pages": 8},
+]
 MOVE = {
     "op": "mremap",
     "page": 0,
@@ -19,11 +24,11 @@ MOVE = {
 }
 
 
-def ctx_of(result, proc: str) -> CowContext:  # type: ignore[no-untyped-def]
+def ctx_of(result, proc: str) -> CowContext:
     return result.procs[proc].mm.cow_context
 
 
-def folio_at(result, proc: str, n: int):  # type: ignore[no-untyped-def]
+def folio_at(result, proc: str, n: int):
     return result.machine.folio_at(result.procs[proc], page(n))
 
 
@@ -71,7 +76,8 @@ def test_reuse_moves_the_folio_down_to_the_reusing_context() -> None:
     )
     folio = folio_at(r, "p1", 0)
     assert folio.mapping is ctx_of(r, "p1") and folio.anon_exclusive
-    assert ctx_of(r, "p1").parent.refcount == 1 + 7
+    parent = ctx_of(r, "p1").parent
+    assert parent is not None and parent.refcount == 1 + 7
 
 
 def test_remap_tracking_follows_moves_partial_unmaps_and_the_way_home() -> None:
@@ -118,7 +124,7 @@ def test_sentinel_merge_keeps_faulted_and_unfaulted_neighbours_apart() -> None:
 def test_no_fork_child_rule_lets_a_forked_split_remerge() -> None:
     """anon_vma refuses to merge a fork child's pieces (distinct anon_vmas); CoW
     context has nothing to protect and merges them back."""
-    steps = [
+    steps: list[dict[str, Any]] = [
         *TOUCH,
         {"op": "mprotect", "page": 2, "pages": 4, "prot": "r"},
         {"op": "fork", "child": "p1"},
@@ -134,7 +140,7 @@ def test_ksm_page_still_mapped_by_the_parent_is_found() -> None:
     """anon_vma's KSM walk cannot see a parent that shares a page its child's scan
     merged (a kernel limit); CoW context's rmap_item anchors the folio's own
     context, whose subtree holds both."""
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"op": "mmap", "page": 0, "pages": 4},
         {"op": "write", "page": 0, "pages": 4, "value": 0},
         {"op": "fork", "child": "p1"},

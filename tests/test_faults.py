@@ -9,7 +9,7 @@ from cowctx.mm.folio import ZERO_PFN
 from .helpers import errnos, objects, page, run
 
 
-def folio_at(result, proc: str, n: int):  # type: ignore[no-untyped-def]
+def folio_at(result, proc: str, n: int):
     pte = result.procs[proc].mm.pgd.get(page(n) >> 12)
     return None if pte is None else result.machine.mem_map[pte >> 8]
 

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from cowctx import designs
+from cowctx.cli.fuzz import fuzz_command
 from cowctx.designs.anon_vma import AnonVmaRmap
 from cowctx.designs.anon_vma.structs import AnonVmaVma
-from cowctx.fuzz.cli import fuzz_command
 from cowctx.fuzz.generate import ADVICES, FILES, REGION, generate_scenario, generate_steps
 from cowctx.fuzz.runner import fuzz, scenario_of
 from cowctx.fuzz.shrink import rename_process, repair, scenario_yaml, shrink_steps
@@ -50,7 +50,7 @@ class CrashesOnReuse(AnonVmaRmap):
 
     name = "crashes_on_reuse"
 
-    def folio_move_anon_rmap(self, folio, vma):  # type: ignore[no-untyped-def]
+    def folio_move_anon_rmap(self, folio, vma):
         raise RuntimeError("folio_move_anon_rmap exploded")
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from cowctx.designs.anon_vma import AnonVmaRmap
 from cowctx.designs.anon_vma.graph import anon_vma_graph, anon_vma_name
+from cowctx.designs.anon_vma.structs import AnonVma
 from cowctx.linux import KernelSession
 from cowctx.linux import graph as kgraph
 from cowctx.linux.btf import KIND_INT, KIND_STRUCT, KIND_UNION, Btf, BtfError
@@ -186,7 +187,7 @@ class RootForCowAnonVma(AnonVmaRmap):
         self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
     ) -> None:
         super().folio_add_new_anon_rmap(folio, vma, address, exclusive)
-        folio.mapping = folio.mapping.root  # type: ignore[union-attr]
+        folio.mapping = cast(AnonVma, folio.mapping).root
 
 
 COW = scenario(

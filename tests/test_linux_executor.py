@@ -376,7 +376,7 @@ def test_exec_of_empty_process_counts_nothing(session: JsonSession) -> None:
 def test_model_only_steps_are_refused(session: JsonSession) -> None:
     s = scenario("ksm", [mmap(), write(), {"op": "ksm"}])
     with pytest.raises(ModelOnlyStep, match=r"step 2 \(ksm\)"):
-        run_on_kernel(s, session)
+        run_on_kernel(s, session.session)
     s = scenario("migrate", [mmap(), write(), {"op": "migrate", "page": 0}])
     with pytest.raises(ModelOnlyStep, match=r"step 2 \(migrate\)"):
         session.run(s)

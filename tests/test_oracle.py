@@ -3,7 +3,10 @@ below makes a real rmap bug, and the check names it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cowctx.designs.anon_vma import AnonVmaRmap
+from cowctx.designs.anon_vma.rmap import _av
 from cowctx.designs.anon_vma.structs import AnonVmaVma
 from cowctx.mm.folio import Folio
 from cowctx.mm.mm_types import VmAreaStruct
@@ -31,7 +34,9 @@ class MoveToParent(AnonVmaRmap):
     name = "move_to_root"
 
     def folio_move_anon_rmap(self, folio: Folio, vma: VmAreaStruct) -> None:
-        folio.mapping = vma.anon_vma.root  # type: ignore[union-attr]
+        anon_vma = _av(vma)
+        assert anon_vma is not None
+        folio.mapping = anon_vma.root
 
 
 class ForgetsNumActive(AnonVmaRmap):
@@ -99,7 +104,7 @@ def test_structural_invariants_catch_a_counter_error() -> None:
 def test_a_wider_but_complete_walk_is_not_a_violation_but_costs_more() -> None:
     """After p0 and p2 copy, p1 reuses the folio; moved to p1's anon_vma its walk
     sees one VMA, left at the root it must look through the others too."""
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"op": "mmap", "page": 0, "pages": 1},
         {"op": "write", "page": 0},
         {"op": "fork", "child": "p1"},

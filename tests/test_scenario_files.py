@@ -42,3 +42,13 @@ def test_scenario_file(path: Path, design: str) -> None:
     failures = check_expect(scenario, result)
     assert failures == []
     assert not scenario_failed(scenario, result, failures), [str(v) for v in result.violations]
+
+
+def test_every_scenario_directory_is_listed_in_the_readme() -> None:
+    """scenarios/README.md's table says, for every directory, whether its numbers are
+    kernel-measured or model-only; a new directory must be added there."""
+    text = (ROOT / "scenarios" / "README.md").read_text()
+    dirs = sorted(p.name for p in (ROOT / "scenarios").iterdir() if p.is_dir())
+    assert [d for d in dirs if f"| `{d}/` |" not in text] == []
+    listed = {p.relative_to(ROOT / "scenarios").as_posix() for p in SCENARIO_FILES}
+    assert [f for f in sorted(listed) if f"`{f}`" not in text] == []

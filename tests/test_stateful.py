@@ -350,7 +350,7 @@ def test_rmap_walk_finds_every_mapping(design: str) -> None:
     """After any sequence of syscalls, faults, forks, exits, client walks and KSM
     scans, each anon folio's rmap walk finds exactly the PTEs that map it."""
     run_state_machine_as_test(
-        lambda: RmapMachine(design),
+        lambda: RmapMachine(design),  # type: ignore[arg-type]  # a factory is documented
         settings=settings(stateful_step_count=STEPS, deadline=None),
     )
     assert_rules_succeed(design)
@@ -378,7 +378,7 @@ class RefusesEveryMremap(RmapMachine):
     """A deliberately broken model: every mremap fails with EINVAL."""
 
     @rule(p=procs, spot=spots, n=lengths, new_n=lengths)
-    def mremap(self, p: int, spot: tuple[int, int], n: int, new_n: int) -> None:  # type: ignore[override]
+    def mremap(self, p: int, spot: tuple[int, int], n: int, new_n: int) -> None:
         with self.outcome("mremap"):
             raise SyscallError("EINVAL", "refused by the broken test model")
 
@@ -387,7 +387,7 @@ def test_success_check_catches_a_model_that_refuses_every_mremap() -> None:
     """The check above is not satisfied by an oracle that simply had nothing to check."""
     label = "anon_vma-refusing-mremap"
     run_state_machine_as_test(
-        lambda: RefusesEveryMremap("anon_vma", label),
+        lambda: RefusesEveryMremap("anon_vma", label),  # type: ignore[arg-type]
         settings=settings(stateful_step_count=30, max_examples=20, deadline=None),
     )
     runs = sum(n for (d, r, _), n in OUTCOMES.items() if (d, r) == (label, "mremap"))

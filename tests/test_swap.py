@@ -50,7 +50,7 @@ def needs_swap(test: Any) -> Any:
 
 FORK_SWAPIN = ROOT / "scenarios" / "kernel-fuzz" / "swap-fork-swapin.yaml"
 
-PAGEOUT = [
+PAGEOUT: list[dict[str, Any]] = [
     {"op": "mmap", "proc": "p0", "page": 0, "pages": 8},
     {"op": "write", "proc": "p0", "page": 0, "pages": 8},
     {"op": "madvise", "proc": "p0", "page": 0, "pages": 8, "advice": "pageout"},

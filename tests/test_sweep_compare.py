@@ -16,7 +16,7 @@ from cowctx.report.sweep import sweep
 from .helpers import ROOT
 
 
-def _metrics(result):  # type: ignore[no-untyped-def]
+def _metrics(result):
     return [
         {d: {k: v for k, v in m.items() if k != "model_seconds"} for d, m in p.items()}
         for p in result.points
@@ -26,7 +26,12 @@ def _metrics(result):  # type: ignore[no-untyped-def]
 def test_sweep_on_a_local_dask_cluster_matches_local_processes() -> None:
     from distributed import LocalCluster
 
-    args = ("prefork", "workers", [2, 6], ["anon_vma", "cow_context"])
+    args: tuple[str, str, list[float], list[str]] = (
+        "prefork",
+        "workers",
+        [2, 6],
+        ["anon_vma", "cow_context"],
+    )
     local = sweep(*args, fixed={"heap_pages": 64}, workers=2)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None

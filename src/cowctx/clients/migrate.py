@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, make_migration_entry, migration_entry_to_pte
+from cowctx.mm.ksm import folio_stable_node
 from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.rmap.walk import page_vma_mapped_walk, rmap_walk
 
@@ -65,9 +66,9 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
     new.anon, new.ksm = True, folio.ksm
     new.anon_exclusive = folio.anon_exclusive
     if folio.ksm:
-        node = folio.mapping
+        node = folio_stable_node(folio)
         new.mapping, new.index = node, folio.index
-        node.folio = new  # type: ignore[union-attr]
+        node.folio = new
     else:
         m.rmap.folio_migrate(new, folio)
     new.lazyfree, new.dirty = folio.lazyfree, folio.dirty  # folio_migrate_flags()

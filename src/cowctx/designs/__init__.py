@@ -57,7 +57,7 @@ def object_kind_names() -> list[str]:
     return sorted(names)
 
 
-def make_machine(design: str | Callable[..., AnonRmap] = "anon_vma"):  # type: ignore[no-untyped-def]
+def make_machine(design: str | Callable[..., AnonRmap] = "anon_vma"):
     """A :class:`~cowctx.mm.machine.Machine` running ``design``."""
     from cowctx.mm.machine import Machine
 

@@ -442,13 +442,13 @@ class _Generator:
                 step["flags"] = ["maymove", "dontunmap"]  # lands outside the window
                 self._forget_contents(p, start, n)
                 return step
-            dest = self._free_place(p, n, avoid=(start, n))
-            if dest is None:
+            place = self._free_place(p, n, avoid=(start, n))
+            if place is None:
                 return None
-            step.update(flags=["maymove", "fixed", "dontunmap"], new_page=dest)
-            self._copy(p, start, n, dest, n, keep_source=True)
+            step.update(flags=["maymove", "fixed", "dontunmap"], new_page=place)
+            self._copy(p, start, n, place, n, keep_source=True)
             self._forget_contents(p, start, n)
-            p.moved.append((dest, n, start))
+            p.moved.append((place, n, start))
             return step
         # fixed move, maybe resizing, to a free place, over something, or next door
         new_n = n if rng.random() < 0.6 else rng.randint(1, n + 16)
@@ -592,9 +592,10 @@ class _Generator:
             return {"op": op, "proc": name, "page": at}
         if kind == 8:  # a file mapping past EOF: SIGBUS on access
             file = rng.choice(sorted(FILES))
-            at = self._free_place(p, 2)
-            if at is None:
+            free = self._free_place(p, 2)
+            if free is None:
                 return None
+            at = free
             p.pages[at] = _Page(self._origin(), "rw", file, FILES[file] + 1, False)
             p.pages[at + 1] = _Page(self._origin(), "rw", file, FILES[file] + 2, False)
             return {

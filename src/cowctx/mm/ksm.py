@@ -41,6 +41,13 @@ class KsmStableNode:
         return {(item.mm.mm_id, item.address) for item in self.rmap_items}
 
 
+def folio_stable_node(folio: Folio) -> KsmStableNode:
+    """``folio_stable_node()``: the stable node a KSM folio's mapping points to."""
+    node = folio.mapping
+    assert folio.ksm and isinstance(node, KsmStableNode), folio
+    return node
+
+
 class Ksm:
     """The KSM daemon's state."""
 

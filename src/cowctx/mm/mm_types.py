@@ -157,9 +157,9 @@ class MmStruct:
             vma = mt.peekitem(i - 1)[1]
             if vma.vm_end > addr:
                 self.vmacache = vma
-                return vma  # type: ignore[no-any-return]
+                return vma
         if i < len(mt):
-            return mt.peekitem(i)[1]  # type: ignore[no-any-return]
+            return mt.peekitem(i)[1]
         return None
 
     def vma_lookup(self, addr: int) -> VmAreaStruct | None:
@@ -171,17 +171,17 @@ class MmStruct:
         """The VMA after ``vma`` in address order (touching or not)."""
         mt = self.mm_mt
         i = mt.bisect_right(vma.vm_start)
-        return mt.peekitem(i)[1] if i < len(mt) else None  # type: ignore[no-any-return]
+        return mt.peekitem(i)[1] if i < len(mt) else None
 
     def vma_prev(self, vma: VmAreaStruct) -> VmAreaStruct | None:
         """The VMA before ``vma`` in address order (touching or not)."""
         i = self.mm_mt.bisect_left(vma.vm_start)
-        return self.mm_mt.peekitem(i - 1)[1] if i else None  # type: ignore[no-any-return]
+        return self.mm_mt.peekitem(i - 1)[1] if i else None
 
     def vma_before(self, addr: int) -> VmAreaStruct | None:
         """The last VMA that starts below ``addr``."""
         i = self.mm_mt.bisect_left(addr)
-        return self.mm_mt.peekitem(i - 1)[1] if i else None  # type: ignore[no-any-return]
+        return self.mm_mt.peekitem(i - 1)[1] if i else None
 
     def vmas_in_range(self, start: int, end: int) -> list[VmAreaStruct]:
         """``for_each_vma_range()``: VMAs overlapping ``[start, end)``, ascending."""

@@ -1,7 +1,13 @@
-"""mremap (mm/mremap.c, 6.17+ with multi-VMA moves): ``do_mremap()``,
-``check_mremap_params()``, ``check_prep_vma()``, ``mremap_at()``, ``mremap_to()``,
-``remap_move()``, ``move_vma()``, ``copy_vma()`` (mm/vma.c) and
-``dontunmap_complete()``."""
+"""mremap (mm/mremap.c, Linux 6.18.44): ``do_mremap()``, ``check_mremap_params()``,
+``check_prep_vma()``, ``mremap_at()``, ``mremap_to()``, ``remap_move()``,
+``move_vma()``, ``copy_vma()`` (mm/vma.c) and ``dontunmap_complete()``.
+
+Since Linux kernel commit d23cb648e365 ("mm/mremap: permit mremap() move of
+multiple VMAs") (in v6.17) a same-length MREMAP_FIXED move may span several VMAs,
+each moved on its own (``remap_move()``).  Since commit 61f67c230a5e ("mm/vma: fix
+anon_vma UAF on mremap() faulted, unfaulted merge") (in v6.19; 6.18.y by 6.18.44)
+``copy_vma()`` passes the source as ``copied_from``, so a merge at the destination
+duplicates its anon state and a fork child is not merged."""
 
 from __future__ import annotations
 

@@ -284,6 +284,9 @@ def vma_expand(m: Machine, vmg: VmaMergeStruct) -> None:
         assert nxt is not None
         dup_anon_vma(m, target, nxt)
     if vmg.copied_from is not None:
+        # Since Linux kernel commit 61f67c230a5e ("mm/vma: fix anon_vma UAF on
+        # mremap() faulted, unfaulted merge") (in v6.19; 6.18.y by 6.18.44): an
+        # mremap'd VMA that merges always hands its anon state to the target.
         dup_anon_vma(m, target, vmg.copied_from)
     vmg.remove_next = remove_next
     commit_merge(m, vmg)

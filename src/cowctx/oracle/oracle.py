@@ -21,6 +21,7 @@ from cowctx.mm.folio import (
     pte_present,
     pte_write,
 )
+from cowctx.mm.ksm import folio_stable_node
 from cowctx.rmap.walk import page_vma_mapped_walk, rmap_walk
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def check_machine(m: Machine, include_limits: bool = False) -> list[Violation]:
         if not folio.anon:
             continue
         found = walk_mappings(m, folio)
-        known = folio.mapping.listed() if folio.ksm else None  # type: ignore[union-attr]
+        known = folio_stable_node(folio).listed() if folio.ksm else None
         for mm_id, address in sorted(mappings - found):
             listed = known is None or (mm_id, address) in known
             if not listed and not include_limits:

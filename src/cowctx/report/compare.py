@@ -109,8 +109,8 @@ def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignRe
     result = run.result()
     machine = run.machine
     graph_dot = None
-    live = [t for t in run.procs.values() if not t.exit_state]
-    if len(live) <= GRAPH_LIMIT[0] and sum(len(t.mm.vmas()) for t in live) <= GRAPH_LIMIT[1]:
+    live = [t.mm for t in run.procs.values() if not t.exit_state and t.mm is not None]
+    if len(live) <= GRAPH_LIMIT[0] and sum(len(mm.vmas()) for mm in live) <= GRAPH_LIMIT[1]:
         graph_dot = machine_dot(machine, run.procs, f"{scenario.name} on {result.design}")
     mark = len(machine.ledger.walks)
     misses = measure_walks(machine)

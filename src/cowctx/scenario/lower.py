@@ -130,8 +130,8 @@ def _syscall(step: S.Step) -> Syscall:
         return Syscall(SYS_MPROTECT, (addr, length, PROT_BY_NAME[step.prot]))
     if isinstance(step, S.MremapStep):
         flags = 0
-        for name in step.flags:
-            flags |= MREMAP_FLAGS_BY_NAME[name]
+        for flag in step.flags:
+            flags |= MREMAP_FLAGS_BY_NAME[flag]
         new_addr = page_addr(step.new_page) if step.new_page is not None else 0
         return Syscall(SYS_MREMAP, (addr, length, step.new_pages << PAGE_SHIFT, flags, new_addr))
     if isinstance(step, S.MadviseStep):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from cowctx.designs import make_machine
 from cowctx.mm.errors import AccessFault, SyscallError
 from cowctx.mm.folio import Folio
+from cowctx.mm.ksm import folio_stable_node
 from cowctx.mm.ksm_scan import ksm_do_scan
 from cowctx.mm.machine import Machine
 from cowctx.mm.mm_types import TaskStruct
@@ -153,6 +154,6 @@ def _ksm_unlisted(m: Machine, folio: Folio) -> list[str]:
     (``mm#N at 0x...``): misses there are the kernel's too (``LIMIT_KINDS``)."""
     if not folio.ksm:
         return []
-    listed = folio.mapping.listed()  # type: ignore[union-attr]
+    listed = folio_stable_node(folio).listed()
     mappings = scan_page_tables(m).get(folio.pfn, set())
     return [f"mm#{mm_id} at {address:#x}" for mm_id, address in sorted(mappings - listed)]

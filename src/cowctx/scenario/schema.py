@@ -53,7 +53,7 @@ class _Range(_Step):
     pages: Length
 
     @model_validator(mode="after")
-    def _inside_window(self):  # type: ignore[no-untyped-def]
+    def _inside_window(self):
         if self.page + self.pages > WINDOW_PAGES:
             raise ValueError(
                 f"range [{self.page}, {self.page + self.pages}) leaves the 1 GiB window"
@@ -86,7 +86,7 @@ class MremapStep(_Range):
     flags: list[Literal["maymove", "fixed", "dontunmap"]] = []
 
     @model_validator(mode="after")
-    def _new_page_with_fixed(self):  # type: ignore[no-untyped-def]
+    def _new_page_with_fixed(self):
         fixed = "fixed" in self.flags
         if fixed and self.new_page is None:
             raise ValueError("flag 'fixed' needs field 'new_page'")
@@ -200,12 +200,12 @@ class Expect(BaseModel):
 
     @field_validator("maps")
     @classmethod
-    def _perms(cls, maps):  # type: ignore[no-untyped-def]
+    def _perms(cls, maps):
         return _check_maps(maps)
 
     @field_validator("design_maps")
     @classmethod
-    def _design_perms(cls, design_maps):  # type: ignore[no-untyped-def]
+    def _design_perms(cls, design_maps):
         for maps in design_maps.values():
             _check_maps(maps)
         return design_maps
@@ -216,7 +216,7 @@ class Expect(BaseModel):
         return {kind: ObjectCounts.model_validate(v) for kind, v in extra.items()}
 
     @model_validator(mode="after")
-    def _known_names(self):  # type: ignore[no-untyped-def]
+    def _known_names(self):
         """A misspelt kind or design would otherwise be checked on no design at all."""
         from cowctx.designs import known_design, object_kind_names
         from cowctx.oracle.oracle import VIOLATION_KINDS
@@ -253,7 +253,7 @@ class Scenario(BaseModel):
     expect: Expect | None = None
 
     @model_validator(mode="after")
-    def _processes_and_files(self):  # type: ignore[no-untyped-def]
+    def _processes_and_files(self):
         alive = {"p0"}
         known = {"p0"}
         for i, step in enumerate(self.steps):

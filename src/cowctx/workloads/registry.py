@@ -135,7 +135,7 @@ def build_workload(
             values[key] = default
     steps, files = w.build(**values)
     label = ",".join(f"{k}={v}" for k, v in values.items())
-    data = {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "name": f"{name}",
         "description": f"{w.models} ({label})",

@@ -1,9 +1,11 @@
 """mm/rmap.c's anon_vma functions, Linux 6.18.44.
 
 Object lifetimes, the reuse heuristic (``num_children``/``num_active_vmas``,
-commit 2555283eb40d), the merge rules of mm/vma.c that depend on anon_vma
-state (6.18.y with the ``vma_is_fork_child``/``copied_from`` fixes) and every
-acquisition of the root rwsem, recorded in the ledger with what it covered.
+commit 2555283eb40d, v6.2), the merge rules of mm/vma.c that depend on anon_vma
+state (commit 879bca0a2c4f, v6.16; 6.18.y with the ``vma_is_fork_child`` /
+``copied_from`` fixes of commit 61f67c230a5e) and every acquisition of the root
+rwsem, recorded in the ledger with what it covered.  Each function names the
+commit behind behaviour that changed across versions.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ def folio_anon_vma(folio: Folio) -> AnonVma:
 
 def vma_is_fork_child(vma: VmAreaStruct | None) -> bool:
     """``vma_is_fork_child()``: faulted and with a chain that is not exactly one AVC,
-    which a VMA that inherited links at fork keeps for life."""
+    which a VMA that inherited links at fork keeps for life.
+
+    Named so since Linux kernel commit 61f67c230a5e ("mm/vma: fix anon_vma UAF on
+    mremap() faulted, unfaulted merge") (in v6.19, and 6.18.y by 6.18.44); it was
+    ``vma_had_uncowed_parents()``, the ``list_is_singular()`` test of older kernels."""
     return vma is not None and vma.anon_vma is not None and len(_avma(vma).anon_vma_chain) != 1
 
 
@@ -73,7 +79,7 @@ class AnonVmaRmap(AnonRmap):
     vma_type = AnonVmaVma
     object_kinds = (ANON_VMA, ANON_VMA_CHAIN)
 
-    def __init__(self, machine):  # type: ignore[no-untyped-def]
+    def __init__(self, machine):
         super().__init__(machine)
         self._next_av_id = 0
         self.anon_vmas: dict[int, AnonVma] = {}
@@ -170,7 +176,12 @@ class AnonVmaRmap(AnonRmap):
         """``anon_vma_clone()``: link ``dst`` to every anon_vma of ``src``'s chain,
         oldest first, under one hold of the root lock.  With ``dst.anon_vma``
         unset (fork) the oldest anon_vma with no active VMA and fewer than two
-        children is reused."""
+        children is reused.
+
+        Since Linux kernel commit 2555283eb40d ("mm/rmap: Fix anon_vma->degree
+        ambiguity leading to double-reuse") (in v6.2) the reuse test reads two
+        counters, ``num_children`` and ``num_active_vmas``; before, one ``degree``
+        counted both and an anon_vma could be reused twice."""
         if not src.anon_vma_chain:
             return
         hold = self._lock("write", "anon_vma_clone")
@@ -193,7 +204,14 @@ class AnonVmaRmap(AnonRmap):
 
     def anon_vma_fork(self, vma: VmAreaStruct, pvma: VmAreaStruct) -> None:
         """``anon_vma_fork()``: clone the parent's chain (maybe reusing an anon_vma);
-        otherwise a new anon_vma under the parent VMA's, pinning the root."""
+        otherwise a new anon_vma under the parent VMA's, pinning the root.
+
+        The child's anon_vma counts in ``parent->num_children`` and its VMA in its
+        own ``num_active_vmas`` since Linux kernel commit 2555283eb40d ("mm/rmap:
+        Fix anon_vma->degree ambiguity leading to double-reuse") (in v6.2).
+        Deliberately 6.18.44's order: the anon_vma and AVC are allocated only when
+        nothing was reused (7.0's "separate out fork-only logic on
+        anon_vma_clone()" allocates first and frees on reuse; not in 6.18.44)."""
         v, pv = _avma(vma), _avma(pvma)
         parent_av = _av(pv)
         if parent_av is None:
@@ -287,7 +305,16 @@ class AnonVmaRmap(AnonRmap):
     def is_mergeable_anon_vma(self, vmg: VmaMergeStruct, merge_next: bool) -> bool:
         """``is_mergeable_anon_vma()`` (6.18.y): case 1 (target unfaulted, range
         faulted) refuses a fork-child source or mremap source; case 2 (target
-        faulted, range not) refuses a fork-child target; case 3 needs equality."""
+        faulted, range not) refuses a fork-child target; case 3 needs equality.
+
+        Since Linux kernel commit 879bca0a2c4f ("mm/vma: fix incorrectly disallowed
+        anonymous VMA merges") (in v6.16) the fork-child test is made on the VMA
+        whose anon_vma survives the merge (before, an unfaulted VMA could hardly
+        ever merge with a faulted neighbour on mprotect/madvise).  Since commit
+        61f67c230a5e ("mm/vma: fix anon_vma UAF on mremap() faulted, unfaulted
+        merge") (in v6.19; 6.18.y by 6.18.44) with its follow-up "mm/vma: enforce
+        VMA fork limit on unfaulted,faulted mremap merge too", an mremap'd fork
+        child (``copied_from``) is refused as well."""
         tgt = vmg.next if merge_next else vmg.prev
         assert tgt is not None
         tgt_anon, src_anon = tgt.anon_vma, vmg.anon_vma

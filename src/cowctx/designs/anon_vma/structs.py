@@ -18,7 +18,7 @@ class AnonVmaVma(VmAreaStruct):
 
     __slots__ = ("anon_vma_chain",)
 
-    def __init__(self, mm, vm_id):  # type: ignore[no-untyped-def]
+    def __init__(self, mm, vm_id):
         super().__init__(mm, vm_id)
         self.anon_vma_chain: list[AnonVmaChain] = []
 

@@ -19,11 +19,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from cowctx.cli.options import EXIT_FAIL, EXIT_OK
 from cowctx.designs import design_names, get_design
 from cowctx.files import write_atomically
 from cowctx.fuzz.generate import KERNEL_OPS, MODEL_OPS
-
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class StepsPerSecond(ProgressColumn):

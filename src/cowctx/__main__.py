@@ -1,0 +1,5 @@
+"""``python -m cowctx``."""
+
+from cowctx.cli import main
+
+main()

@@ -1,0 +1,35 @@
+"""The ``cowctx`` command line: one module per command, options shared in
+:mod:`cowctx.cli.options`."""
+
+from __future__ import annotations
+
+import click
+
+from cowctx.cli.compare import compare_command
+from cowctx.cli.demo import demo
+from cowctx.cli.fuzz import fuzz_command
+from cowctx.cli.graph import graph_command
+from cowctx.cli.kernel import kernel_diff_command, kernel_fuzz_command
+from cowctx.cli.run import run
+from cowctx.cli.sweep import sweep_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cowctx")
+def main() -> None:
+    """cowctx: anon_vma and CoW-context anonymous rmap, modelled side by side."""
+
+
+for command in (
+    run,
+    demo,
+    kernel_diff_command,
+    kernel_fuzz_command,
+    compare_command,
+    graph_command,
+    sweep_command,
+    fuzz_command,
+):
+    main.add_command(command)
+
+__all__ = ["main"]

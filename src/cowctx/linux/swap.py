@@ -3,10 +3,11 @@
 Why: with no swap, MADV_PAGEOUT leaves private anonymous pages alone, so reclaim and swap-in
 (where a folio comes back non-exclusive and is filed under the root anon_vma) could never be
 compared with the model.  A swap file on the root filesystem works here (kernel-oracle.md,
-"Added December 2026").  The file is ``cowctx-swap-<controller pid>`` in ``SWAP_DIR``, sized
-for the scenario, with the highest priority so that the scenario's pages go there even if the
-machine has other swap.  ``remove_stale_swapfiles()`` swaps off and deletes what a killed
-controller left (its pid is gone), as tracefs.py does for instances.
+"Added December 2026").  The file is ``cowctx-swap-<controller pid>.<start time>`` in
+``SWAP_DIR``, sized for the scenario, with the highest priority so that the scenario's pages
+go there even if the machine has other swap.  ``remove_stale_swapfiles()`` swaps off and
+deletes what a killed controller left (that process is gone), as tracefs.py does for
+instances.
 
 The header is written here (``struct swap_header``, include/linux/swap.h: version 1,
 last_page, no bad pages, magic ``SWAPSPACE2`` at the end of the first page), so no mkswap is
@@ -20,6 +21,8 @@ import ctypes
 import os
 import uuid
 from pathlib import Path
+
+from cowctx.linux.tracefs import INSTANCE_PREFIX, instance_owner_alive, own_instance_name
 
 PAGE_SIZE = 4096
 SWAP_DIR = Path(os.environ.get("COWCTX_SWAP_DIR", "/var/tmp"))
@@ -77,11 +80,13 @@ class SwapFile:
     def __init__(self, pages: int, directory: Path | None = None) -> None:
         self.pages = max(MIN_PAGES, pages)
         d = directory or SWAP_DIR
-        self.path = d / f"{PREFIX}{os.getpid()}"
+        # like the tracefs instance: pid and start time, a name no later process reuses
+        owner = own_instance_name()[len(INSTANCE_PREFIX) :]
+        self.path = d / f"{PREFIX}{owner}"
         k = 0
         while self.path.exists():
             k += 1
-            self.path = d / f"{PREFIX}{os.getpid()}-{k}"
+            self.path = d / f"{PREFIX}{owner}-{k}"
         self.created = False
         self.on = False
 
@@ -131,8 +136,7 @@ def remove_stale_swapfiles(directory: Path | None = None) -> list[str]:
     removed = []
     active = set(active_swaps())
     for path in d.glob(PREFIX + "*"):
-        owner = path.name[len(PREFIX) :].split("-", 1)[0]
-        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+        if instance_owner_alive(INSTANCE_PREFIX + path.name[len(PREFIX) :]):
             continue
         if str(path) in active and _libc().swapoff(str(path).encode()) != 0:
             continue

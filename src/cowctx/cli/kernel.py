@@ -23,7 +23,12 @@ from cowctx.cli.options import (
 @click.command("kernel-diff")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option("JSON Lines: the model's and the kernel's result per scenario.")
-def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
+@click.option(
+    "--graph-every-step",
+    is_flag=True,
+    help="Read and compare the anon_vma graph after every step, not only at the end.",
+)
+def kernel_diff_command(files: tuple[Path, ...], as_json: bool, graph_every_step: bool) -> None:
     """Run FILES on the model and on the running kernel and show where they differ.
 
     Exit 0 when all agree, 1 on any disagreement, 2 for a bad or model-only
@@ -59,7 +64,9 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(EXIT_NO_KERNEL)
     console = Console(highlight=False, stderr=as_json, soft_wrap=True)
     disagree = 0
-    with KernelSession() as session:
+    with KernelSession(graph_every_step=graph_every_step) as session:
+        if session.graph_unavailable:
+            click.echo(f"note: {session.graph_unavailable}; graphs not compared", err=True)
         for scenario in scenarios:
             model, kernel, diffs = kernel_diff(scenario, session)
             disagree += bool(diffs)
@@ -99,7 +106,17 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool) -> None:
     show_default=True,
     help="Where shrunk disagreements are written.",
 )
-def kernel_fuzz_command(seed: int, scenarios: int, steps: int, out_dir: Path) -> None:
+@click.option(
+    "--swap-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Make every Nth scenario private-anonymous with pageout and swap-in steps "
+    "(the referee then runs it with its own swap file); 0: none.",
+)
+def kernel_fuzz_command(
+    seed: int, scenarios: int, steps: int, out_dir: Path, swap_every: int
+) -> None:
     """Random kernel-capable scenarios on the model and on the kernel; every
     disagreement is shrunk and written to OUT as a scenario file whose expect
     holds the kernel's numbers.  Exit 0 clean, 1 on findings, 3 no kernel."""
@@ -132,6 +149,7 @@ def kernel_fuzz_command(seed: int, scenarios: int, steps: int, out_dir: Path) ->
             steps,
             out_dir=out_dir,
             progress=lambda n: bar.update(task, completed=n),
+            swap_every=swap_every,
         )
     for finding in result.findings:
         click.echo(f"disagreement (generator seed {finding.seed}) -> {finding.path}")

@@ -31,6 +31,7 @@ from cowctx.scenario.expect import check_expect, scenario_failed
 )
 def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, timing: bool) -> None:
     """Run scenario FILES on the model and check their `expect` blocks."""
+    from cowctx.designs.anon_vma.graph import anon_vma_graph, is_anon_vma_run
     from cowctx.report.terminal import print_result, print_side_by_side
     from cowctx.scenario.runner import run_scenario
 
@@ -41,7 +42,10 @@ def run(files: tuple[Path, ...], design: str, as_json: bool, no_check: bool, tim
     for scenario in scenarios:
         results, verdicts = [], []
         for name in designs:
-            result = run_scenario(scenario, name, check=not no_check, timing=timing).result(timing)
+            ran = run_scenario(scenario, name, check=not no_check, timing=timing)
+            result = ran.result(timing)
+            if is_anon_vma_run(ran):
+                result.final.graph = anon_vma_graph(ran)
             failures = check_expect(scenario, result)
             result.expect = failures
             bad = scenario_failed(scenario, result, failures)

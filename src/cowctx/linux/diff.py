@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from cowctx.rmap.protocol import AnonRmap
     from cowctx.scenario.schema import Scenario
 
+from cowctx.linux.views import add_model_views, kernel_had_swap, referee_diffs, with_swap
+
 KERNEL_KINDS = ("anon_vma", "anon_vma_chain")
 NONE = Counts(0, 0, 0)
 
@@ -64,6 +66,7 @@ def diff_results(model: ScenarioResult, kernel: ScenarioResult) -> list[str]:
                     diffs.append(
                         f"{where}.{field}: model {getattr(a, field)}, kernel {getattr(b, field)}"
                     )
+    diffs.extend(referee_diffs(model, kernel))
     return diffs
 
 
@@ -79,8 +82,12 @@ def kernel_diff(
     carrying ``available``, ``agree`` and ``diffs`` as SCENARIO.md specifies."""
     from cowctx.scenario.runner import run_scenario
 
-    model = run_scenario(scenario, design, timing=True).result(timing=True)
     kernel = session.run(scenario)
+    if kernel_had_swap(kernel):  # the model swaps whenever the kernel could
+        design = with_swap(design)
+    run = run_scenario(scenario, design, timing=True)
+    model = run.result(timing=True)
+    add_model_views(scenario, design, run, model, kernel)
     diffs = diff_results(model, kernel)
     for result in (model, kernel):
         result.available = True

@@ -17,8 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cowctx.designs.anon_vma.graph import anon_vma_name
 from cowctx.linux import pagemap
+from cowctx.linux.bpf import BpfError
+from cowctx.linux.btf import BtfError
 from cowctx.linux.build import BuildError, ensure_worker
+from cowctx.linux.graph import GraphError, KernelGraphReader
+from cowctx.linux.swap import (
+    SwapError,
+    SwapFile,
+    damon_state,
+    pages_for,
+    remove_stale_swapfiles,
+    swap_unavailable_reason,
+    wants_swap,
+)
 from cowctx.linux.tracefs import (
     EVENTS,
     KINDS,
@@ -169,6 +182,22 @@ class _Run:
         self.ledger = ObjectLedger()
         self.trace: TraceInstance | None = None
         self.file_fd: dict[str, int] = {}
+        self.graph_reader: KernelGraphReader | None = None
+        self.graph_every_step = False
+
+    def read_graph(self) -> dict[str, Any]:
+        """The live anon_vma graph now (linux/graph.py), objects named by birth step."""
+        assert self.graph_reader is not None
+        steps = self.scenario.steps
+
+        def name_of(ptr: int) -> str | None:
+            born = self.ledger.births.get(ptr)
+            if born is None or not 0 <= born[0] < len(steps):
+                return None
+            return anon_vma_name(steps[born[0]].proc, steps[born[0]].op, *born)
+
+        live = [(p.name, p.pid) for p in self.all_procs if p.alive]
+        return self.graph_reader.read(live, name_of)
 
     def add(self, proc: WorkerProcess) -> None:
         self.procs[proc.name] = proc
@@ -217,13 +246,20 @@ class _Run:
         else:  # pragma: no cover - _refuse_model_only keeps these out
             raise ModelOnlyStep(f"{what} is model-only")
         assert self.trace is not None
-        counts: StepCounts = self.ledger.account(self.trace.drain(), exec_pid=exec_pid)
-        return StepResult(step.op, err, _counts(counts.as_dict()), time_ns, step.proc)
+        counts: StepCounts = self.ledger.account(
+            self.trace.drain(), exec_pid=exec_pid, step_index=i
+        )
+        out = StepResult(step.op, err, _counts(counts.as_dict()), time_ns, step.proc)
+        out.vmscan = self.trace.take_vmscan(self.ledger.pids)
+        if self.graph_every_step and self.graph_reader is not None:
+            out.graph = self.read_graph()
+        return out
 
     def final_state(self) -> FinalState:
         live = [p for p in self.all_procs if p.alive]
         maps: dict[str, list[MapLine]] = {}
         raw: list[tuple[str, list[RawPage]]] = []
+        swapped: list[tuple[str, list[tuple[int, int]]]] = []
         with pagemap.PhysReader() as phys:
             for p in live:
                 maps[p.name] = lines = pagemap.read_window_maps(p.pid)
@@ -241,7 +277,12 @@ class _Run:
                         ],
                     )
                 )
-        return FinalState(_counts(self.ledger.totals()), maps, number_folios(raw))
+                swapped.append((p.name, pagemap.read_window_swap(p.pid, lines)))
+        final = FinalState(_counts(self.ledger.totals()), maps, number_folios(raw))
+        final.swap = pagemap.number_swap_entries(swapped)
+        if self.graph_reader is not None:
+            final.graph = self.read_graph()
+        return final
 
 
 def _counts(objects: dict[str, dict[str, int]]) -> dict[str, Counts]:
@@ -255,9 +296,19 @@ class KernelSession:
     Use as a context manager; leaving it disables the events and removes the instance.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, graph: bool = True, graph_every_step: bool = False, swap: bool = True
+    ) -> None:
+        self.want_swap = swap
+        self.swap_unavailable: str | None = None
+        """Why scenarios with MADV_PAGEOUT run without swap (None: they get a swap file)."""
         self.trace: TraceInstance | None = None
         self.binary: Path | None = None
+        self.want_graph = graph or graph_every_step
+        self.graph_every_step = graph_every_step
+        self.graph_reader: KernelGraphReader | None = None
+        self.graph_unavailable: str | None = None
+        """Why the anon_vma graph is not read (None when it is, or was not asked for)."""
 
     def __enter__(self) -> KernelSession:
         self.open()
@@ -273,6 +324,9 @@ class KernelSession:
         self.binary = ensure_worker()
         root = tracefs_root()
         remove_stale_instances(root)
+        if self.want_swap:
+            remove_stale_swapfiles()
+            self.swap_unavailable = swap_unavailable_reason()
         trace = TraceInstance(root)
         try:
             trace.start(tracing=False)
@@ -281,8 +335,16 @@ class KernelSession:
                 trace.stop()
             raise
         self.trace = trace
+        if self.want_graph:
+            try:
+                self.graph_reader = KernelGraphReader()
+            except (BtfError, BpfError, GraphError, OSError) as exc:
+                self.graph_unavailable = f"the anon_vma graph cannot be read: {exc}"
 
     def close(self) -> None:
+        if self.graph_reader is not None:
+            self.graph_reader.close()
+            self.graph_reader = None
         if self.trace is not None:
             with signals_deferred():
                 self.trace.stop()
@@ -297,11 +359,29 @@ class KernelSession:
         t_start = time.monotonic_ns()
         run = _Run(scenario)
         run.trace = trace
+        run.graph_reader = self.graph_reader
+        run.graph_every_step = self.graph_every_step
         file_fds: list[int] = []
         was_subreaper = get_child_subreaper()
         affinity = os.sched_getaffinity(0)
         result: ScenarioResult
+        swap = (
+            SwapFile(pages_for(scenario))
+            if self.want_swap and self.swap_unavailable is None and wants_swap(scenario)
+            else None
+        )
+        problems: list[str] = []
         try:
+            if swap is not None:
+                try:
+                    swap.enable()
+                except (SwapError, OSError) as exc:
+                    # no swap here after all (e.g. SWAP_DIR on tmpfs): say so and run
+                    # without, as the model then does too
+                    with signals_deferred():
+                        swap.remove()
+                    self.swap_unavailable = f"cannot switch a swap file on: {exc}"
+                    swap = None
             # One CPU for the controller and every worker (they inherit it): the
             # per-CPU LRU batches then hold no folio another CPU added, so
             # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
@@ -332,6 +412,15 @@ class KernelSession:
             lost = trace.lost_events() - lost_before
             if lost:
                 raise KernelRunError(f"the trace buffer dropped {lost} events: counts not exact")
+            kernel_info: dict[str, Any] = {
+                **_kernel_info(),
+                "trace_instance": trace.name,
+                "swap": {"pages": swap.pages, "damon": damon_state()} if swap else None,
+            }
+            if self.want_swap and self.swap_unavailable:
+                kernel_info["swap_unavailable"] = self.swap_unavailable
+            if self.want_graph and self.graph_unavailable:
+                kernel_info["graph_unavailable"] = self.graph_unavailable
             result = ScenarioResult(
                 scenario.name,
                 "linux",
@@ -340,7 +429,7 @@ class KernelSession:
                 kernel={
                     "other_events": run.ledger.other_events(),
                     "pids": {p.name: p.pid for p in run.all_procs},
-                    "kernel": {**_kernel_info(), "trace_instance": trace.name},
+                    "kernel": kernel_info,
                     "wall_ns": {"steps": t_end - t_kernel, "run": t_end - t_start},
                 },
             )
@@ -348,6 +437,11 @@ class KernelSession:
             with signals_deferred():
                 problems = _cleanup(run, file_fds, was_subreaper)
                 os.sched_setaffinity(0, affinity)
+                if swap is not None:
+                    try:
+                        swap.remove()
+                    except SwapError as exc:
+                        problems.append(str(exc))
         if problems:
             raise KernelRunError("cleanup incomplete: " + "; ".join(problems))
         return result

@@ -4,6 +4,7 @@ written out with the kernel's numbers as its ``expect``."""
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,49 @@ def _scenario(steps: list[dict[str, Any]], name: str = "kernel-fuzz") -> Scenari
         return None
 
 
+SWAP_EVERY = 0
+"""Default for ``kernel_fuzz(swap_every=)``: 0 = no swap variants.  Off by default while the
+model keeps MADV_PAGEOUT'd folios out of the swap cache (docs/kernel-referee.md, "Findings")."""
+PAGEOUT_AFTER_WRITE = 0.35
+SWAPIN_AFTER_PAGEOUT = 0.6
+
+
+def swap_variant(scenario: Scenario, seed: int) -> Scenario:
+    """The scenario with private anonymous memory only, and MADV_PAGEOUT + swap-in steps.
+
+    File and shared mappings become private anonymous ones (the referee switches swap on
+    only for scenarios without shmem, see swap.wants_swap); after a write, now and then,
+    the writer pages the range out, and sometimes at once reads or writes one page of it
+    back (a swap-in; later steps of the scenario swap in too, from other processes after
+    a fork)."""
+    rng = random.Random(seed * 7919 + 17)
+    steps: list[dict[str, Any]] = []
+    for st in scenario.steps:
+        raw = st.model_dump(exclude_none=True)
+        raw.pop("errno", None)
+        if raw["op"] == "mmap":
+            for key in ("file", "file_page", "shared"):
+                raw.pop(key, None)
+        steps.append(raw)
+        if raw["op"] != "write" or rng.random() >= PAGEOUT_AFTER_WRITE:
+            continue
+        page, pages = raw["page"], raw.get("pages", 1)
+        steps.append(
+            {
+                "op": "madvise",
+                "proc": raw["proc"],
+                "page": page,
+                "pages": pages,
+                "advice": "pageout",
+            }
+        )
+        if rng.random() < SWAPIN_AFTER_PAGEOUT:
+            back = {"op": rng.choice(("read", "write")), "proc": raw["proc"]}
+            back["page"] = page + rng.randrange(pages)
+            steps.append(back)
+    return _scenario(steps, scenario.name) or scenario
+
+
 def kernel_expect_yaml(kernel: ScenarioResult) -> str:
     """An ``expect`` block holding the kernel's final objects and maps."""
     final = kernel.final
@@ -82,12 +126,16 @@ def kernel_fuzz(
     design: Any = "anon_vma",
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    swap_every: int = SWAP_EVERY,
 ) -> KernelFuzzResult:
-    """Run ``scenarios`` random scenarios of ``steps`` steps in ``session``."""
+    """Run ``scenarios`` random scenarios of ``steps`` steps in ``session``; with
+    ``swap_every`` N > 0 every Nth is a ``swap_variant`` (pageout and swap-in steps)."""
     result = KernelFuzzResult()
     for index in range(scenarios):
         sseed = scenario_seed(seed, index)
         scenario = generate_scenario(sseed, steps, kernel_only=True)
+        if swap_every > 0 and index % swap_every == swap_every - 1:
+            scenario = swap_variant(scenario, sseed)
         _, _, diffs = kernel_diff(scenario, session, design)
         result.scenarios += 1
         result.steps += len(scenario.steps)

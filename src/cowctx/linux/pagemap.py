@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cowctx.scenario.results import MapLine
@@ -153,3 +153,38 @@ def read_window_pages(pid: int, maps: Sequence[MapLine], phys: PhysReader) -> li
     finally:
         os.close(fd)
     return out
+
+
+PM_SWAP_TYPE_BITS = 5
+"""pagemap swap entries: type in bits 0-4, offset in bits 5-54."""
+
+
+def read_window_swap(pid: int, maps: Sequence[MapLine]) -> list[tuple[int, int]]:
+    """(page, swap entry) of every swapped-out page of `pid` in the window VMAs, the entry
+    being the pagemap frame field (swap type and offset), ascending by page."""
+    out = []
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for m in maps:
+            n = m.end - m.start
+            vaddr = WINDOW_BASE + m.start * PAGE_SIZE
+            raw = os.pread(fd, 8 * n, (vaddr // PAGE_SIZE) * 8)
+            for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
+                if entry & PM_SWAP and not entry & PM_PRESENT:
+                    out.append((m.start + i, entry & PM_PFN_MASK))
+    finally:
+        os.close(fd)
+    return out
+
+
+def number_swap_entries(
+    by_proc: Iterable[tuple[str, list[tuple[int, int]]]],
+) -> dict[str, list[dict[str, int]]]:
+    """``{proc: [{"page", "slot"}]}``, slots numbered in order of first appearance (process
+    creation order, pages ascending), so equal slot numbers mean a shared swap entry on
+    either side and runs compare although the kernel's offsets differ."""
+    ids: dict[int, int] = {}
+    return {
+        proc: [{"page": page, "slot": ids.setdefault(e, len(ids))} for page, e in entries]
+        for proc, entries in by_proc
+    }

@@ -44,6 +44,35 @@ _LINE = re.compile(
 )
 
 
+VMSCAN_EVENT = ("vmscan", "mm_vmscan_reclaim_pages")
+"""``reclaim_pages()`` (MADV_PAGEOUT's reclaim) reports its verdicts here; optional."""
+VMSCAN_FIELDS = (
+    "nr_scanned",
+    "nr_reclaimed",
+    "nr_dirty",
+    "nr_writeback",
+    "nr_congested",
+    "nr_immediate",
+    "nr_activate_anon",
+    "nr_activate_file",
+    "nr_ref_keep",
+    "nr_unmap_fail",
+)
+_VMSCAN_LINE = re.compile(
+    r"^\s*(?P<comm>.*)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+mm_vmscan_reclaim_pages:\s+(?P<fields>.*)$"
+)
+
+
+def parse_vmscan_line(line: str) -> tuple[int, dict[str, int]] | None:
+    """(pid, counters) of one mm_vmscan_reclaim_pages line; None for other lines."""
+    m = _VMSCAN_LINE.match(line)
+    if m is None:
+        return None
+    fields = dict(kv.split("=", 1) for kv in m["fields"].split() if "=" in kv)
+    return int(m["pid"]), {k: int(fields[k]) for k in VMSCAN_FIELDS if k in fields}
+
+
 class TraceError(RuntimeError):
     """tracefs could not be set up or its data cannot be trusted (lost events)."""
 
@@ -202,6 +231,8 @@ class TraceInstance:
         self._partial = b""
         self.created = False
         self._handlers: dict[int, object] = {}
+        self.vmscan: list[tuple[int, dict[str, int]]] = []
+        """mm_vmscan_reclaim_pages events drained and not yet taken (``take_vmscan``)."""
 
     def start(self, tracing: bool = True) -> None:
         """Create, configure and enable the events; tracing_on is `tracing` afterwards.
@@ -236,6 +267,9 @@ class TraceInstance:
                 raise TraceError(f"tracepoint kmem/{ev} is missing")
             _write(d / "filter", EVENT_FILTER)
             _write(d / "enable", "1")
+        vm = p / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable"
+        if vm.exists():
+            _write(vm, "1")
         self._pipe = os.open(p / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         self.set_tracing(tracing)
 
@@ -268,8 +302,21 @@ class TraceInstance:
             ev = parse_line(line)
             if ev is not None:
                 events.append(ev)
+            elif "mm_vmscan_reclaim_pages" in line:
+                vm = parse_vmscan_line(line)
+                if vm is not None:
+                    self.vmscan.append(vm)
         events.sort(key=lambda e: e.ts)
         return events
+
+    def take_vmscan(self, pids: set[int]) -> dict[str, int] | None:
+        """Sum of the drained mm_vmscan_reclaim_pages counters of ``pids`` (None: no such
+        event), and forget every drained one."""
+        mine = [c for pid, c in self.vmscan if pid in pids]
+        self.vmscan = []
+        if not mine:
+            return None
+        return {k: sum(c.get(k, 0) for c in mine) for k in VMSCAN_FIELDS}
 
     def lost_events(self) -> int:
         """Events the ring buffer dropped (overwrite=0 makes this counter meaningful)."""
@@ -305,6 +352,8 @@ class TraceInstance:
         for ev in EVENTS:
             with contextlib.suppress(OSError):
                 _write(p / "events" / "kmem" / ev / "enable", "0")
+        with contextlib.suppress(OSError):
+            _write(p / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable", "0")
         last: OSError | None = None
         for _ in range(50):
             try:
@@ -362,14 +411,21 @@ class ObjectLedger:
         self.other: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
         self.other_sites: Counter[str] = Counter()
         self.anomalies: list[str] = []
+        self.births: dict[int, tuple[int, int]] = {}
+        """Live scenario anon_vmas: ptr -> (step, ordinal among the step's anon_vma
+        allocations), for canonical names (linux/graph.py)."""
 
     def _other(self, ev: KmemEvent, why: str) -> None:
         kind = ev.kind if ev.kind in KINDS else "anon_vma_chain"
         self.other[kind]["allocated" if ev.alloc else "freed"] += 1
         self.other_sites[f"{'alloc' if ev.alloc else 'free'}:{ev.func}:{why}"] += 1
 
-    def account(self, events: Iterable[KmemEvent], exec_pid: int | None = None) -> StepCounts:
-        """Fold one step's events into the totals; returns the step's own counts."""
+    def account(
+        self, events: Iterable[KmemEvent], exec_pid: int | None = None, step_index: int = -1
+    ) -> StepCounts:
+        """Fold one step's events into the totals; returns the step's own counts.
+
+        ``step_index`` is recorded as the birth step of the anon_vmas allocated."""
         step = StepCounts()
         for ev in events:
             if ev.alloc:
@@ -385,11 +441,14 @@ class ObjectLedger:
                 if ev.ptr in self.live:
                     self.anomalies.append(f"alloc of live object {ev.ptr:#x} ({ev.func})")
                 self.live[ev.ptr] = ev.kind
+                if ev.kind == "anon_vma":
+                    self.births[ev.ptr] = (step_index, step.allocated["anon_vma"])
                 self.allocated[ev.kind] += 1
                 step.allocated[ev.kind] += 1
             else:
                 if ev.ptr in self.live:
                     kind = self.live.pop(ev.ptr)
+                    self.births.pop(ev.ptr, None)
                     if not ev.is_rmap:
                         self.anomalies.append(f"scenario object {ev.ptr:#x} freed by {ev.func}")
                     self.freed[kind] += 1

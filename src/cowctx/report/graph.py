@@ -65,3 +65,80 @@ def render_svg(dot: str) -> str | None:
         [exe, "-Tsvg"], input=dot, capture_output=True, text=True, check=False, timeout=120
     )
     return proc.stdout if proc.returncode == 0 else None
+
+
+def _graph_cluster(side: str, graph: dict[str, Any], other: dict[str, Any] | None) -> list[str]:
+    """One side of `graph_pair_dot`: anon_vmas with parent edges, window VMAs with their
+    chains, folios grouped per anon_vma; what the other side lacks or has otherwise is red."""
+    bad = 'color="#d62728", penwidth=2, fontcolor="#d62728"'
+    o_av = other["anon_vmas"] if other else None
+    lines = [f"  subgraph cluster_{side} {{", f"    label={_q(side)};"]
+
+    def nid(kind: str, key: str) -> str:
+        return _q(f"{side}:{kind}:{key}")
+
+    for name, f in graph["anon_vmas"].items():
+        label = f"{name}\\nc={f['num_children']} a={f['num_active_vmas']} r={f['refcount']}"
+        style = STYLE["root"] if f["root"] == name else STYLE["anon_vma"]
+        if o_av is not None and o_av.get(name) != f:
+            style += ", " + bad
+        lines.append(f"    {nid('av', name)} [label={_q(label)}, {style}];")
+        if f["parent"] != name:
+            lines.append(f"    {nid('av', name)} -> {nid('av', f['parent'])} [label=parent];")
+    for proc, rows in graph["vmas"].items():
+        o_rows = {(v["start"], v["end"]): v for v in other["vmas"].get(proc, [])} if other else None
+        for v in rows:
+            key = f"{proc}[{v['start']},{v['end']})"
+            style = STYLE["vma"]
+            if o_rows is not None and o_rows.get((v["start"], v["end"])) != v:
+                style += ", " + bad
+            lines.append(f"    {nid('vma', key)} [label={_q(key)}, {style}];")
+            for av in v["chain"]:
+                kind = "anon_vma" if av == v["anon_vma"] else "avc"
+                dash = "solid" if kind == "anon_vma" else "dashed"
+                lines.append(
+                    f"    {nid('vma', key)} -> {nid('av', av)} [label={kind}, style={dash}];"
+                )
+    for proc, folios in graph["folios"].items():
+        o_f = {f["page"]: f for f in other["folios"].get(proc, [])} if other else None
+        by_av: dict[str, list[int]] = {}
+        wrong: set[str] = set()
+        for f in folios:
+            by_av.setdefault(f["anon_vma"], []).append(f["page"])
+            if o_f is not None and o_f.get(f["page"]) != f:
+                wrong.add(f["anon_vma"])
+        for av, pages in by_av.items():
+            key = f"{proc}:{av}"
+            label = f"{proc} pages {_ranges(pages)}"
+            style = "shape=note, fontsize=9" + (", " + bad if av in wrong else "")
+            lines.append(f"    {nid('folios', key)} [label={_q(label)}, {style}];")
+            lines.append(f"    {nid('folios', key)} -> {nid('av', av)} [label=mapping];")
+    lines.append("  }")
+    return lines
+
+
+def _ranges(pages: list[int]) -> str:
+    out: list[str] = []
+    for p in sorted(pages):
+        if out and out[-1].endswith(f"-{p - 1}"):
+            out[-1] = out[-1].rsplit("-", 1)[0] + f"-{p}"
+        elif out and out[-1] == str(p - 1):
+            out[-1] = f"{p - 1}-{p}"
+        else:
+            out.append(str(p))
+    return ",".join(out)
+
+
+def graph_pair_dot(model: dict[str, Any], kernel: dict[str, Any] | None, title: str) -> str:
+    """DOT of the model's anon_vma graph beside the kernel's (linux/graph.py's form);
+    differences are drawn in red on both sides."""
+    lines = [
+        "digraph cowctx {",
+        f"  label={_q(title)}; labelloc=t; rankdir=LR;",
+        '  node [fontname="Helvetica", fontsize=10]; edge [fontsize=8];',
+    ]
+    lines += _graph_cluster("model", model, kernel)
+    if kernel is not None:
+        lines += _graph_cluster("kernel", kernel, model)
+    lines.append("}")
+    return "\n".join(lines) + "\n"

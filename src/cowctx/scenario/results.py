@@ -112,6 +112,10 @@ class StepResult:
     time_ns: int | None = None
     proc: str | None = None
     """The kernel side names the process (the model's steps carry it in the scenario)."""
+    graph: dict[str, Any] | None = None
+    """The anon_vma graph after this step (``kernel-diff --graph-every-step``)."""
+    vmscan: dict[str, int] | None = None
+    """Kernel only: the step's ``mm_vmscan_reclaim_pages`` counters, when reclaim ran."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": self.op}
@@ -121,6 +125,10 @@ class StepResult:
         if self.time_ns is not None:
             out["time_ns"] = self.time_ns
         out["objects"] = {k: c.to_json() for k, c in self.objects.items()}
+        if self.vmscan is not None:
+            out["vmscan"] = self.vmscan
+        if self.graph is not None:
+            out["graph"] = self.graph
         return out
 
 
@@ -133,6 +141,10 @@ class FinalState:
     """Bytes live per kind (model only)."""
     estimated: list[str] | None = None
     """Kinds whose size is a modelled estimate (model only)."""
+    swap: dict[str, list[dict[str, int]]] | None = None
+    """Swapped-out window pages per process, slots numbered canonically (linux/views.py)."""
+    graph: dict[str, Any] | None = None
+    """The anon_vma graph (designs/anon_vma/graph.py, linux/graph.py)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"objects": {k: c.to_json() for k, c in self.objects.items()}}
@@ -142,6 +154,10 @@ class FinalState:
             out["estimated"] = self.estimated
         out["maps"] = {p: [m.to_json() for m in lines] for p, lines in self.maps.items()}
         out["pages"] = {p: [r.to_json() for r in rows] for p, rows in self.pages.items()}
+        if self.swap is not None:
+            out["swap"] = self.swap
+        if self.graph is not None:
+            out["graph"] = self.graph
         return out
 
 

@@ -30,7 +30,7 @@ class ReclaimResult:
     """(mm_id, address) where ``try_to_unmap()`` installed a swap entry."""
 
 
-def reclaim_folio(m: Machine, folio: Folio) -> ReclaimResult:
+def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> ReclaimResult:
     """``shrink_folio_list()`` for one anon folio that is to be swapped out.
 
     # Combination of add_to_swap(), try_to_unmap() (try_to_unmap_one()),
@@ -57,5 +57,9 @@ def reclaim_folio(m: Machine, folio: Folio) -> ReclaimResult:
     if folio.mapcount:  # still mapped: activate_locked, the folio stays
         return ReclaimResult(False, unmapped)
     folio.anon_exclusive = False
+    if writeback_pending:
+        # pageout() started an asynchronous write: shrink_folio_list() finds the folio
+        # under writeback and keeps it, unmapped, in the swap cache (nr_reclaimed 0)
+        return ReclaimResult(False, unmapped)
     delete_from_swap_cache(m, folio)  # __remove_mapping(): frees the folio
     return ReclaimResult(True, unmapped)

@@ -282,11 +282,13 @@ class Machine:
 
     # --- hooks the mm code calls into other subsystems --------------------------------
 
-    def reclaim_folio(self, folio: Folio) -> bool:
-        """``shrink_folio_list()`` for one anon folio: swap it out."""
+    def reclaim_folio(self, folio: Folio, writeback_pending: bool = False) -> bool:
+        """``shrink_folio_list()`` for one anon folio: swap it out.  With
+        ``writeback_pending`` (MADV_PAGEOUT to a disk: the write is asynchronous) the
+        unmapped folio stays in the swap cache instead of being freed."""
         from cowctx.clients.reclaim import reclaim_folio
 
-        return reclaim_folio(self, folio).freed
+        return reclaim_folio(self, folio, writeback_pending).freed
 
     # --- views ------------------------------------------------------------------------
 

@@ -225,7 +225,7 @@ def madvise_cold_or_pageout(
                 else:  # redirtied since MADV_FREE: swap-backed again, stays
                     folio.lazyfree = False
             elif m.swap_enabled:
-                m.reclaim_folio(folio)
+                m.reclaim_folio(folio, writeback_pending=True)
         else:  # try_to_unmap(), then a dirty shmem folio finds no swap to go to
             del pgd[vpn]
             folio_remove_rmap_pte(m, folio)

@@ -31,12 +31,17 @@ class ReclaimResult:
 
 
 def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> ReclaimResult:
-    """``shrink_folio_list()`` for one anon folio that is to be swapped out.
+    """``shrink_folio_list()`` for one anon folio that is to be swapped out.  With
+    ``writeback_pending`` (MADV_PAGEOUT to a disk: the write is asynchronous) a folio that
+    had to be written stays, unmapped, in the swap cache; a clean swap-cache folio (its
+    slot already holds its data) is freed at once either way.
 
     # Combination of add_to_swap(), try_to_unmap() (try_to_unmap_one()),
     # pageout() and __remove_mapping() for a clean swap-backed anon folio.
     """
     assert folio.anon and not folio.ksm, folio
+    # add_to_swap() marks the folio dirty: a new swap slot must be written
+    needs_write = folio.swapcache is None or folio.dirty
     if folio.swapcache is None:
         add_to_swap_cache(m, folio, m.swap.alloc(folio.content))
     slot = folio.swapcache
@@ -57,9 +62,11 @@ def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> 
     if folio.mapcount:  # still mapped: activate_locked, the folio stays
         return ReclaimResult(False, unmapped)
     folio.anon_exclusive = False
-    if writeback_pending:
+    if writeback_pending and needs_write:
         # pageout() started an asynchronous write: shrink_folio_list() finds the folio
-        # under writeback and keeps it, unmapped, in the swap cache (nr_reclaimed 0)
+        # under writeback and keeps it, unmapped, in the swap cache (nr_reclaimed 0);
+        # the write clears its dirty bit (folio_clear_dirty_for_io())
+        folio.dirty = False
         return ReclaimResult(False, unmapped)
     delete_from_swap_cache(m, folio)  # __remove_mapping(): frees the folio
     return ReclaimResult(True, unmapped)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.metrics.ledger import VMSCAN_COUNTERS
 from cowctx.scenario.results import Counts, MapLine, ScenarioResult
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def diff_results(model: ScenarioResult, kernel: ScenarioResult) -> list[str]:
                 mv, kv = getattr(mc, field), getattr(kc, field)
                 if mv != kv:
                     diffs.append(f"{where}.objects.{kind}.{field}: model {mv}, kernel {kv}")
+        diffs += _vmscan_diffs(where, ms.vmscan, ks.vmscan)
     mf, kf = model.final, kernel.final
     for kind in KERNEL_KINDS:
         mc, kc = mf.objects.get(kind, NONE), kf.objects.get(kind, NONE)
@@ -68,6 +70,20 @@ def diff_results(model: ScenarioResult, kernel: ScenarioResult) -> list[str]:
                     )
     diffs.extend(referee_diffs(model, kernel))
     return diffs
+
+
+def _vmscan_diffs(
+    where: str, model: dict[str, int] | None, kernel: dict[str, int] | None
+) -> list[str]:
+    """Reclaim's verdicts: what ``shrink_folio_list()`` did with each folio it was given."""
+    if model is None and kernel is None:
+        return []
+    m, k = model or {}, kernel or {}
+    return [
+        f"{where}.vmscan.{key}: model {m.get(key, 0)}, kernel {k.get(key, 0)}"
+        for key in VMSCAN_COUNTERS
+        if m.get(key, 0) != k.get(key, 0)
+    ]
 
 
 def _maps(lines: list[MapLine] | None) -> list[list[object]] | None:

@@ -72,6 +72,18 @@ page-table checks (``page_vma_mapped_walk``); ``hits``/``misses``: probes
 that found / did not find the folio."""
 
 
+VMSCAN_COUNTERS = (
+    "nr_scanned",
+    "nr_reclaimed",
+    "nr_activate_anon",
+    "nr_activate_file",
+    "nr_ref_keep",
+    "nr_unmap_fail",
+)
+"""The counters of ``mm_vmscan_reclaim_pages`` (``struct reclaim_stat``) that say what
+``shrink_folio_list()`` decided for each folio ``reclaim_pages()`` handed it."""
+
+
 @dataclass
 class WalkRecord:
     client: str
@@ -86,6 +98,8 @@ class Ledger:
         self.objects: dict[str, ObjectStats] = {}
         self.locks: dict[tuple[str, str, str, str], LockStats] = {}
         self.walks: list[WalkRecord] = []
+        self.vmscan: dict[str, int] = dict.fromkeys(VMSCAN_COUNTERS, 0)
+        """What reclaim did, as ``mm_vmscan_reclaim_pages`` counts it (summed)."""
         self.op = "setup"
         """The operation in progress (syscall, fault, fork, client...)."""
         self.muted = 0

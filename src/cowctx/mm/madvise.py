@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.metrics.ledger import VMSCAN_COUNTERS
 from cowctx.mm.constants import (
     MADV_BY_NAME,
     MADV_COLD,
@@ -33,6 +34,7 @@ from cowctx.mm.constants import (
     VM_SHARED,
     VM_WIPEONFORK,
 )
+from cowctx.mm.content import ZERO_CONTENT
 from cowctx.mm.errors import SyscallError
 from cowctx.mm.file import File
 from cowctx.mm.folio import (
@@ -205,6 +207,7 @@ def madvise_cold_or_pageout(
     """
     mm = vma.vm_mm
     pgd = mm.pgd
+    stat = dict.fromkeys(VMSCAN_COUNTERS, 0)
     for vpn, pte in list(mm.iter_ptes(start, end)):
         if not pte_present(pte):
             continue
@@ -217,15 +220,30 @@ def madvise_cold_or_pageout(
         pgd[vpn] = pte_mkold(pte)
         if not pageout:
             continue
+        stat["nr_scanned"] += 1  # isolated for reclaim_pages(), references ignored
         if folio.anon:
             if folio.lazyfree:
                 if not pte_dirty(pte):  # try_to_unmap_one(): discard a clean lazyfree folio
                     del pgd[vpn]
                     folio_remove_rmap_pte(m, folio)
-                else:  # redirtied since MADV_FREE: swap-backed again, stays
+                    stat["nr_reclaimed"] += 1
+                else:  # redirtied since MADV_FREE: swap-backed again, the unmap fails
                     folio.lazyfree = False
+                    stat["nr_unmap_fail"] += 1
+                    stat["nr_activate_anon"] += 1
             elif m.swap_enabled:
-                m.reclaim_folio(folio, writeback_pending=True)
+                # add_to_swap(), try_to_unmap(), pageout(): kept under writeback, but a
+                # zero-filled folio is only marked in the swap device's zeromap, with no
+                # I/O, and freed at once: since Linux kernel commit 0ca0c24e3211 ("mm:
+                # store zero pages to be swapped out in a bitmap") (in v6.12)
+                writeback = folio.content != ZERO_CONTENT
+                if m.reclaim_folio(folio, writeback_pending=writeback):
+                    stat["nr_reclaimed"] += 1
+                elif folio.mapcount:
+                    stat["nr_unmap_fail"] += 1
+                    stat["nr_activate_anon"] += 1
+            else:  # no swap: add_to_swap() fails, activate_locked
+                stat["nr_activate_anon"] += 1
         else:  # try_to_unmap(), then a dirty shmem folio finds no swap to go to
             del pgd[vpn]
             folio_remove_rmap_pte(m, folio)
@@ -234,3 +252,9 @@ def madvise_cold_or_pageout(
                 assert isinstance(file, File)
                 del file.i_pages[folio.index]
                 m.free_folio(folio)
+                stat["nr_reclaimed"] += 1
+            else:  # shmem is swap-backed: activated as anon
+                stat["nr_activate_anon"] += 1
+    if stat["nr_scanned"]:  # trace_mm_vmscan_reclaim_pages() in reclaim_folio_list()
+        for key, n in stat.items():
+            m.ledger.vmscan[key] += n

@@ -115,7 +115,8 @@ class StepResult:
     graph: dict[str, Any] | None = None
     """The anon_vma graph after this step (``kernel-diff --graph-every-step``)."""
     vmscan: dict[str, int] | None = None
-    """Kernel only: the step's ``mm_vmscan_reclaim_pages`` counters, when reclaim ran."""
+    """The step's ``mm_vmscan_reclaim_pages`` counters, when reclaim ran: what the kernel
+    traced, or what the model's reclaim decided (``metrics.ledger.VMSCAN_COUNTERS``)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": self.op}
@@ -235,6 +236,7 @@ def build_result(run: ScenarioRun, timing: bool) -> ScenarioResult:
             rec.errno,
             {k: Counts(c["allocated"], c["freed"]) for k, c in rec.objects.items()},
             rec.time_ns if timing else None,
+            vmscan=rec.vmscan,
         )
         for rec in run.steps
     ]

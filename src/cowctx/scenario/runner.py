@@ -37,6 +37,8 @@ class StepRecord:
     objects: dict[str, dict[str, int]]
     time_ns: int | None = None
     detail: str | None = None
+    vmscan: dict[str, int] | None = None
+    """What reclaim decided during the step (``mm_vmscan_reclaim_pages``), if it ran."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ def run_scenario(
     run = ScenarioRun(scenario, design, machine, procs, checked=check)
     for i, step in enumerate(scenario.steps):
         before = machine.ledger.counts()
+        scanned = dict(machine.ledger.vmscan)
         t0 = time.perf_counter_ns() if timing else 0
         errno, detail = _run_step(run, step)
         elapsed = time.perf_counter_ns() - t0 if timing else None
@@ -84,7 +87,9 @@ def run_scenario(
             k: {"allocated": a - before.get(k, (0, 0))[0], "freed": f - before.get(k, (0, 0))[1]}
             for k, (a, f) in after.items()
         }
-        run.steps.append(StepRecord(step.op, errno, objects, elapsed, detail))
+        vmscan = {k: n - scanned[k] for k, n in machine.ledger.vmscan.items()}
+        reclaimed = vmscan if vmscan["nr_scanned"] else None
+        run.steps.append(StepRecord(step.op, errno, objects, elapsed, detail, reclaimed))
         if check:
             for v in check_machine(machine, include_limits=True):
                 found = Violation(v.kind, v.detail, v.folio, i, step.op)

@@ -607,8 +607,11 @@ def sweep_command(
 
 def _register_subcommands() -> None:
     from cowctx.fuzz.cli import fuzz_command
+    from cowctx.trace.cli import record_command, replay_command
 
     main.add_command(fuzz_command, "fuzz")
+    main.add_command(record_command, "record")
+    main.add_command(replay_command, "replay")
 
 
 _register_subcommands()

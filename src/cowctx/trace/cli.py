@@ -125,5 +125,3 @@ def _print(r: dict[str, object]) -> None:
         )
     if r["design"] == "anon_vma":
         click.echo(f"  agree: {r['agree']}")
-        if not r["agree"]:
-            click.echo(f"  first difference: {r['first_difference']}")

@@ -228,6 +228,58 @@ def kill_descendants() -> None:
     raise TraceError("descendants of the recorder survive SIGKILL")
 
 
+def _start_watchdog(root: Path, names: list[str]) -> int:
+    """A detached process that cleans up if this recorder dies without doing so
+    (SIGKILL): it kills the target's process group and removes the instances.
+    Returns the pipe to it: ``T <pid>`` names the target, ``done`` dismisses it."""
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - child
+        try:
+            os.close(w)
+            if os.fork() == 0:
+                _watchdog(r, root, names)
+        finally:
+            os._exit(0)
+    os.close(r)
+    os.waitpid(first, 0)
+    return w
+
+
+def _watchdog(fd: int, root: Path, names: list[str]) -> None:  # pragma: no cover - child
+    """The watchdog's body (never returns): wait for EOF on ``fd``."""
+    try:
+        os.setsid()
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        os.closerange(0, fd)
+        os.closerange(fd + 1, 1 << 16)
+        buf = b""
+        while True:
+            data = os.read(fd, 256)
+            if not data:
+                break
+            buf += data
+        if b"done" in buf:
+            return
+        for line in buf.decode(errors="replace").splitlines():
+            if line.startswith("T "):
+                pgid = int(line[2:])
+                for _ in range(200):
+                    try:
+                        os.killpg(pgid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        break
+                    time.sleep(0.01)
+        for name in names:
+            inst = Instance(root, name, {**REC_EVENTS, **KMEM_EVENTS}, 0)
+            inst.created = inst.path.exists()
+            with contextlib.suppress(Exception):
+                inst.remove()
+    finally:
+        os._exit(0)
+
+
 def _gated_child(path: str, argv: list[str], gate: int) -> None:  # pragma: no cover - child
     """In the forked child: wait for the gate, then exec the target (never returns)."""
     try:
@@ -273,6 +325,7 @@ def record(
     def on_signal(signum: int, _frame: object) -> None:
         raise Interrupted(signum)
 
+    watchdog = _start_watchdog(root, [rec.path.name, kmem.path.name])
     old = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -287,8 +340,10 @@ def record(
         child = os.fork()
         if child == 0:  # pragma: no cover - child
             os.close(gate_w)
+            os.close(watchdog)
             _gated_child(path, argv, gate_r)
         os.close(gate_r)
+        os.write(watchdog, f"T {child}\n".encode())
         try:
             rec.follow(child)
             kmem.enable()
@@ -335,6 +390,9 @@ def record(
                 rec.remove()
             finally:
                 kmem.remove()
+                with contextlib.suppress(OSError):
+                    os.write(watchdog, b"done\n")
+                os.close(watchdog)
                 libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
@@ -378,15 +436,25 @@ def _assemble(
     for name, n in lost.items():
         if n:
             flags.append(f"lost-events: the {name} instance's ring buffer dropped {n} events")
-    pending: dict[int, int] = {}
+    unreplayable: dict[str, list[int]] = {}
+    entered: dict[int, Record] = {}
     for r in out:
         if r[0] == "enter":
-            pending[r[2]] = r[3]
-        elif r[0] == "exit" and r[3] in syscalls.UNREPLAYABLE and r[4] >= 0:
-            flags.append(f"unreplayable: {syscalls.UNREPLAYABLE[r[3]]} by pid {r[2]} at {r[1]}")
-    for r in out:
-        if r[0] == "enter" and r[3] == syscalls.BY_NAME["prctl"] and r[4][0] == syscalls.PR_SET_VMA:
-            flags.append(f"unreplayable: prctl(PR_SET_VMA) by pid {r[2]} at {r[1]}")
+            entered[r[2]] = r
+        elif r[0] == "exit" and r[4] >= 0:
+            e = entered.pop(r[2], None)
+            what = syscalls.UNREPLAYABLE.get(r[3])
+            is_prctl = e is not None and r[3] == syscalls.BY_NAME["prctl"]
+            if is_prctl and e is not None and e[4][0] == syscalls.PR_SET_VMA:
+                what = "prctl(PR_SET_VMA)"
+            if what is not None:
+                unreplayable.setdefault(what, []).append(r[2])
+    for what, pids in unreplayable.items():
+        flags.append(
+            f"unreplayable: {what} succeeded {len(pids)} times "
+            f"(pids {', '.join(str(p) for p in sorted(set(pids))[:5])}"
+            f"{', ...' if len(set(pids)) > 5 else ''}): its effect on memory is not recorded"
+        )
     execs = sorted({r[4] for r in out if r[0] == "exec"})
     images, image_flags = load_images(execs)
     flags.extend(image_flags)

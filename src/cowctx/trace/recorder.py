@@ -27,7 +27,6 @@ import os
 import select
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -489,5 +488,15 @@ def special_mappings() -> list[list[Any]]:
     return out
 
 
-def main_error(msg: str) -> None:
-    print(f"cowctx record: {msg}", file=sys.stderr)
+def recording_unavailable_reason() -> str | None:
+    """Why this machine cannot record (no root, no tracefs, a missing tracepoint), or None."""
+    if os.geteuid() != 0:
+        return "recording needs root (tracefs instances, set_event_pid)"
+    try:
+        root = tracefs_root()
+    except TraceError as exc:
+        return f"recording needs tracefs: {exc}"
+    for event in {**REC_EVENTS, **KMEM_EVENTS}:
+        if not (root / "events" / event).is_dir():
+            return f"recording needs the tracepoint {event}, which this kernel lacks"
+    return None

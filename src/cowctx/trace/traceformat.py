@@ -47,6 +47,9 @@ def write(path: Path, rec: Recording) -> None:
         for r in rec.records:
             gz.write((json.dumps(r, separators=(",", ":")) + "\n").encode())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getvalue())

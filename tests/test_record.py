@@ -1,0 +1,244 @@
+"""Recording real programs on this machine and replaying them (root + tracefs).
+
+Elsewhere these tests skip, printing why.  A recorder interrupted or killed at any
+point must leave no tracefs instance, no enabled event and no process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cowctx.linux.tracefs import INSTANCE_PREFIX
+from cowctx.mm.exec_elf import ElfImage, ElfLoad, load_elf_binary
+from cowctx.trace import traceformat
+from cowctx.trace.images import read_elf
+from cowctx.trace.recorder import _assemble, record, recording_unavailable_reason
+from cowctx.trace.replay import replay
+
+TRACEFS = Path("/sys/kernel/tracing")
+COWCTX = [sys.executable, "-m", "cowctx.cli"]
+
+
+@pytest.fixture(autouse=True)
+def _kernel() -> None:
+    reason = recording_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+PROGRAMS = {
+    "sh-pipeline": ["sh", "-c", "ls / | wc -l > /dev/null"],
+    "make": ["make", "-s", "-f", "{dir}/Makefile", "-C", "{dir}"],
+    "gcc": ["gcc", "-O2", "-c", "{dir}/x.c", "-o", "{dir}/x.o"],
+    "tar": ["tar", "czf", "{dir}/t.tgz", "-C", "{dir}", "src"],
+    "git": ["git", "init", "-q", "{dir}/repo"],
+    "python-fork": [
+        "/usr/bin/python3",
+        "-S",
+        "-c",
+        "import os\nfor i in range(3):\n    p = os.fork()\n    if p == 0:\n"
+        "        b = bytearray(1 << 16); os._exit(0)\n    os.waitpid(p, 0)",
+    ],
+}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "Makefile").write_text("all: a b\na:\n\t@echo a > /dev/null\nb:\n\t@true\n")
+    (tmp_path / "x.c").write_text("int f(int x) { return x * 2; }\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("hello\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_record_then_replay_agrees(name: str, workdir: Path) -> None:
+    argv = [a.replace("{dir}", str(workdir)) for a in PROGRAMS[name]]
+    rec = record(argv)
+    assert rec.header["exit_status"] == 0
+    assert rec.header["flags"] == []
+    assert rec.header["lost_events"] == {"rec": 0, "kmem": 0}
+    r = replay(rec, "anon_vma")
+    for kind in ("anon_vma", "anon_vma_chain"):
+        assert r["kernel"][kind]["allocated"] > 0
+        assert r["final"]["objects"][kind] == r["kernel"][kind], r["first_difference"]
+    assert r["agree"] is True
+
+
+def test_cli_record_writes_a_replayable_file(tmp_path: Path) -> None:
+    out = tmp_path / "t.trace"
+    done = subprocess.run(
+        [*COWCTX, "record", "--out", str(out), "--", "sh", "-c", "true | cat"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert traceformat.read(out).header["command"] == ["sh", "-c", "true | cat"]
+    again = subprocess.run(
+        [*COWCTX, "replay", str(out), "--design", "anon_vma"], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_exec_layout_matches_the_kernel() -> None:
+    """The model's exec of /usr/bin/cat covers what the kernel's does (setarch -R)."""
+    maps = subprocess.run(
+        ["setarch", "-R", "/usr/bin/cat", "/proc/self/maps"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    kernel: dict[str, set[int]] = {}
+    for line in maps.splitlines():
+        parts = line.split()
+        name = parts[5] if len(parts) > 5 else ""
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        key = {"/usr/bin/cat": "exe", "[stack]": "stack", "[heap]": "heap"}.get(name, name)
+        if "ld-linux" in name:
+            key = "interp"
+        kernel.setdefault(key, set()).update(range(lo, hi, 4096))
+    from cowctx.designs import make_machine
+    from cowctx.mm.file import File
+
+    m = make_machine("anon_vma")
+    task = m.spawn("cat")
+
+    def image(path: str) -> ElfImage:
+        e = read_elf(path)
+        return ElfImage(
+            e["type"],
+            tuple(ElfLoad(*p) for p in e["loads"]),
+            e["exec_stack"],
+            File(path, 1 << 20, lambda i: i),
+        )
+
+    exe = image("/usr/bin/cat")
+    interp_path = read_elf("/usr/bin/cat")["interp"]
+    interp = image(os.path.realpath(interp_path))
+    specials = [
+        (n, len(kernel[n]), File(n, 8, lambda i: i)) for n in ("[vvar]", "[vvar_vclock]", "[vdso]")
+    ]
+    load_elf_binary(m, task, exe, interp, specials, lambda length: None)
+    model: dict[str, set[int]] = {}
+    assert task.mm is not None
+    for vma in task.mm.vmas():
+        f = vma.vm_file
+        key = (
+            "exe"
+            if f is exe.file
+            else "interp"
+            if f is interp.file
+            else f.name
+            if f is not None
+            else "stack"
+        )
+        model.setdefault(key, set()).update(range(vma.vm_start, vma.vm_end, 4096))
+    for key in ("exe", "interp", "[vvar]", "[vvar_vclock]", "[vdso]", "stack"):
+        assert model[key] == kernel[key], key
+    assert task.mm.start_brk == min(kernel["heap"])
+
+
+def test_process_vm_writev_flags_the_recording(tmp_path: Path) -> None:
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "src = ctypes.create_string_buffer(b'x' * 64); dst = ctypes.create_string_buffer(64)\n"
+        "class iov(ctypes.Structure):\n"
+        "    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n"
+        "l = iov(ctypes.addressof(src), 64); r = iov(ctypes.addressof(dst), 64)\n"
+        "n = libc.syscall(311, os.getpid(), ctypes.byref(l), 1, ctypes.byref(r), 1, 0)\n"
+        "assert n == 64, n\n"
+    )
+    rec = record(["/usr/bin/python3", "-S", "-c", code])
+    assert rec.header["exit_status"] == 0
+    assert any("process_vm_writev" in f for f in rec.header["flags"])
+    out = tmp_path / "p.trace"
+    traceformat.write(out, rec)
+    res = subprocess.run([*COWCTX, "replay", str(out)], capture_output=True, text=True)
+    assert res.returncode == 3 and "process_vm_writev" in res.stderr
+
+
+def test_dropped_events_flag_the_recording() -> None:
+    """A 1 KiB ring buffer per CPU cannot hold six Python start-ups between drains."""
+    cmd = 'for i in 1 2 3 4 5 6; do /usr/bin/python3 -c "import asyncio, email.parser"; done'
+    rec = record(["sh", "-c", cmd], buffer_kb=1)
+    assert rec.header["lost_events"]["rec"] > 0
+    assert any(f.startswith("lost-events:") for f in rec.header["flags"])
+
+
+def test_lost_event_counts_become_flags() -> None:
+    rec = _assemble(["true"], "/usr/bin/true", 1, 0, {"rec": 0, "kmem": 3}, [], [])
+    assert rec.header["flags"] == ["lost-events: the kmem instance's ring buffer dropped 3 events"]
+
+
+# --- cleanup on every exit path -------------------------------------------------------
+
+
+def _instances(pid: int) -> list[str]:
+    return sorted(p.name for p in (TRACEFS / "instances").glob(f"{INSTANCE_PREFIX}{pid}-*"))
+
+
+def _marked(marker: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def _settled(check: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not check():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.6])
+def test_killed_recorder_leaves_nothing(sig: int, delay: float, tmp_path: Path) -> None:
+    marker = f"7.{os.getpid()}{int(delay * 100)}{int(sig)}"
+    top_events = (TRACEFS / "set_event").read_text()
+    out = tmp_path / "k.trace"
+    proc = subprocess.Popen(
+        [*COWCTX, "record", "--out", str(out), "--", "sh", "-c", f"sleep {marker} | cat"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(delay)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=30)
+    assert rc in (128 + sig, -sig), proc.stderr.read() if proc.stderr else rc
+    assert _settled(lambda: _instances(proc.pid)), _instances(proc.pid)
+    assert _settled(lambda: _marked(marker)), _marked(marker)
+    assert _settled(lambda: _marked(f"--out {out}")), "the recorder's watchdog is still running"
+    assert not out.exists()
+    assert (TRACEFS / "set_event").read_text() == top_events
+
+
+def test_stale_instances_of_a_dead_recorder_are_removed(tmp_path: Path) -> None:
+    probe = subprocess.Popen(["true"])
+    probe.wait()
+    stale = TRACEFS / "instances" / f"{INSTANCE_PREFIX}{probe.pid}-rec"
+    stale.mkdir()
+    try:
+        (stale / "events" / "raw_syscalls" / "sys_enter" / "enable").write_text("1")
+        rec = record(["true"])
+        assert rec.header["exit_status"] == 0
+        assert not stale.exists()
+    finally:
+        if stale.exists():
+            stale.rmdir()

@@ -7,7 +7,7 @@ instead (``load_script()``, up to the kernel's nesting limit).
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 from typing import Any
 
 from elftools.common.exceptions import ELFError
@@ -63,7 +63,7 @@ def load_images(paths: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]
     flags for those that could not be read."""
     images: dict[str, dict[str, Any]] = {}
     flags: list[str] = []
-    todo = list(paths)
+    todo = [p for p in paths if not is_self_exe(p)]
     while todo:
         path = todo.pop()
         if path in images:
@@ -93,5 +93,11 @@ def resolve(images: dict[str, dict[str, Any]], path: str) -> tuple[str, dict[str
     raise KeyError(f"{path}: too many levels of #! interpreters")
 
 
-def exists(path: str) -> bool:
-    return Path(path).exists()
+_PROC_EXE = re.compile(r"^/proc/(self|\d+)/exe$")
+
+
+def is_self_exe(path: str) -> bool:
+    """``/proc/self/exe`` (or /proc/PID/exe): the exec'ing task's own program, which
+    the replay knows from that task's previous exec; reading it here would read the
+    recorder's."""
+    return _PROC_EXE.match(path) is not None

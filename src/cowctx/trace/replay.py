@@ -54,7 +54,7 @@ from cowctx.mm.mm_types import TaskStruct
 from cowctx.mm.stack import expand_stack
 from cowctx.trace import syscalls as sc
 from cowctx.trace.events import FAULT_WRITE, Record, signed_arg
-from cowctx.trace.images import resolve
+from cowctx.trace.images import is_self_exe, resolve
 from cowctx.trace.kernel_counts import DELTA_KEYS, KernelCounts
 from cowctx.trace.recorder import Recording
 
@@ -126,6 +126,8 @@ class Replay:
         self.notes: Counter[str] = Counter()
         self.special_files: dict[str, File] = {}
         self.image_files: dict[str, File] = {}
+        self.exe: dict[int, str] = {}
+        """Each task's program (what /proc/self/exe names)."""
         self._next_file = 0
         self.foreign = Segment(-1, 0, "frees run by tasks outside the tree")
 
@@ -225,8 +227,7 @@ class Replay:
                 self.m.exit(task)
             self.pending.pop(pid, None)
             self.windows.pop(pid, None)
-            self.current.pop(pid, None)
-            return seg
+            return seg  # stays open: exit_mmap() runs after sched_process_exit
         if kind == "unmapped":
             window = self.windows.get(pid)
             if window is not None:
@@ -260,6 +261,8 @@ class Replay:
             self.ops["fork"] += 1
             child = self.m.fork(parent, comm)
         self.tasks[child_pid] = child
+        if parent_pid in self.exe:
+            self.exe[child_pid] = self.exe[parent_pid]
         table = self.fdt.setdefault(parent_pid, FdTable())
         self.fdt[child_pid] = table if flags & sc.CLONE_FILES else table.copy()
 
@@ -273,6 +276,9 @@ class Replay:
         if task is None:
             task = self._root_task(pid)
         images = self.header["images"]
+        if is_self_exe(filename):
+            filename = self.exe.get(pid, filename)
+        self.exe[pid] = filename
         try:
             path, image = resolve(images, filename)
             interp = None

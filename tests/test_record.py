@@ -39,6 +39,9 @@ PROGRAMS = {
     "gcc": ["gcc", "-O2", "-c", "{dir}/x.c", "-o", "{dir}/x.o"],
     "tar": ["tar", "czf", "{dir}/t.tgz", "-C", "{dir}", "src"],
     "git": ["git", "init", "-q", "{dir}/repo"],
+    "static-pie": ["/sbin/ldconfig", "-p"],
+    "shell-script": ["{dir}/script.sh"],
+    "python-mmap": ["/usr/bin/python3", "-S", "{dir}/mm.py"],
     "python-fork": [
         "/usr/bin/python3",
         "-S",
@@ -49,12 +52,38 @@ PROGRAMS = {
 }
 
 
+MM_PY = """\
+import mmap, os, tempfile
+a = mmap.mmap(-1, 1 << 20)  # MAP_SHARED | MAP_ANONYMOUS
+a[0:4096] = b"x" * 4096
+b = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+b[:8] = b"12345678"; b[500000:500008] = b"abcdefgh"
+b.madvise(mmap.MADV_DONTNEED, 0, 1 << 16)
+b.resize(2 << 20)  # mremap
+b[(2 << 20) - 8:] = b"zzzzzzzz"
+fd, path = tempfile.mkstemp(); os.write(fd, bytes(1 << 16))
+c = mmap.mmap(fd, 1 << 16, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+c[100:104] = b"abcd"
+d = mmap.mmap(fd, 1 << 16, flags=mmap.MAP_SHARED)
+d[0:4] = b"wxyz"
+pid = os.fork()
+if pid == 0:
+    b[8:16] = b"child..."; c[200:204] = b"efgh"; a[4096:4100] = b"kkkk"
+    os._exit(0)
+os.waitpid(pid, 0)
+os.unlink(path)
+"""
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "Makefile").write_text("all: a b\na:\n\t@echo a > /dev/null\nb:\n\t@true\n")
     (tmp_path / "x.c").write_text("int f(int x) { return x * 2; }\n")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_text("hello\n")
+    (tmp_path / "script.sh").write_text("#!/bin/sh\nls / | head -2 > /dev/null\n")
+    (tmp_path / "script.sh").chmod(0o755)
+    (tmp_path / "mm.py").write_text(MM_PY)
     return tmp_path
 
 

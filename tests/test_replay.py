@@ -32,7 +32,18 @@ def fixture(name: str) -> Path:
 
 def test_fixtures_cover_the_program_kinds() -> None:
     names = {p.stem for p in FIXTURES}
-    assert {"sh-pipeline", "gcc", "make", "tar", "git", "python-fork", "python-threads"} <= names
+    assert {
+        "sh-pipeline",
+        "shell-script",
+        "gcc",
+        "make",
+        "tar",
+        "git",
+        "python-fork",
+        "python-threads",
+        "python-mmap",
+        "static-pie",
+    } <= names
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
@@ -54,6 +65,7 @@ def test_fixtures_exercise_fork_vfork_and_threads() -> None:
     assert ops["python-fork"]["fork"] == 3
     assert ops["gcc"]["clone_vm"] >= 2  # posix_spawn: CLONE_VM | CLONE_VFORK
     assert ops["python-threads"]["clone_vm"] == 3
+    assert ops["python-mmap"]["mremap"] >= 1 and ops["python-mmap"]["madvise"] >= 1
 
 
 def test_cli_replay_all_designs_json() -> None:

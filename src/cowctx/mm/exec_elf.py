@@ -319,9 +319,11 @@ def load_elf_binary(
         elif exe.e_type == "ET_EXEC":
             flags |= MAP_FIXED_NOREPLACE
         elif exe.e_type == "ET_DYN":
-            if interp is not None:
+            # commit 3545deff0ec7 ("binfmt_elf: Honor PT_LOAD alignment for static
+            # PIE") (v6.11): a loader with large alignment also goes to ELF_ET_DYN_BASE
+            alignment = maximum_alignment(exe.loads)
+            if interp is not None or alignment > PAGE_SIZE:
                 load_bias = ELF_ET_DYN_BASE
-                alignment = maximum_alignment(exe.loads)
                 if alignment:
                     load_bias &= ~(alignment - 1)
                 flags |= MAP_FIXED_NOREPLACE
@@ -350,4 +352,8 @@ def load_elf_binary(
         for name, pages, file in special:
             install_special_mapping(m, mm, addr, pages, SPECIAL_FLAGS.get(name, VM_READ), file)
             addr += pages << PAGE_SHIFT
+    if exe.e_type == "ET_DYN" and interp is None:
+        # commit 11854fe263eb ("binfmt_elf: Move brk for static PIE even if ASLR
+        # disabled") (v6.15): a loader's brk is moved out of the mmap area
+        elf_brk = ELF_ET_DYN_BASE
     mm.start_brk = mm.brk = _pagealign(elf_brk)

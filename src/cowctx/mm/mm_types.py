@@ -35,7 +35,6 @@ class VmAreaStruct:
     """
 
     __slots__ = (
-        "anon_name",
         "anon_vma",
         "vm_end",
         "vm_file",
@@ -55,9 +54,6 @@ class VmAreaStruct:
         self.vm_flags = 0
         self.vm_file: File | None = None
         self.anon_vma: object | None = None
-        self.anon_name: object | None = None
-        """``anon_vma_name(vma)``: the name ``prctl(PR_SET_VMA_ANON_NAME)`` gave an
-        anonymous range (merges need equal names); None when unnamed."""
 
     def copy_fields_from(self, old: VmAreaStruct) -> None:
         """What ``vm_area_dup()`` copies.  Subclasses extend it with their own
@@ -68,7 +64,6 @@ class VmAreaStruct:
         self.vm_flags = old.vm_flags
         self.vm_file = old.vm_file
         self.anon_vma = old.anon_vma
-        self.anon_name = old.anon_name
 
     def __repr__(self) -> str:
         return (

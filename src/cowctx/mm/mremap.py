@@ -152,7 +152,6 @@ def vma_merge_extend(m: Machine, vma: VmAreaStruct, delta: int) -> VmAreaStruct 
         vm_flags=vma.vm_flags,
         file=vma.vm_file,
         anon_vma=vma.anon_vma,
-        anon_name=vma.anon_name,
         prev=vma,
         next=vma.vm_mm.vma_next(vma),
     )
@@ -260,7 +259,6 @@ def copy_vma(
         vm_flags=vma.vm_flags,
         file=vma.vm_file,
         anon_vma=vma.anon_vma,
-        anon_name=vma.anon_name,
         prev=mm.vma_before(addr),
         next=mm.find_vma(addr),
         copied_from=vma,

@@ -32,8 +32,6 @@ class VmaMergeStruct:
     vm_flags: int
     file: File | None
     anon_vma: object | None = None
-    anon_name: object | None = None
-    """The name the range will have (``vmg->anon_name``): a new mapping's is None."""
     prev: VmAreaStruct | None = None
     middle: VmAreaStruct | None = None
     next: VmAreaStruct | None = None
@@ -126,13 +124,13 @@ def split_vma(m: Machine, vma: VmAreaStruct, addr: int, new_below: bool) -> VmAr
 
 
 def is_mergeable_vma(vmg: VmaMergeStruct, merge_next: bool) -> bool:
-    """``is_mergeable_vma()``: flags (ignoring ``VM_IGNORE_MERGE``), file and
-    anon_vma_name equal.  Mempolicy and userfaultfd context are always equal here."""
+    """``is_mergeable_vma()``: flags (ignoring ``VM_IGNORE_MERGE``) and file equal.
+    Mempolicy, userfaultfd context and anon_vma_name are always equal here."""
     tgt = vmg.next if merge_next else vmg.prev
     assert tgt is not None
     if (tgt.vm_flags ^ vmg.vm_flags) & ~VM_IGNORE_MERGE:
         return False
-    return tgt.vm_file is vmg.file and tgt.anon_name == vmg.anon_name
+    return tgt.vm_file is vmg.file
 
 
 def can_vma_merge_before(m: Machine, vmg: VmaMergeStruct) -> bool:
@@ -341,7 +339,6 @@ def vma_modify_flags(
         vm_flags=new_flags,
         file=vma.vm_file,
         anon_vma=vma.anon_vma,
-        anon_name=vma.anon_name,
         middle=vma,
     )
     return vma_modify(m, vmg)

@@ -436,9 +436,16 @@ def _assemble(
         if n:
             flags.append(f"lost-events: the {name} instance's ring buffer dropped {n} events")
     unreplayable: dict[str, list[int]] = {}
+    entered: dict[int, Record] = {}
     for r in out:
-        if r[0] == "exit" and r[4] >= 0:
+        if r[0] == "enter":
+            entered[r[2]] = r
+        elif r[0] == "exit" and r[4] >= 0:
+            e = entered.pop(r[2], None)
             what = syscalls.UNREPLAYABLE.get(r[3])
+            is_prctl = e is not None and r[3] == syscalls.BY_NAME["prctl"]
+            if is_prctl and e is not None and e[4][0] == syscalls.PR_SET_VMA:
+                what = "prctl(PR_SET_VMA)"
             if what is not None:
                 unreplayable.setdefault(what, []).append(r[2])
     for what, pids in unreplayable.items():

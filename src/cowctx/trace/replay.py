@@ -30,7 +30,6 @@ from typing import Any
 from cowctx.designs import make_machine
 from cowctx.linux.tracefs import KINDS
 from cowctx.metrics.ledger import WALK_UNITS
-from cowctx.mm.anon_name import madvise_set_anon_name
 from cowctx.mm.clone import clone_vm
 from cowctx.mm.constants import (
     MADV_BY_NAME,
@@ -428,10 +427,6 @@ class Replay:
                     do_madvise_more(m, task.mm, a[0], a[1], a[2])
             else:
                 self._note(f"madvise advice {a[2]} not modelled")
-        elif name == "prctl" and a[0] == sc.PR_SET_VMA and a[1] == sc.PR_SET_VMA_ANON_NAME:
-            with m.operation("prctl"):
-                assert task.mm is not None
-                madvise_set_anon_name(m, task.mm, a[2], a[3], a[4] or None)
         elif name in ("msync", "prctl", "shmctl", "shmget", "mbind") or nr_lifecycle(name):
             pass  # no change to VMAs or anon memory, or replayed from its own records
         else:

@@ -31,7 +31,12 @@ def record_command(out: Path, buffer_kb: int, cmd: tuple[str, ...]) -> None:
     """
     from cowctx.linux.tracefs import TraceError
     from cowctx.trace import traceformat
-    from cowctx.trace.recorder import Interrupted, record
+    from cowctx.trace.recorder import Interrupted, record, recording_unavailable_reason
+
+    reason = recording_unavailable_reason()
+    if reason is not None:
+        click.echo(f"cowctx record: {reason}", err=True)
+        sys.exit(EXIT_MALFORMED)
 
     def note(msg: str) -> None:
         click.echo(msg, err=True)
@@ -86,6 +91,8 @@ def replay_command(file: Path, design: str, as_json: bool) -> None:
         designs = ["anon_vma", *designs]
     results = []
     for name in designs:
+        if len(rec.records) > 50_000 and not as_json:
+            click.echo(f"replaying {len(rec.records)} records on {name}...", err=True)
         try:
             results.append(replay(rec, name, source=str(file)))
         except ReplayError as exc:

@@ -42,7 +42,6 @@ from cowctx.linux.tracefs import (
 )
 from cowctx.trace import syscalls
 from cowctx.trace.events import Record, parse
-from cowctx.trace.images import load_images
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -90,7 +89,9 @@ def _write(path: Path, text: str) -> None:
 class Instance:
     """One private tracefs instance with a set of events; removed by :meth:`remove`."""
 
-    def __init__(self, root: Path, name: str, events: dict[str, str | None], buffer_kb: int):
+    def __init__(
+        self, root: Path, name: str, events: dict[str, str | None], buffer_kb: int
+    ) -> None:
         self.path = root / "instances" / name
         self.events = events
         self.buffer_kb = buffer_kb
@@ -454,6 +455,8 @@ def _assemble(
             f"(pids {', '.join(str(p) for p in sorted(set(pids))[:5])}"
             f"{', ...' if len(set(pids)) > 5 else ''}): its effect on memory is not recorded"
         )
+    from cowctx.trace.images import load_images  # pyelftools: only once recorded
+
     execs = sorted({r[4] for r in out if r[0] == "exec"})
     images, image_flags = load_images(execs)
     flags.extend(image_flags)

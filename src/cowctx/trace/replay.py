@@ -168,8 +168,7 @@ class Replay:
     def run(self) -> None:
         root = self.header["root_pid"]
         for idx, r in enumerate(self.rec.records):
-            kind, pid = r[0], r[2]
-            if kind == "kmem":
+            if r[0] == "kmem":
                 self._kmem(idx, r)
                 continue
             before = self._counts()
@@ -180,7 +179,6 @@ class Replay:
                     d = after[key] - before[key]
                     if d:
                         seg.model[key] += d
-            del pid
 
     def _dispatch(self, idx: int, r: Record, root: int) -> Segment | None:
         kind, pid = r[0], r[2]
@@ -339,7 +337,10 @@ class Replay:
     def _fault(self, pid: int, addr: int, write: bool) -> None:
         task = self.tasks.get(pid)
         if task is None or task.mm is None:
-            self._note("fault of a task with no known mm")
+            if pid == self.header["root_pid"] and pid not in self.tasks:
+                self._note("fault of the recorder's child before its exec (not the program's)")
+            else:
+                self._note("fault of a task with no known mm")
             return
         self.ops["fault"] += 1
         mm = task.mm
@@ -352,9 +353,7 @@ class Replay:
         try:
             self.m.access(task, addr, write)
         except AccessFault as exc:
-            self._note(
-                f"fault refused by the model: {exc.signal if hasattr(exc, 'signal') else exc}"
-            )
+            self._note(f"fault refused by the model: {exc.errno} ({exc.why})")
 
     # --- syscalls --------------------------------------------------------------------
 
@@ -456,7 +455,7 @@ class Replay:
     def _fd_op(self, pid: int, name: str, a: list[int], ret: int) -> None:
         fds = self._table(pid).fds
         if name == "close":
-            if ret == 0 or ret not in (-9,):  # closed unless EBADF
+            if ret != -9:  # closed even when close() fails, unless EBADF
                 fds.pop(signed_arg(a[0]), None)
             return
         if name == "close_range":

@@ -258,15 +258,18 @@ def _instances(pid: int) -> list[str]:
     return sorted(p.name for p in (TRACEFS / "instances").glob(f"{INSTANCE_PREFIX}{pid}-*"))
 
 
-def _marked(marker: str) -> list[int]:
+def _marked(marker: str, prefix: bool = False) -> list[int]:
+    """Processes whose command line contains ``marker`` (or, with ``prefix``, starts
+    with it: the recorder's own argv contains the target's)."""
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
-                    out.append(int(d.name))
+                cmdline = (d / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
-                pass
+                continue
+            if cmdline.startswith(marker) if prefix else marker in cmdline:
+                out.append(int(d.name))
     return out
 
 
@@ -301,7 +304,7 @@ def test_killed_recorder_leaves_nothing(sig: int, point: str, tmp_path: Path) ->
     if point == "armed":
         _wait_for(lambda: _instances(proc.pid))
     elif point == "running":
-        _wait_for(lambda: _marked(marker))
+        _wait_for(lambda: _marked(f"sleep\0{marker}", prefix=True))
     proc.send_signal(sig)
     rc = proc.wait(timeout=30)
     err = proc.stderr.read().decode() if proc.stderr else ""

@@ -100,8 +100,10 @@ class Instance:
         self.created = False
 
     def create(self) -> None:
-        self.path.mkdir()
+        # marked first: a signal between mkdir and the mark must not leak the instance
+        # (the name holds this process's pid, so nothing else owns it)
         self.created = True
+        self.path.mkdir()
         p = self.path
         _write(p / "tracing_on", "0")  # a new instance starts with tracing on
         _write(p / "buffer_size_kb", str(self.buffer_kb))

@@ -43,6 +43,7 @@ PROGRAMS = {
     "static-pie": ["/sbin/ldconfig", "-p"],
     "shell-script": ["{dir}/script.sh"],
     "python-mmap": ["/usr/bin/python3", "-S", "{dir}/mm.py"],
+    "python-mlock": ["/usr/bin/python3", "-S", "{dir}/ml.py"],
     "python-fork": [
         "/usr/bin/python3",
         "-S",
@@ -76,6 +77,31 @@ os.unlink(path)
 """
 
 
+MLOCK_PY = """\
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+for f in (libc.mlock, libc.munlock):
+    f.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+P = 4096
+a = libc.mmap(None, 16 * P, 3, 0x22, -1, 0)
+ctypes.memset(a, 1, 1)                      # faulted: anon_vma
+assert libc.mlock(a + 4 * P, 4 * P) == 0    # split in three, populate the middle
+b = libc.mmap(None, 8 * P, 3, 0x22, -1, 0)  # unfaulted
+assert libc.mlock(b, 8 * P) == 0            # populate: its own anon_vma
+assert libc.munlock(a + 4 * P, 4 * P) == 0  # merge back
+assert libc.mlock(a + 8 * P, 2 * P) == 0
+pid = os.fork()                             # the child does not inherit VM_LOCKED
+if pid == 0:
+    ctypes.memset(a + 9 * P, 2, 1)
+    os._exit(0)
+os.waitpid(pid, 0)
+assert libc.mlockall(1) == 0                # MCL_CURRENT: everything populated
+assert libc.munlockall() == 0
+"""
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "Makefile").write_text("all: a b\na:\n\t@echo a > /dev/null\nb:\n\t@true\n")
@@ -85,6 +111,7 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "script.sh").write_text("#!/bin/sh\nls / | head -2 > /dev/null\n")
     (tmp_path / "script.sh").chmod(0o755)
     (tmp_path / "mm.py").write_text(MM_PY)
+    (tmp_path / "ml.py").write_text(MLOCK_PY)
     return tmp_path
 
 

@@ -42,6 +42,7 @@ def test_fixtures_cover_the_program_kinds() -> None:
         "python-fork",
         "python-threads",
         "python-mmap",
+        "python-mlock",
         "static-pie",
     } <= names
 
@@ -66,6 +67,7 @@ def test_fixtures_exercise_fork_vfork_and_threads() -> None:
     assert ops["gcc"]["clone_vm"] >= 2  # posix_spawn: CLONE_VM | CLONE_VFORK
     assert ops["python-threads"]["clone_vm"] == 3
     assert ops["python-mmap"]["mremap"] >= 1 and ops["python-mmap"]["madvise"] >= 1
+    assert ops["python-mlock"]["mlock"] == 3 and ops["python-mlock"]["mlockall"] == 1
 
 
 def test_cli_replay_all_designs_json() -> None:

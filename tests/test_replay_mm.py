@@ -35,6 +35,7 @@ from cowctx.mm.exec_elf import (
 from cowctx.mm.file import File
 from cowctx.mm.machine import Machine
 from cowctx.mm.madvise_more import MADV_DONTDUMP, MADV_POPULATE_WRITE, do_madvise_more
+from cowctx.mm.mlock import MLOCK_ONFAULT, do_mlock, do_munlock
 from cowctx.mm.mm_types import MmStruct, TaskStruct
 from cowctx.mm.stack import RLIMIT_STACK, expand_stack
 
@@ -214,3 +215,23 @@ def test_dontdump_splits_and_populate_write_faults() -> None:
     with pytest.raises(SyscallError) as err:
         do_madvise_more(m, mm, BASE + 16 * PAGE_SIZE, PAGE_SIZE, MADV_DONTDUMP)
     assert err.value.errno == "ENOMEM"
+
+
+def test_mlock_splits_populates_and_munlock_merges_back() -> None:
+    m = make_machine("anon_vma")
+    task = m.spawn("p")
+    mm = task.mm
+    assert mm is not None
+    m.mmap(task, BASE, 16 * PAGE_SIZE, RW, ANON)
+    m.access(task, BASE, True)
+    do_mlock(m, mm, BASE + 4 * PAGE_SIZE, 4 * PAGE_SIZE, 0)
+    assert [(v.vm_start - BASE) // PAGE_SIZE for v in mm.vmas()] == [0, 4, 8]
+    assert all(m.folio_at(task, BASE + i * PAGE_SIZE) for i in range(4, 8))  # populated
+    assert counts(m) == (1, 3)  # the split clones the chain twice
+    do_munlock(m, mm, BASE + 4 * PAGE_SIZE, 4 * PAGE_SIZE)
+    assert len(mm.vmas()) == 1
+    m.mmap(task, BASE + 32 * PAGE_SIZE, 4 * PAGE_SIZE, RW, ANON)
+    do_mlock(m, mm, BASE + 32 * PAGE_SIZE, 4 * PAGE_SIZE, MLOCK_ONFAULT)
+    assert m.folio_at(task, BASE + 32 * PAGE_SIZE) is None  # on fault: nothing populated
+    with pytest.raises(SyscallError):
+        do_mlock(m, mm, BASE + 20 * PAGE_SIZE, PAGE_SIZE, 0)

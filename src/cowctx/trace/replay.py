@@ -50,6 +50,7 @@ from cowctx.mm.exec_elf import ElfImage, ElfLoad, load_elf_binary
 from cowctx.mm.file import File
 from cowctx.mm.machine import Machine
 from cowctx.mm.madvise_more import ADVICES, do_madvise_more
+from cowctx.mm.mlock import MCL_FUTURE, do_mlock, do_mlockall, do_munlock
 from cowctx.mm.mm_types import TaskStruct
 from cowctx.mm.stack import expand_stack
 from cowctx.trace import syscalls as sc
@@ -426,10 +427,29 @@ class Replay:
                     do_madvise_more(m, task.mm, a[0], a[1], a[2])
             else:
                 self._note(f"madvise advice {a[2]} not modelled")
+        elif name in ("mlock", "mlock2", "munlock", "mlockall", "munlockall"):
+            self._mlock(task, name, a)
         elif name in ("msync", "prctl", "shmctl", "shmget", "mbind") or nr_lifecycle(name):
             pass  # no change to VMAs or anon memory, or replayed from its own records
         else:
             self._note(f"{name} not modelled")
+
+    def _mlock(self, task: TaskStruct, name: str, a: list[int]) -> None:
+        mm = task.mm
+        assert mm is not None
+        with self.m.operation(name):
+            if name == "mlock":
+                do_mlock(self.m, mm, a[0], a[1], 0)
+            elif name == "mlock2":
+                do_mlock(self.m, mm, a[0], a[1], a[2])
+            elif name == "munlock":
+                do_munlock(self.m, mm, a[0], a[1])
+            elif name == "munlockall":
+                do_mlockall(self.m, mm, 0)
+            else:
+                if a[0] & MCL_FUTURE:
+                    self._note("mlockall(MCL_FUTURE) not modelled: later mappings are not locked")
+                do_mlockall(self.m, mm, a[0])
 
     # --- file descriptors ------------------------------------------------------------
 

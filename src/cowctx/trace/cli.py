@@ -27,7 +27,8 @@ def record_command(out: Path, buffer_kb: int, cmd: tuple[str, ...]) -> None:
 
     Writes one trace file (docs/trace-format.md).  Exit status: 0 recorded (the
     file's `flags` may still say why it is not exactly replayable), 2 the command
-    or tracefs could not be used, 130 interrupted (nothing written).
+    or tracefs could not be used, 128+N interrupted by signal N (SIGINT, SIGTERM,
+    SIGHUP: nothing written, nothing left running or enabled).
     """
     from cowctx.linux.tracefs import TraceError
     from cowctx.trace import traceformat

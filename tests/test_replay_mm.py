@@ -138,7 +138,8 @@ def test_stack_grows_down_within_the_rlimit_and_guard_gap() -> None:
     assert mm is not None
     stack = mm.vmas()[-1]
     low = stack.vm_start - 10 * PAGE_SIZE
-    assert expand_stack(m, mm, low + 8) is stack
+    grown = expand_stack(m, mm, low + 8)
+    assert grown is not None and grown is stack
     assert stack.vm_start == low
     assert stack.vm_pgoff == low >> 12
     assert expand_stack(m, mm, STACK_TOP - RLIMIT_STACK - PAGE_SIZE) is None

@@ -12,6 +12,7 @@ from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 PF_X = 0x1
 BINPRM_MAX_RECURSION = 4
@@ -46,8 +47,8 @@ def read_elf(path: str) -> dict[str, Any]:
                         seg["p_align"],
                     ]
                 )
-            elif kind == "PT_INTERP":
-                interp = seg.get_interp_name()
+            elif kind == "PT_INTERP" and isinstance(seg, InterpSegment):
+                interp = seg.get_interp_name()  # type: ignore[no-untyped-call]
             elif kind == "PT_GNU_STACK":
                 exec_stack = bool(seg["p_flags"] & PF_X)
         return {

@@ -44,6 +44,14 @@ PROGRAMS = {
     "shell-script": ["{dir}/script.sh"],
     "python-mmap": ["/usr/bin/python3", "-S", "{dir}/mm.py"],
     "python-mlock": ["/usr/bin/python3", "-S", "{dir}/ml.py"],
+    "python-thread-exec": [
+        "/usr/bin/python3",
+        "-S",
+        "-c",
+        "import os, threading, time\nx = bytearray(1 << 20)\n"
+        "threading.Thread(target=lambda: os.execv('/bin/true', ['true'])).start()\n"
+        "time.sleep(5)",
+    ],
     "python-fork": [
         "/usr/bin/python3",
         "-S",
@@ -127,6 +135,9 @@ def test_record_then_replay_agrees(name: str, workdir: Path) -> None:
         assert r["kernel"][kind]["allocated"] > 0
         assert r["final"]["objects"][kind] == r["kernel"][kind], r["first_difference"]
     assert r["agree"] is True
+    assert set(r["replay"]["notes"]) <= {
+        "fault of the recorder's child before its exec (not the program's)"
+    }, r["replay"]["notes"]
 
 
 def test_chromium_headless_replays_exactly(tmp_path: Path) -> None:

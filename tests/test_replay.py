@@ -26,6 +26,9 @@ TRACES = Path(__file__).parent / "fixtures" / "traces"
 FIXTURES = sorted(TRACES.glob("*.trace"))
 
 
+PRE_EXEC = "fault of the recorder's child before its exec (not the program's)"
+
+
 def fixture(name: str) -> Path:
     return TRACES / f"{name}.trace"
 
@@ -43,6 +46,7 @@ def test_fixtures_cover_the_program_kinds() -> None:
         "python-threads",
         "python-mmap",
         "python-mlock",
+        "python-thread-exec",
         "static-pie",
     } <= names
 
@@ -59,6 +63,8 @@ def test_fixture_replays_exactly(path: Path) -> None:
     assert r["agree"] is True
     assert r["replay"]["tasks_alive_at_end"] == []
     assert r["replay"]["ops"]["exec"] >= 1
+    # every record was applied: the only ones left are the recorder's own child's
+    assert set(r["replay"]["notes"]) <= {PRE_EXEC}
 
 
 def test_fixtures_exercise_fork_vfork_and_threads() -> None:
@@ -68,6 +74,7 @@ def test_fixtures_exercise_fork_vfork_and_threads() -> None:
     assert ops["python-threads"]["clone_vm"] == 3
     assert ops["python-mmap"]["mremap"] >= 1 and ops["python-mmap"]["madvise"] >= 1
     assert ops["python-mlock"]["mlock"] == 3 and ops["python-mlock"]["mlockall"] == 1
+    assert ops["python-thread-exec"]["exec"] == 2  # the second by a thread: de_thread()
 
 
 def test_cli_replay_all_designs_json() -> None:

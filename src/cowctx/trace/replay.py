@@ -121,6 +121,8 @@ class Replay:
         self.segments: list[Segment] = []
         self.current: dict[int, Segment] = {}
         self.kernel = KernelCounts()
+        self.exiting: dict[int, TaskStruct] = {}
+        """Tasks past sched_process_exit whose mm is not yet put (:meth:`_finish_exit`)."""
         self.active: set[int] = set()
         """Tasks whose rmap allocations are the program's."""
         self.ops: Counter[str] = Counter()
@@ -170,16 +172,39 @@ class Replay:
         root = self.header["root_pid"]
         for idx, r in enumerate(self.rec.records):
             if r[0] == "kmem":
+                if r[2] in self.exiting:  # exit_mmap() has begun
+                    self._finish_exit(r[2])
                 self._kmem(idx, r)
                 continue
+            if self.exiting and not (r[0] == "fault" and r[2] in self.exiting):
+                for pid in list(self.exiting):
+                    self._finish_exit(pid)
             before = self._counts()
             seg = self._dispatch(idx, r, root)
             if seg is not None:
-                after = self._counts()
-                for key in DELTA_KEYS:
-                    d = after[key] - before[key]
-                    if d:
-                        seg.model[key] += d
+                self._charge(seg, before)
+        for pid in list(self.exiting):
+            self._finish_exit(pid)
+
+    def _charge(self, seg: Segment, before: Counter[str]) -> None:
+        """Add the model's counts since ``before`` to ``seg``."""
+        after = self._counts()
+        for key in DELTA_KEYS:
+            d = after[key] - before[key]
+            if d:
+                seg.model[key] += d
+
+    def _finish_exit(self, pid: int) -> None:
+        """``exit_mm()``: runs after sched_process_exit, and mm_release()'s
+        clear_child_tid store can still fault first; done at the exiting task's first
+        rmap free or before any other task's next event, whichever comes first."""
+        task = self.exiting.pop(pid)
+        before = self._counts()
+        self.ops["exit"] += 1
+        self.m.exit(task)
+        seg = self.current.get(pid)
+        if seg is not None:
+            self._charge(seg, before)
 
     def _dispatch(self, idx: int, r: Record, root: int) -> Segment | None:
         kind, pid = r[0], r[2]
@@ -222,10 +247,15 @@ class Replay:
             seg = self._segment(idx, pid)
             task = self.tasks.get(pid)
             if task is not None and not task.exit_state:
-                self.ops["exit"] += 1
-                self.m.exit(task)
+                self.exiting[pid] = task
             self.pending.pop(pid, None)
             self.windows.pop(pid, None)
+            if task is not None:  # de_thread(): the exec'ing thread takes this pid over
+                for other, window in self.windows.items():
+                    peer = self.tasks.get(other)
+                    if other != pid and peer is not None and peer.mm is task.mm:
+                        self.windows[pid] = window
+                        break
             return seg  # stays open: exit_mmap() runs after sched_process_exit
         if kind == "unmapped":
             window = self.windows.get(pid)
@@ -267,6 +297,7 @@ class Replay:
 
     def _exec(self, pid: int, old_pid: int, filename: str) -> None:
         window = self.windows.pop(old_pid, ExecWindow())
+        self.windows.pop(pid, None)
         self.pending.pop(old_pid, None)
         if pid != old_pid:  # a non-leader thread exec'd: it takes the leader's pid
             self.tasks[pid] = self.tasks.pop(old_pid)

@@ -53,8 +53,10 @@ from cowctx.mm.madvise_more import ADVICES, do_madvise_more
 from cowctx.mm.mlock import MCL_FUTURE, do_mlock, do_mlockall, do_munlock
 from cowctx.mm.mm_types import TaskStruct
 from cowctx.mm.stack import expand_stack
+from cowctx.trace import fdtable
 from cowctx.trace import syscalls as sc
 from cowctx.trace.events import FAULT_WRITE, Record, signed_arg
+from cowctx.trace.fdtable import FdTable
 from cowctx.trace.images import is_self_exe, resolve
 from cowctx.trace.kernel_counts import DELTA_KEYS, KernelCounts
 from cowctx.trace.recorder import Recording
@@ -69,22 +71,6 @@ PROT_GROWS = 0x03000000
 
 class ReplayError(ValueError):
     """A recording that cannot be replayed at all (inconsistent records)."""
-
-
-@dataclass
-class FdEntry:
-    file: File
-    cloexec: bool
-
-
-@dataclass
-class FdTable:
-    """``struct files_struct``: fd -> open file description (identity for VMA merges)."""
-
-    fds: dict[int, FdEntry] = field(default_factory=dict)
-
-    def copy(self) -> FdTable:
-        return FdTable({fd: FdEntry(e.file, e.cloexec) for fd, e in self.fds.items()})
 
 
 @dataclass
@@ -334,10 +320,7 @@ class Replay:
         with self.m.operation("exec"):
             load_elf_binary(self.m, task, exe, interp, special, place)
         task.comm = Path(filename).name[:15]
-        table = self.fdt.setdefault(pid, FdTable())
-        table = table.copy()  # unshare_files(), then close-on-exec
-        table.fds = {fd: e for fd, e in table.fds.items() if not e.cloexec}
-        self.fdt[pid] = table
+        self.fdt[pid] = self._table(pid).after_exec()
         for f in window.faults:
             self._fault(pid, f[3], bool(f[4] & FAULT_WRITE))
 
@@ -391,20 +374,8 @@ class Replay:
 
     def _syscall(self, pid: int, nr: int, a: list[int], ret: int) -> None:
         name = sc.NAMES.get(nr, str(nr))
-        if name in (
-            "open",
-            "openat",
-            "creat",
-            "openat2",
-            "memfd_create",
-            "pidfd_getfd",
-            "memfd_secret",
-        ):
-            if ret >= 0:
-                self._open_fd(pid, name, a, ret)
-            return
-        if name in ("dup", "dup2", "dup3", "fcntl", "close", "close_range"):
-            self._fd_op(pid, name, a, ret)
+        if name in fdtable.OPENERS or name in fdtable.CHANGERS:
+            fdtable.apply(self._table(pid), name, a, ret, self._file)
             return
         if ret < 0:
             return
@@ -487,61 +458,11 @@ class Replay:
     def _table(self, pid: int) -> FdTable:
         return self.fdt.setdefault(pid, FdTable())
 
-    def _open_fd(self, pid: int, name: str, a: list[int], fd: int) -> None:
-        if name == "open":
-            flags = a[1]
-        elif name == "openat":
-            flags = a[2]
-        elif name == "creat":
-            flags = 0o1101  # O_WRONLY | O_CREAT | O_TRUNC
-        elif name == "memfd_create":
-            flags = 2 | (sc.O_CLOEXEC if a[1] & sc.MFD_CLOEXEC else 0)
-        else:  # openat2's flags are in a struct; pidfd_getfd/memfd_secret are rw
-            flags = 2
-        writable = (flags & sc.O_ACCMODE) != sc.O_RDONLY
-        self._table(pid).fds[fd] = FdEntry(
-            self._file(f"fd{fd}", writable), bool(flags & sc.O_CLOEXEC)
-        )
-
-    def _fd_op(self, pid: int, name: str, a: list[int], ret: int) -> None:
-        fds = self._table(pid).fds
-        if name == "close":
-            if ret != -9:  # closed even when close() fails, unless EBADF
-                fds.pop(signed_arg(a[0]), None)
-            return
-        if name == "close_range":
-            if ret < 0:
-                return
-            first, last, flags = a[0], min(a[1], 1 << 20), a[2]
-            for fd in [f for f in fds if first <= f <= last]:
-                if flags & sc.CLOSE_RANGE_CLOEXEC:
-                    fds[fd].cloexec = True
-                else:
-                    del fds[fd]
-            return
-        if ret < 0:
-            return
-        old = signed_arg(a[0])
-        if name == "fcntl":
-            cmd = a[1]
-            if cmd == sc.F_SETFD and old in fds:
-                fds[old].cloexec = bool(a[2] & sc.FD_CLOEXEC)
-            elif cmd in (sc.F_DUPFD, sc.F_DUPFD_CLOEXEC) and old in fds:
-                fds[ret] = FdEntry(fds[old].file, cmd == sc.F_DUPFD_CLOEXEC)
-            return
-        if old not in fds:
-            fds[old] = FdEntry(self._file(f"fd{old}"), False)
-        cloexec = name == "dup3" and bool(a[2] & sc.O_CLOEXEC)
-        if not (name != "dup" and old == ret):
-            fds[ret] = FdEntry(fds[old].file, cloexec)
-
     def _fd_file(self, pid: int, fd: int) -> File:
-        fds = self._table(pid).fds
-        entry = fds.get(fd)
-        if entry is None:
+        file, seen = self._table(pid).file(fd, self._file)
+        if not seen:
             self._note("mmap of an fd the recording did not see opened")
-            entry = fds[fd] = FdEntry(self._file(f"fd{fd}"), False)
-        return entry.file
+        return file
 
     # --- result ----------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ import pytest
 from cowctx.linux.tracefs import INSTANCE_PREFIX
 from cowctx.mm.exec_elf import ElfImage, ElfLoad, load_elf_binary
 from cowctx.trace import traceformat
+from cowctx.trace.assemble import assemble
 from cowctx.trace.images import read_elf
-from cowctx.trace.recorder import _assemble, record, recording_unavailable_reason
+from cowctx.trace.recorder import record, recording_unavailable_reason
 from cowctx.trace.replay import replay
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -275,7 +276,7 @@ def test_only_a_successful_unreplayable_call_flags() -> None:
             f"p-7 [000] ..... 1.000001: sys_enter: NR 157 ({', '.join(f'{a:x}' for a in set_vma)})",
             f"p-7 [000] ..... 1.000002: sys_exit: NR 157 = {ret}",
         ]
-        flags: list[str] = _assemble(["p"], "/p", 7, 0, {"rec": 0, "kmem": 0}, lines, []).header[
+        flags: list[str] = assemble(["p"], "/p", 7, 0, {"rec": 0, "kmem": 0}, lines, []).header[
             "flags"
         ]
         return flags
@@ -285,7 +286,7 @@ def test_only_a_successful_unreplayable_call_flags() -> None:
 
 
 def test_lost_event_counts_become_flags() -> None:
-    rec = _assemble(["true"], "/usr/bin/true", 1, 0, {"rec": 0, "kmem": 3}, [], [])
+    rec = assemble(["true"], "/usr/bin/true", 1, 0, {"rec": 0, "kmem": 3}, [], [])
     assert rec.header["flags"] == ["lost-events: the kmem instance's ring buffer dropped 3 events"]
 
 

@@ -19,7 +19,7 @@ from cowctx.cli import main
 from cowctx.designs.anon_vma.rmap import AnonVmaRmap
 from cowctx.linux.tracefs import RMAP_ALLOC_SITES
 from cowctx.trace import traceformat
-from cowctx.trace.recorder import Recording
+from cowctx.trace.events import Recording
 from cowctx.trace.replay import replay
 
 TRACES = Path(__file__).parent / "fixtures" / "traces"

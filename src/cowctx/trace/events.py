@@ -7,11 +7,21 @@ Every record is a JSON array ``[kind, ts_ns, pid, ...fields]`` (docs/trace-forma
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from cowctx.linux.tracefs import KINDS, parse_line
 
 Record = list[Any]
+
+
+@dataclass
+class Recording:
+    """A trace file's content: the header and the records."""
+
+    header: dict[str, Any]
+    records: list[Record] = field(default_factory=list)
+
 
 FIELDS: dict[str, tuple[type, ...]] = {
     "enter": (int, list),  # nr, args[6]

@@ -55,11 +55,10 @@ from cowctx.mm.mm_types import TaskStruct
 from cowctx.mm.stack import expand_stack
 from cowctx.trace import fdtable
 from cowctx.trace import syscalls as sc
-from cowctx.trace.events import FAULT_WRITE, Record, signed_arg
+from cowctx.trace.events import FAULT_WRITE, Record, Recording, signed_arg
 from cowctx.trace.fdtable import FdTable
 from cowctx.trace.images import is_self_exe, resolve
 from cowctx.trace.kernel_counts import DELTA_KEYS, KernelCounts
-from cowctx.trace.recorder import Recording
 
 FILE_PAGES = 1 << 32
 """A recorded file's size is unknown: files are taken to be large enough for every

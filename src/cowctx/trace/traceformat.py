@@ -15,8 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from cowctx.trace.events import Record, validate
-from cowctx.trace.recorder import Recording
+from cowctx.trace.events import Record, Recording, validate
 
 FORMAT = "cowctx-trace"
 VERSION = 1

@@ -12,6 +12,7 @@ from cowctx.cli.graph import graph_command
 from cowctx.cli.kernel import kernel_diff_command, kernel_fuzz_command
 from cowctx.cli.run import run
 from cowctx.cli.sweep import sweep_command
+from cowctx.cli.trace import record_command, replay_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,8 @@ for command in (
     graph_command,
     sweep_command,
     fuzz_command,
+    record_command,
+    replay_command,
 ):
     main.add_command(command)
 

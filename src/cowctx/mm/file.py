@@ -25,6 +25,9 @@ class File:
         self.anon_shared = anon_shared
         self.f_count = 0
         """Open references: the opener's and one per VMA mapping it (``get_file``)."""
+        self.f_mode_write = True
+        """FMODE_WRITE: opened for writing (a MAP_SHARED mapping of a read-only
+        file loses VM_MAYWRITE and VM_SHARED, as ``do_mmap()`` does)."""
 
     def initial_content(self, index: int) -> int:
         return self._initial(index)

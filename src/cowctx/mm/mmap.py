@@ -9,10 +9,12 @@ from cowctx.mm.constants import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
+    MAP_GROWSDOWN,
     MAP_NORESERVE,
     MAP_POPULATE,
     MAP_PRIVATE,
     MAP_SHARED,
+    MAP_STACK,
     MMAP_MIN_ADDR,
     PAGE_MASK,
     PAGE_SHIFT,
@@ -20,10 +22,12 @@ from cowctx.mm.constants import (
     SYSCTL_MAX_MAP_COUNT,
     VM_ACCESS_FLAGS,
     VM_ACCOUNT,
+    VM_GROWSDOWN,
     VM_MAYEXEC,
     VM_MAYREAD,
     VM_MAYSHARE,
     VM_MAYWRITE,
+    VM_NOHUGEPAGE,
     VM_NORESERVE,
     VM_READ,
     VM_SHARED,
@@ -123,9 +127,12 @@ def do_mmap(
     if flags & MAP_FIXED_NOREPLACE and mm.vmas_in_range(addr, addr + length):
         raise SyscallError("EEXIST", "MAP_FIXED_NOREPLACE range is in use")
     vm_flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+    vm_flags |= calc_vm_flag_bits(flags)
     if file is not None:
         if map_type == MAP_SHARED:
             vm_flags |= VM_SHARED | VM_MAYSHARE  # memfds are opened read-write
+            if not file.f_mode_write:  # a read-only file: never writable through here
+                vm_flags &= ~(VM_MAYWRITE | VM_SHARED)
     elif map_type == MAP_SHARED:
         pgoff = 0
         vm_flags |= VM_SHARED | VM_MAYSHARE
@@ -146,6 +153,15 @@ def do_mmap(
     if flags & MAP_POPULATE:
         mm_populate(m, mm, addr, length)
     return addr
+
+
+def calc_vm_flag_bits(flags: int) -> int:
+    """``calc_vm_flag_bits()``: MAP_GROWSDOWN is VM_GROWSDOWN, and MAP_STACK is
+    VM_NOHUGEPAGE (commit c4608d1bf7c6 ("mm: mmap: map MAP_STACK to VM_NOHUGEPAGE")
+    (v6.7); THP is built in on the reference kernel)."""
+    return (VM_GROWSDOWN if flags & MAP_GROWSDOWN else 0) | (
+        VM_NOHUGEPAGE if flags & MAP_STACK else 0
+    )
 
 
 def accountable_mapping(vm_flags: int) -> bool:
@@ -277,7 +293,14 @@ def do_brk(m: Machine, mm: MmStruct, brk: int) -> int:
     vm_flags = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_ACCOUNT
     prev = mm.vma_before(oldbrk)
     length = newbrk - oldbrk
-    if prev is not None and prev.vm_end == oldbrk and prev.vm_file is None:
+    # vma_prev_limit(&vmi, mm->start_brk): only a VMA reaching above start_brk can be
+    # expanded; the first growth never joins the bss below start_brk.
+    if (
+        prev is not None
+        and prev.vm_end == oldbrk
+        and prev.vm_end > mm.start_brk
+        and prev.vm_file is None
+    ):
         vmg = VmaMergeStruct(
             mm=mm,
             start=oldbrk,

@@ -1,0 +1,125 @@
+"""A private tracefs instance with a set of events, read through its trace_pipe
+(reference/kernel-oracle.md: its own buffer, overwrite off so that the lost-event
+counters mean something, global clock, unhashed pointers)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+from cowctx.linux.tracefs import TraceError
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+class Instance:
+    """One private tracefs instance with a set of events; removed by :meth:`remove`."""
+
+    def __init__(
+        self, root: Path, name: str, events: dict[str, str | None], buffer_kb: int
+    ) -> None:
+        self.path = root / "instances" / name
+        self.events = events
+        self.buffer_kb = buffer_kb
+        self.pipe: int | None = None
+        self._partial = b""
+        self.created = False
+
+    def create(self) -> None:
+        # marked first: a signal between mkdir and the mark must not leak the instance
+        # (the name holds this process's pid, so nothing else owns it)
+        self.created = True
+        self.path.mkdir()
+        p = self.path
+        _write(p / "tracing_on", "0")  # a new instance starts with tracing on
+        _write(p / "buffer_size_kb", str(self.buffer_kb))
+        _write(p / "options" / "overwrite", "0")
+        _write(p / "options" / "hash-ptr", "0")
+        _write(p / "trace_clock", "global")
+        for event, filt in self.events.items():
+            d = p / "events" / event
+            if not d.is_dir():
+                raise TraceError(f"tracepoint {event} is missing")
+            if filt is not None:
+                _write(d / "filter", filt)
+        self.pipe = os.open(p / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+
+    def follow(self, pid: int) -> None:
+        """Record ``pid`` and, through event-fork, every task it creates."""
+        _write(self.path / "options" / "event-fork", "1")
+        _write(self.path / "set_event_pid", str(pid))
+
+    def enable(self) -> None:
+        for event in self.events:
+            _write(self.path / "events" / event / "enable", "1")
+        _write(self.path / "tracing_on", "1")
+
+    def stop_tracing(self) -> None:
+        """``tracing_on`` 0: nothing more is written, what is buffered stays readable."""
+        _write(self.path / "tracing_on", "0")
+
+    def read(self) -> list[str]:
+        """Complete lines available now."""
+        if self.pipe is None:
+            return []
+        chunks = [self._partial]
+        while True:
+            try:
+                data = os.read(self.pipe, 1 << 20)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        raw = b"".join(chunks)
+        cut = raw.rfind(b"\n") + 1
+        self._partial = raw[cut:]
+        return raw[:cut].decode(errors="replace").splitlines()
+
+    def lost(self) -> int:
+        """Events dropped by the ring buffer (overwrite=0: the writer lost them)."""
+        lost = 0
+        for stats in sorted((self.path / "per_cpu").glob("cpu*/stats")):
+            for line in stats.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() in ("overrun", "commit overrun", "dropped events"):
+                    lost += int(value.split()[0])
+        return lost
+
+    def remove(self) -> None:
+        """Tracing off, events off, pid filter cleared, instance removed; idempotent."""
+        if self.pipe is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pipe)
+            self.pipe = None
+        if not self.created:
+            return
+        p = self.path
+        with contextlib.suppress(OSError):
+            _write(p / "tracing_on", "0")
+        for event in self.events:
+            with contextlib.suppress(OSError):
+                _write(p / "events" / event / "enable", "0")
+        with contextlib.suppress(OSError):
+            _write(p / "set_event_pid", "")
+        last: OSError | None = None
+        for _ in range(200):
+            try:
+                p.rmdir()
+                self.created = False
+                return
+            except FileNotFoundError:
+                self.created = False
+                return
+            except OSError as exc:  # EBUSY while a reader is still leaving
+                last = exc
+                time.sleep(0.005)
+        raise TraceError(f"cannot remove tracefs instance {p}: {last}")

@@ -592,10 +592,10 @@ class CowContextPoc(CowContextRmap):
         assert mm is not None
         start = (folio.index + offset) << PAGE_SHIFT
         end = start + (1 << PAGE_SHIFT)
+        rwc.cost.cost["vma_lookups"] += 1  # one VMA-tree walk per offset
         if start < 0 or end > mm.task_size:
             return True
         for vma in mm.vmas_in_range(start, end):
-            rwc.cost.cost["vma_lookups"] += 1
             if (vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff != offset:
                 continue
             hold.vmas += 1

@@ -68,3 +68,20 @@ def test_the_rule_before_the_fix_is_caught(path: Path) -> None:
     assert "missed" in kinds
     assert result["final"]["maps"]["p0"] == [[0, 12, "rw-p"]]  # A and B in one VMA
     assert scenario_failed(scenario, result, check_expect(scenario, result))
+
+
+def test_the_fuzzer_finds_the_hole_when_the_fix_is_reverted() -> None:
+    """The generator maps files at varied offsets, moves faulted file mappings
+    to where their file pages continue another mapping of the file, fills the
+    holes between them and grows mappings up to their neighbour: with the old
+    merge rule it reaches the hole in 3,625 steps (seed 7, chunks of 1,000),
+    and the shrunk scenario is clean on the corrected design."""
+    from cowctx.fuzz.runner import fuzz, scenario_of
+
+    result = fuzz("offset-blind", steps=4000, seed=7, chunk=1000, design_factory=OffsetBlindMerge)
+    assert result.failure is not None and result.steps_run <= 4000
+    assert result.failure.kind in {"invariant", "missed"}
+    shrunk = scenario_of(result.shrunk_steps)
+    assert any(s.file is not None for s in shrunk.steps if s.op == "mmap")
+    assert run_scenario(shrunk, OffsetBlindMerge).violations
+    assert run_scenario(shrunk, "cow_context").violations == []

@@ -35,17 +35,18 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 COVERAGE = $(BIN)/coverage
-COVSRC   = --branch --data-file=$(VENV)/coverage-fuzz --source=src/cowctx/designs,src/cowctx/mm
+COVDATA  = --data-file=$(VENV)/coverage-fuzz
+COVSRC   = --branch $(COVDATA) --source=src/cowctx/designs,src/cowctx/mm
 fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_stateful.py
 	$(BIN)/cowctx fuzz --design anon_vma --steps 200000 --seed 1 --chunk 500
 	$(BIN)/cowctx kernel-fuzz --seed 1 --scenarios 2000 || test $$? -eq 3
 	@echo "branch coverage of src/cowctx/designs and mm/vma.py (unreached branches: docs/cow-context.md)"
-	$(COVERAGE) erase
+	$(COVERAGE) erase $(COVDATA)
 	$(COVERAGE) run $(COVSRC) $(BIN)/cowctx fuzz --design cow_context --steps 100000 --seed 1 --chunk 500
 	$(COVERAGE) run --append $(COVSRC) $(BIN)/cowctx fuzz --design anon_vma --steps 100000 --seed 2 --chunk 500
 	$(COVERAGE) run --append $(COVSRC) $(BIN)/cowctx run --design cow_context_poc scenarios/poc/*.yaml >/dev/null
-	$(COVERAGE) report --include='src/cowctx/designs/*,src/cowctx/mm/vma.py' --show-missing
+	$(COVERAGE) report $(COVDATA) --include='src/cowctx/designs/*,src/cowctx/mm/vma.py' --show-missing
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -285,3 +285,23 @@ def test_the_three_step_counterexample_is_there() -> None:
     three = load_scenario(ROOT / "scenarios/poc/poc-exclusive-abort-after-mremap.yaml")
     assert [s.op for s in three.steps] == ["mmap", "write", "mremap"]
     assert not any(s.op == "fork" for s in three.steps)
+
+
+def test_moving_home_keeps_the_old_entries_the_dead_branch_would_remove() -> None:
+    """``should_track_remap()`` is false for a VMA at offset 0, so
+    ``__cow_context_do_remap()``'s ``!new_offset`` branch never runs: after a move
+    away and back the away offset stays; ``remove_entries`` removes it when the
+    away copy is unmapped."""
+    move = {"op": "mremap", "page": 0, "pages": 1, "new_pages": 1, "flags": ["maymove", "fixed"]}
+    steps = [
+        *CYCLE,
+        {"op": "fork", "child": "p1"},
+        {**move, "new_page": 30},
+        {**move, "page": 30, "new_page": 0},
+    ]
+    index = page(0) >> 12
+    poc = go(steps, "cow_context_poc")
+    assert poc.procs["p0"].mm.cow_context.remaps.lookup(index)[1] == {30}
+    assert poc.violations == []
+    fixed = go(steps, "cow_context_poc[remove_entries]")
+    assert fixed.procs["p0"].mm.cow_context.remaps.lookup(index)[1] == set()

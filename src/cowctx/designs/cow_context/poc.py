@@ -27,6 +27,7 @@ krealloc that frees an array a reader may hold) is not sequentially visible.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from cowctx.designs.cow_context.fixes import PocFixes
@@ -517,28 +518,37 @@ class CowContextPoc(CowContextRmap):
     def rmap_walk(self, folio: Folio, rwc: RmapWalkControl) -> None:
         """``cow_context_walk()``: ``traverse_contexts(folio->cow_context,
         walk_context)`` under RCU."""
+        for _ in self.walk_steps(folio, rwc):
+            pass
+
+    def walk_steps(self, folio: Folio, rwc: RmapWalkControl) -> Iterator[tuple[str, object]]:
+        """The walk, yielding before each context visit (an explorer may
+        interleave writers there; probes within a visit are not split)."""
         hold = self._lock(RCU, "read", "cow_context_walk")
         try:
-            self.traverse_contexts(cast(CowContext, folio.mapping), folio, rwc, hold)
+            for ctx in self.traverse_contexts(cast(CowContext, folio.mapping)):
+                yield "context", ctx
+                if not self.walk_context(ctx, folio, rwc, hold):
+                    return
         finally:
             self.ledger.unlock(hold)
 
-    def traverse_contexts(
-        self, root: CowContext, folio: Folio, rwc: RmapWalkControl, hold: LockHold
-    ) -> None:
-        """``traverse_contexts()``: the root first, then a post-order depth-first
-        walk of its descendants, first child first (the newest: children are
-        added at the head); stops as soon as a visit returns false."""
-        if not self.walk_context(root, folio, rwc, hold):
-            return
+    @staticmethod
+    def traverse_contexts(root: CowContext) -> Iterator[CowContext]:
+        """``traverse_contexts()``: the contexts in the order it calls back on
+        them: the root first, then a post-order depth-first walk of its
+        descendants, first child first (the newest: children are added at the
+        head).  The caller stops at the first visit that returns false."""
+        yield root
         parent: CowContext | None = None
         curr = root
         while True:
             if curr is not parent and curr.children:
                 curr = curr.children[0]
                 continue
-            if curr is root or not self.walk_context(curr, folio, rwc, hold):
+            if curr is root:
                 return
+            yield curr
             parent = curr.parent
             assert parent is not None
             siblings = parent.children

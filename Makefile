@@ -34,10 +34,19 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+COVERAGE = $(BIN)/coverage
+COVDATA  = --data-file=$(VENV)/coverage-fuzz
+COVSRC   = --branch $(COVDATA) --source=src/cowctx/designs,src/cowctx/mm
 fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_stateful.py
 	$(BIN)/cowctx fuzz --design anon_vma --steps 200000 --seed 1 --chunk 500
 	$(BIN)/cowctx kernel-fuzz --seed 1 --scenarios 2000 || test $$? -eq 3
+	@echo "branch coverage of src/cowctx/designs and mm/vma.py (unreached branches: docs/cow-context.md)"
+	$(COVERAGE) erase $(COVDATA)
+	$(COVERAGE) run $(COVSRC) $(BIN)/cowctx fuzz --design cow_context --steps 100000 --seed 1 --chunk 500
+	$(COVERAGE) run --append $(COVSRC) $(BIN)/cowctx fuzz --design anon_vma --steps 100000 --seed 2 --chunk 500
+	$(COVERAGE) run --append $(COVSRC) $(BIN)/cowctx run --design cow_context_poc scenarios/poc/*.yaml >/dev/null
+	$(COVERAGE) report $(COVDATA) --include='src/cowctx/designs/*,src/cowctx/mm/vma.py' --show-missing
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
@@ -52,6 +61,7 @@ report-check: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

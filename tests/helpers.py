@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_FILES = sorted((ROOT / "scenarios").rglob("*.yaml"))
 
 
-def scenario(name: str, steps: list[dict[str, Any]], **extra: Any) -> Scenario:
+def scenario(name: str, steps: list[Any], **extra: Any) -> Scenario:
     """A scenario from inline steps (format and name filled in)."""
     return parse_scenario({"format": "cowctx-scenario/1", "name": name, "steps": steps, **extra})
 
@@ -30,7 +30,7 @@ def page(n: int) -> int:
     return W + n * PAGE
 
 
-def run(steps: list[dict[str, Any]], design: str = "anon_vma", **extra: Any):
+def run(steps: list[Any], design: str = "anon_vma", **extra: Any):
     """Run inline steps with the oracle on; fails the test on any violation."""
     from cowctx.scenario.runner import run_scenario
 

@@ -249,7 +249,9 @@ def test_fuzz_reports_an_exception_in_the_model_with_its_traceback() -> None:
     assert "folio_move_anon_rmap" in (result.failure.traceback or "")
     assert result.shrunk_failure is not None
     assert result.shrunk_failure.signature == "exception:RuntimeError"
-    assert [s["op"] for s in result.shrunk_steps] == ["mmap", "write", "fork", "exit", "write"]
+    ops = [s["op"] for s in result.shrunk_steps]
+    assert ops[:3] == ["mmap", "write", "fork"] and ops[4:] == ["write"]
+    assert ops[3] in {"exit", "exec"}  # the parent's mm goes away, the child reuses
     assert result.shrunk_steps[-1].get("pages", 1) == 1
 
 

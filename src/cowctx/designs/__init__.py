@@ -14,26 +14,29 @@ def design_names() -> list[str]:
 
 def sound_design_names() -> list[str]:
     """The designs whose rmap walks must find every mapping (the PoC is known not to)."""
-    return [name for name in design_names() if name != "cow_context_poc"]
+    return [name for name in design_names() if not name.startswith("cow_context_poc")]
 
 
 def get_design(name: str) -> type[AnonRmap]:
-    """A design by name: ``anon_vma``, ``cow_context``, ``cow_context_poc``, or
-    ``cow_context[switch,...]`` (the corrected design with only the named PoC
-    behaviours, see :class:`~cowctx.designs.cow_context.CowContextOptions`)."""
-    from cowctx.designs.cow_context import CowContextOptions, cow_context_design
+    """A design by name: ``anon_vma``, ``cow_context``, ``cow_context_poc`` (the
+    PoC's C), ``cow_context_poc[fix,...]`` (the PoC with the named fixes, see
+    :class:`~cowctx.designs.cow_context.PocFixes`), or ``cow_context[switch,...]``
+    (the corrected design with only the named PoC-like behaviours, see
+    :class:`~cowctx.designs.cow_context.CowContextOptions`)."""
+    from cowctx.designs.cow_context import cow_context_design, cow_context_poc_design
 
-    if name.startswith("cow_context[") and name.endswith("]"):
-        switches = frozenset(
-            s.strip() for s in name[len("cow_context[") : -1].split(",") if s.strip()
-        )
-        return cow_context_design(switches)
-    if name == "cow_context_poc":
-        return cow_context_design(frozenset(CowContextOptions.names()))
+    for prefix, build in (
+        ("cow_context_poc[", cow_context_poc_design),
+        ("cow_context[", cow_context_design),
+    ):
+        if name.startswith(prefix) and name.endswith("]"):
+            parts = frozenset(s.strip() for s in name[len(prefix) : -1].split(",") if s.strip())
+            return build(parts)
     registry = _registry()
     if name not in registry:
         raise KeyError(
-            f"unknown design {name!r}; known: {', '.join(design_names())}, cow_context[switch,...]"
+            f"unknown design {name!r}; known: {', '.join(design_names())}, "
+            "cow_context_poc[fix,...], cow_context[switch,...]"
         )
     return registry[name]
 
@@ -67,10 +70,10 @@ def make_machine(design: str | Callable[..., AnonRmap] = "anon_vma"):
 
 def _registry() -> dict[str, type[AnonRmap]]:
     from cowctx.designs.anon_vma import AnonVmaRmap
-    from cowctx.designs.cow_context import CowContextOptions, cow_context_design
+    from cowctx.designs.cow_context import CowContextPoc, CowContextRmap
 
     return {
         AnonVmaRmap.name: AnonVmaRmap,
-        "cow_context": cow_context_design(frozenset()),
-        "cow_context_poc": cow_context_design(frozenset(CowContextOptions.names())),
+        "cow_context": CowContextRmap,
+        "cow_context_poc": CowContextPoc,
     }

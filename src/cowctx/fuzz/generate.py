@@ -238,38 +238,45 @@ class _Generator:
         start: int | None = None
         n = rng.randint(1, 32)
         before: _Page | None = None
-        if segs and mode < 0.45:  # right after a segment
+        link = False
+        holes = [(a[1], b[0]) for a, b in itertools.pairwise(segs) if b[0] > a[1]]
+        linking = [h for h in holes if self._links(p, *h)]
+        if linking and (mode < 0.2 or 0.45 <= mode < 0.6):  # fill a hole file pages link
+            start, end = rng.choice(linking)
+            n = min(end - start, MAX_LEN)
+            before = p.pages[start - 1]
+            link = True
+        elif segs and mode < 0.45:  # right after a segment
             s_end = rng.choice(segs)[1]
             run = p.free_run(s_end)
             if run:
                 start, n = s_end, min(n, run)
                 before = p.pages[s_end - 1]
-        elif segs and mode < 0.6:  # exactly fill a hole between two segments
-            holes = [(a[1], b[0]) for a, b in itertools.pairwise(segs) if b[0] > a[1]]
-            if holes:
-                start, end = rng.choice(holes)
-                n = min(end - start, MAX_LEN)
+        elif segs and holes and mode < 0.6:  # exactly fill a hole between two segments
+            start, end = rng.choice(holes)
+            n = min(end - start, MAX_LEN)
         if start is None:
             start = self._free_place(p, n)
         if start is None:
             return None
         kind = rng.random()
         prot = self._prot()
-        if before is not None and rng.random() < 0.6:
+        if before is not None and (link or rng.random() < 0.6):
             prot = before.prot  # likely to merge
         file: str | None = None
         file_page = 0
         shared = False
-        if before is not None and before.file is not None and rng.random() < 0.5:
+        if before is not None and before.file is not None and (link or rng.random() < 0.5):
             file, file_page, shared = before.file, before.file_page + 1, before.shared
-        elif kind < 0.15:
-            file = rng.choice(sorted(FILES))
+        elif kind < 0.3:  # a private file mapping, often of a file already mapped
+            mapped = sorted({pg.file for pg in p.pages.values() if pg.file and not pg.shared})
+            file = rng.choice(mapped if mapped and rng.random() < 0.6 else sorted(FILES))
             file_page = rng.randrange(FILES[file])
-        elif kind < 0.25:
+        elif kind < 0.4:
             file = rng.choice(sorted(FILES))
             file_page = rng.randrange(FILES[file])
             shared = True
-        elif kind < 0.3:
+        elif kind < 0.45:
             shared = True  # MAP_SHARED|MAP_ANONYMOUS
         if file is not None and rng.random() < 0.9:
             n = max(1, min(n, FILES[file] - file_page))  # mostly inside the file
@@ -291,6 +298,21 @@ class _Generator:
         if "populate" in flags and "w" in prot and not shared:
             p.touched.update(range(start, start + n))
         return step
+
+    @staticmethod
+    def _links(p: _Proc, start: int, end: int) -> bool:
+        """Do the private mappings of one file on both sides of the hole
+        ``[start, end)`` continue each other's file pages across it?"""
+        left, right = p.pages.get(start - 1), p.pages.get(end)
+        return (
+            left is not None
+            and right is not None
+            and left.file is not None
+            and left.file == right.file
+            and not left.shared
+            and not right.shared
+            and right.file_page - left.file_page == end - start + 1
+        )
 
     def _munmap(self, p: _Proc) -> dict[str, Any] | None:
         page, n = self._range(p)
@@ -399,12 +421,22 @@ class _Generator:
 
     def _mremap(self, p: _Proc) -> dict[str, Any] | None:
         rng = self.rng
-        modes = {"shrink": 2, "grow": 3, "move": 4, "dontunmap": 2, "multi": 2, "back": 0}
+        modes = {
+            "shrink": 2,
+            "grow": 3,
+            "move": 4,
+            "dontunmap": 2,
+            "multi": 2,
+            "back": 0,
+            "file_linear": 3,
+        }
         if p.moved:
             modes["back"] = 4
         mode = rng.choices(list(modes), list(modes.values()))[0]
         if mode == "multi":
             return self._mremap_multi(p)
+        if mode == "file_linear":
+            return self._mremap_file_linear(p)
         if mode == "back":
             return self._mremap_back(p)
         seg = self._segment(p)
@@ -425,6 +457,14 @@ class _Generator:
             return step
         if mode == "grow":
             new_n = min(n + rng.randint(1, 16), REGION - start)
+            gap = p.free_run(s_end)
+            if (
+                start + n == s_end
+                and 0 < gap < MAX_LEN
+                and s_end + gap in p.pages
+                and rng.random() < 0.5
+            ):
+                new_n = n + gap  # grow in place up to the next mapping: may merge it
             if new_n <= n:
                 return None
             step["new_pages"] = new_n
@@ -468,6 +508,60 @@ class _Generator:
         self._copy(p, start, n, dest, new_n, keep_source=False)
         p.moved.append((dest, new_n, start))
         return step
+
+    def _mremap_file_linear(self, p: _Proc) -> dict[str, Any] | None:
+        """Move a private file mapping to where its file pages continue another
+        mapping of the same file (adjacent, or with a gap of the file pages in
+        between): where a moved, faulted file VMA meets differing anon offsets."""
+        rng = self.rng
+        files = [
+            (a, b) for a, b in p.segments() if p.pages[a].file is not None and not p.pages[a].shared
+        ]
+        if len(files) < 2:
+            return None
+        faulted = [seg for seg in files if any(x in p.touched for x in range(*seg))]
+        s_start, s_end = rng.choice(faulted if faulted and rng.random() < 0.8 else files)
+        src = p.pages[s_start]
+        others = [
+            (a, b) for a, b in files if (a, b) != (s_start, s_end) and p.pages[a].file == src.file
+        ]
+        if not others:
+            return None
+        n = s_end - s_start
+
+        def dest_of(t_start: int) -> int:
+            return t_start + src.file_page - p.pages[t_start].file_page
+
+        # best: a faulted mapping of the same prot that ends before the file pages
+        # of this one start, with the pages between free (a hole a map can fill)
+        good = [
+            (a, b)
+            for a, b in others
+            if any(x in p.touched for x in range(a, b))
+            and p.pages[a].prot == src.prot
+            and b < dest_of(a)
+            and p.free_run(b) >= dest_of(a) - b
+        ]
+        pool = good if good and rng.random() < 0.7 else others
+        t_start = rng.choice(pool)[0]
+        dest = dest_of(t_start)
+        if dest < 0 or dest + n > REGION or dest == s_start:
+            return None
+        if any(dest + i in p.pages and not s_start <= dest + i < s_end for i in range(n)):
+            return None
+        if dest < s_end and s_start < dest + n:
+            return None
+        self._copy(p, s_start, n, dest, n, keep_source=False)
+        p.moved.append((dest, n, s_start))
+        return {
+            "op": "mremap",
+            "proc": p.name,
+            "page": s_start,
+            "pages": n,
+            "new_pages": n,
+            "flags": ["maymove", "fixed"],
+            "new_page": dest,
+        }
 
     def _mremap_multi(self, p: _Proc) -> dict[str, Any] | None:
         """MREMAP_FIXED without a size change over several VMAs (and holes)."""

@@ -167,6 +167,35 @@ def mremap_realloc(buffers: int, growths: int, start_pages: int) -> Steps:
     return steps, None
 
 
+def remap_cycles(cycles: int, pages: int) -> Steps:
+    """An allocator reusing one address for buffers that it moves away and frees
+    (mmap, write, mremap elsewhere, munmap, again), then a last buffer there
+    shared with a fork child: every cycle leaves the same pgoff range a remap
+    offset where a design keeps them after the unmap."""
+    steps: list[Step] = []
+    for i in range(cycles):
+        away = (i + 1) * (pages + 1) + pages
+        steps += [
+            {"op": "mmap", "page": 0, "pages": pages},
+            {"op": "write", "page": 0, "pages": pages},
+            {
+                "op": "mremap",
+                "page": 0,
+                "pages": pages,
+                "new_pages": pages,
+                "new_page": away,
+                "flags": ["maymove", "fixed"],
+            },
+            {"op": "munmap", "page": away, "pages": pages},
+        ]
+    steps += [
+        {"op": "mmap", "page": 0, "pages": pages},
+        {"op": "write", "page": 0, "pages": pages},
+        {"op": "fork", "child": "c1"},
+    ]
+    return steps, None
+
+
 def bgsave(heap_pages: int, snapshots: int, dirty: float) -> Steps:
     """A snapshotting server (Redis BGSAVE): the parent forks a child that reads
     the whole dataset and exits, while the parent keeps writing (every write of a

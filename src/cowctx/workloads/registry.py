@@ -87,6 +87,13 @@ WORKLOADS: dict[str, Workload] = {
             unscaled=frozenset({"growths", "start_pages"}),
         ),
         Workload(
+            "remap-cycles",
+            g.remap_cycles,
+            {"cycles": 40, "pages": 4},
+            _doc(g.remap_cycles),
+            unscaled=frozenset({"pages"}),
+        ),
+        Workload(
             "bgsave", g.bgsave, {"heap_pages": 8192, "snapshots": 3, "dirty": 0.2}, _doc(g.bgsave)
         ),
         Workload(

@@ -1,31 +1,43 @@
-"""The CoW context designs: ``cow_context`` (corrected), ``cow_context_poc``
-(the PoC's behaviour), and ``cow_context[switch,...]`` for one PoC fault at a time."""
+"""The CoW context designs: ``cow_context`` (our corrected design),
+``cow_context_poc`` (the PoC's C, transliterated: :mod:`.poc`),
+``cow_context_poc[fix,...]`` (the PoC with named fixes, :class:`PocFixes`), and
+``cow_context[switch,...]`` (the corrected design with PoC-like behaviours
+switched on one at a time, :class:`CowContextOptions`; ablations of our
+design, not the C)."""
 
 from __future__ import annotations
 
 from functools import cache
 
+from cowctx.designs.cow_context.fixes import PocFixes
 from cowctx.designs.cow_context.options import CowContextOptions
+from cowctx.designs.cow_context.poc import CowContextPoc, cow_context_poc_design
 from cowctx.designs.cow_context.rmap import CowContextRmap
 
 
 @cache
 def cow_context_design(switches: frozenset[str]) -> type[CowContextRmap]:
-    """A design class with exactly ``switches`` of the PoC's behaviour turned on."""
+    """The corrected design with exactly ``switches`` turned on."""
     unknown = switches - set(CowContextOptions.names())
     if unknown:
         raise KeyError(
             f"unknown cow_context switch(es): {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(CowContextOptions.names())}"
+            f"known: {', '.join(CowContextOptions.names())} "
+            f"(the PoC's own faults are cow_context_poc; its fixes: "
+            f"cow_context_poc[{','.join(PocFixes.names())}])"
         )
-    options = CowContextOptions(**dict.fromkeys(switches, True))
     if not switches:
         return CowContextRmap
-    if options == CowContextOptions.all_on():
-        name = "cow_context_poc"
-    else:
-        name = f"cow_context[{','.join(o for o in CowContextOptions.names() if o in switches)}]"
-    return type("CowContextPocRmap", (CowContextRmap,), {"name": name, "options": options})
+    options = CowContextOptions(**dict.fromkeys(switches, True))
+    name = f"cow_context[{','.join(o for o in CowContextOptions.names() if o in switches)}]"
+    return type("CowContextSwitchedRmap", (CowContextRmap,), {"name": name, "options": options})
 
 
-__all__ = ["CowContextOptions", "CowContextRmap", "cow_context_design"]
+__all__ = [
+    "CowContextOptions",
+    "CowContextPoc",
+    "CowContextRmap",
+    "PocFixes",
+    "cow_context_design",
+    "cow_context_poc_design",
+]

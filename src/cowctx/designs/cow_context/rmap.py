@@ -64,12 +64,17 @@ class CowContextRmap(AnonRmap):
     options: ClassVar[CowContextOptions] = CowContextOptions()
     vma_type = CowContextVma
     mm_type = CowContextMm
-    object_kinds = (COW_CONTEXT, REMAP_ENTRY, OFFSET_ARRAY, MAPLE_NODE)
+    object_kinds: ClassVar[tuple[ObjectKind, ...]] = (
+        COW_CONTEXT,
+        REMAP_ENTRY,
+        OFFSET_ARRAY,
+        MAPLE_NODE,
+    )
     vma_size = 168
     """192 B less the ``anon_vma_chain`` list head and ``anon_vma`` pointer (24 B);
     ``vm_anon_pgoff`` fits in holes (the RFC packs it at no cost on 64-bit)."""
 
-    def __init__(self, machine):  # type: ignore[no-untyped-def]
+    def __init__(self, machine):
         super().__init__(machine)
         self._next_ctx_id = 0
         self.contexts: dict[int, CowContext] = {}
@@ -323,25 +328,35 @@ class CowContextRmap(AnonRmap):
     # --- merge rules --------------------------------------------------------------------
 
     def is_mergeable_anon_vma(self, vmg: VmaMergeStruct, merge_next: bool) -> bool:
-        """No fork-child rule: nothing locks the hierarchy.  Two faulted private
-        file VMAs need equal anon offsets; a faulted private file VMA moved by
-        mremap merges with nothing (its anon offset would have to be adopted by
-        the target).  With ``sentinel_merge``, the PoC's rule: a faulted and an
-        unfaulted VMA never merge."""
+        """No fork-child rule: nothing locks the hierarchy.  The merged VMA has one
+        anon offset, so every faulted VMA taking part must already have it: the
+        range's own (``middle``, or for ``vma_merge_extend()`` the growing
+        ``prev``) and the target's.  A faulted private file VMA moved by mremap
+        merges with nothing (its new offset would have to be adopted by the
+        target).  With ``sentinel_merge``, the PoC's rule: a faulted and an
+        unfaulted VMA never merge.  The third party of a two-sided merge is
+        :meth:`are_anon_vmas_compatible`'s."""
         tgt = vmg.next if merge_next else vmg.prev
         assert tgt is not None
         tgt_faulted, src_faulted = tgt.anon_vma is not None, vmg.anon_vma is not None
         if self.options.sentinel_merge:
             return tgt_faulted == src_faulted
-        if vmg.file is not None and src_faulted and not self.options.file_remap_entries:
-            if vmg.copied_from is not None:
-                return False
-            if tgt_faulted and vmg.middle is not None:
-                return self.vma_offset(tgt) == self.vma_offset(vmg.middle)
-        return True
+        if not src_faulted:
+            return True
+        if vmg.copied_from is not None:
+            return vmg.file is None or self.options.file_remap_entries
+        src = vmg.middle if vmg.middle is not None else vmg.prev
+        if not tgt_faulted or src is None or src is tgt:
+            return True
+        return self.vma_offset(tgt) == self.vma_offset(src)
 
     def are_anon_vmas_compatible(self, vma1: VmAreaStruct, vma2: VmAreaStruct) -> bool:
-        return True
+        """``are_anon_vmas_compatible()``: prev and next of a two-sided merge may
+        both be faulted only with equal anon offsets (a new or unfaulted range
+        between them brings none of its own to compare)."""
+        if vma1.anon_vma is None or vma2.anon_vma is None:
+            return True
+        return self.vma_offset(vma1) == self.vma_offset(vma2)
 
     # --- folios -------------------------------------------------------------------------
 

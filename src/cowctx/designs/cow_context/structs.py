@@ -50,7 +50,7 @@ class CowContextVma(VmAreaStruct):
 
     __slots__ = ("vm_anon_offset",)
 
-    def __init__(self, mm, vm_id):  # type: ignore[no-untyped-def]
+    def __init__(self, mm, vm_id):
         super().__init__(mm, vm_id)
         self.vm_anon_offset = 0
 

@@ -183,10 +183,10 @@ class RootForCowAnonVma(AnonVmaRmap):
     of the faulting VMA's own.  Counts, maps, sharing and the rmap oracle stay right (the
     root's tree reaches every descendant VMA); only the graph shows it."""
 
-    def folio_add_new_anon_rmap(
+    def folio_set_anon(
         self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
     ) -> None:
-        super().folio_add_new_anon_rmap(folio, vma, address, exclusive)
+        super().folio_set_anon(folio, vma, address, exclusive)
         folio.mapping = cast(AnonVma, folio.mapping).root
 
 

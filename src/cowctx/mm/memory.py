@@ -61,7 +61,7 @@ def folio_add_new_anon_rmap(m: Machine, folio: Folio, vma: VmAreaStruct, address
     folio.anon = True
     folio.mapcount = 1
     folio.anon_exclusive = True
-    m.rmap.folio_add_new_anon_rmap(folio, vma, address, True)
+    m.rmap.folio_set_anon(folio, vma, address, True)
 
 
 def folio_remove_rmap_pte(m: Machine, folio: Folio) -> None:

@@ -115,7 +115,7 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
     else:
         exclusive = writable = False
     if not folio.anon:
-        m.rmap.folio_add_new_anon_rmap(folio, vma, address, exclusive)
+        m.rmap.folio_set_anon(folio, vma, address, exclusive)
         folio.anon = True
         folio.mapcount = 1
         folio.anon_exclusive = exclusive

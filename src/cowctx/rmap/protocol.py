@@ -134,11 +134,13 @@ class AnonRmap(ABC):
     # --- folios -------------------------------------------------------------------------
 
     @abstractmethod
-    def folio_add_new_anon_rmap(
+    def folio_set_anon(
         self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
     ) -> None:
         """``__folio_set_anon()``: set ``folio.mapping`` and ``folio.index`` for a
-        new anon folio mapped at ``address`` of ``vma``."""
+        new anon folio mapped at ``address`` of ``vma`` (called from
+        ``folio_add_new_anon_rmap()`` and from a swap-in of a folio that is not yet
+        anon).  Named without the leading underscores, which Python would mangle."""
 
     @abstractmethod
     def folio_move_anon_rmap(self, folio: Folio, vma: VmAreaStruct) -> None:

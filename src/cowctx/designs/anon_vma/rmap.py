@@ -330,7 +330,7 @@ class AnonVmaRmap(AnonRmap):
 
     # --- folios -----------------------------------------------------------------------
 
-    def folio_add_new_anon_rmap(
+    def folio_set_anon(
         self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
     ) -> None:
         """``__folio_set_anon()``: an exclusive folio points at the VMA's anon_vma,

@@ -482,7 +482,7 @@ class CowContextPoc(CowContextRmap):
 
     # --- folios -------------------------------------------------------------------------
 
-    def folio_add_new_anon_rmap(
+    def folio_set_anon(
         self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
     ) -> None:
         """``__folio_set_anon()`` (rmap.c @ d91a1a12, COW_CONTEXT_ANON_RMAP):

@@ -360,7 +360,7 @@ class CowContextRmap(AnonRmap):
 
     # --- folios -------------------------------------------------------------------------
 
-    def folio_add_new_anon_rmap(
+    def folio_set_anon(
         self, folio: Folio, vma: VmAreaStruct, address: int, exclusive: bool = True
     ) -> None:
         """``__folio_set_anon_cow()``: the faulting mm's context, with a reference;

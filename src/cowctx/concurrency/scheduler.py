@@ -1,0 +1,382 @@
+"""One execution of concurrent threads, each a greenlet, switched at hook points.
+
+A thread runs plain nested model calls; every hook of
+:mod:`cowctx.concurrency.runtime` parks it with the accesses its next step
+will make (its *pending* step) and switches to the scheduler, which asks a
+chooser which enabled thread runs next.  A step is what a thread does from one
+point to the next; its accesses (keys, write or not) decide which steps are
+dependent.  Locks, RCU grace periods and waits make threads disabled until
+they can proceed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from greenlet import GreenletExit, greenlet
+
+from cowctx.concurrency import runtime as rt
+from cowctx.concurrency.locks import KINDS, LockState
+from cowctx.concurrency.rcu import GracePeriod, Rcu
+from cowctx.concurrency.slab import Slab
+
+Access = tuple[Hashable, bool]
+"""(key, write)."""
+
+RCU_KEY = ("rcu",)
+
+
+@dataclass
+class Event:
+    """One step of one thread, as executed."""
+
+    tid: int
+    accesses: list[Access]
+    label: str
+
+
+@dataclass
+class Walk:
+    """An rmap walk in progress: what it must find, what it found."""
+
+    pfn: int
+    label: str
+    alive: set[tuple[int, int]]
+    visited: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass
+class Thread:
+    tid: int
+    name: str
+    body: Callable[[], object]
+    glet: greenlet | None = None
+    pending: list[Access] = field(default_factory=list)
+    label: str = "start"
+    ready: Callable[[], bool] | None = None
+    """None: enabled; else enabled when it returns True."""
+    waiting: str = ""
+    """What a disabled thread waits for (deadlock reports)."""
+    waits_on: Callable[[], list[int]] | None = None
+    done: bool = False
+    spin: int = 0
+    """Spinlocks held (atomic context)."""
+    held: list[tuple[LockState, str]] = field(default_factory=list)
+    walk: Walk | None = None
+
+
+class Deadlock(Exception):
+    pass
+
+
+class Execution:
+    """Threads over one shared machine, run under one schedule."""
+
+    def __init__(
+        self,
+        threads: list[tuple[str, Callable[[], object]]],
+        mappings_of: Callable[[int], set[tuple[int, int]]] | None = None,
+    ) -> None:
+        self.threads = [Thread(i, name, body) for i, (name, body) in enumerate(threads)]
+        self.mappings_of = mappings_of
+        self.trace: list[Event] = []
+        self.violations: list[tuple[str, str]] = []
+        self.locks: dict[tuple[str, int], LockState] = {}
+        self.rcu = Rcu()
+        self.slab = Slab()
+        self.running: Thread | None = None
+        self.main: greenlet | None = None
+        self.dying = False
+        self._oids: dict[int, int] = {}
+        self._seen: list[object] = []
+
+    def oid(self, obj: object) -> int:
+        """A name for ``obj`` that is the same in every execution of the same
+        prefix (first-seen order), unlike ``id()``: DPOR compares the steps of
+        one execution with those recorded in earlier ones."""
+        n = self._oids.get(id(obj))
+        if n is None:
+            n = self._oids[id(obj)] = len(self._seen)
+            self._seen.append(obj)  # keeps id(obj) from being reused
+        return n
+
+    # --- driving ----------------------------------------------------------------------
+
+    def enabled(self) -> list[int]:
+        return [t.tid for t in self.threads if not t.done and (t.ready is None or t.ready())]
+
+    def run(self, choose: Callable[[Execution, list[int]], int]) -> None:
+        """Run to the end: ``choose(self, enabled)`` picks each step's thread; it may
+        raise to abandon the execution (the explorer prunes so)."""
+        self.main = greenlet.getcurrent()
+        for t in self.threads:
+            t.glet = greenlet(self._body(t), parent=self.main)
+        prev, rt.current = rt.current, self
+        try:
+            while True:
+                enabled = self.enabled()
+                if not enabled:
+                    if any(not t.done for t in self.threads):
+                        self.violation("deadlock", self._cycle())
+                    break
+                tid = choose(self, enabled)
+                t = self.threads[tid]
+                event = Event(tid, t.pending, t.label)
+                self.trace.append(event)
+                t.ready, t.waiting, t.waits_on = None, "", None
+                self.running = t
+                assert t.glet is not None
+                t.glet.switch()
+                self.running = None
+                self._after(event)
+        finally:
+            self._kill()
+            rt.current = prev
+
+    def _body(self, t: Thread) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                t.body()
+            except GreenletExit:
+                raise
+            except Exception as exc:  # a kernel BUG()/oops in this thread
+                self.violation("bug", f"{t.name}: {type(exc).__name__}: {exc}")
+            finally:
+                t.done = True
+                t.label = "done"
+                t.pending = []
+
+        return body
+
+    def _kill(self) -> None:
+        self.dying = True
+        for t in self.threads:
+            if t.glet is not None and not t.glet.dead and t.glet:
+                try:
+                    t.glet.throw(GreenletExit)
+                except GreenletExit:
+                    pass
+
+    def _park(self, accesses: list[Access], label: str) -> None:
+        t = self.running
+        assert t is not None and self.main is not None
+        t.pending, t.label = accesses, label
+        self.main.switch()
+
+    def _after(self, event: Event) -> None:
+        for obj, callback in self.rcu.due():
+            event.accesses.append(((self.oid(obj), "object"), True))
+            callback()
+        if self.mappings_of is not None:
+            for t in self.threads:
+                w = t.walk
+                if w is not None and t.tid != event.tid:
+                    w.alive &= self.mappings_of(w.pfn) | w.visited
+
+    def _cycle(self) -> str:
+        """The wait-for cycle of a deadlock (or who waits for what)."""
+        waits: dict[int, list[int]] = {}
+        for t in self.threads:
+            if not t.done:
+                waits[t.tid] = t.waits_on() if t.waits_on is not None else []
+        start = min(waits)
+        for s in sorted(waits):  # find a cycle by following first edges
+            seen: list[int] = []
+            cur = s
+            while cur in waits and cur not in seen and waits[cur]:
+                seen.append(cur)
+                cur = waits[cur][0]
+            if cur in seen:
+                start = cur
+                cyc = seen[seen.index(cur) :]
+                return " -> ".join(
+                    f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in cyc
+                ) + f" -> {self.threads[start].name}"
+        return "; ".join(
+            f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in sorted(waits)
+        )
+
+    def violation(self, kind: str, detail: str) -> None:
+        if (kind, detail) not in self.violations:
+            self.violations.append((kind, detail))
+
+    # --- hooks (called from threads through cowctx.concurrency.runtime) ----------------
+
+    def _me(self) -> Thread | None:
+        return None if self.dying else self.running
+
+    def point(self, kind: str, obj: object, fld: object, write: bool) -> None:
+        t = self._me()
+        if t is None:
+            return
+        cache = self.slab.is_freed(obj)
+        if cache is not None:
+            self.violation(
+                "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
+            )
+        verb = "store" if write else "load"
+        self._park([((self.oid(obj), fld), write)], f"{verb} {rt.describe(obj)}.{fld}")
+
+    def _lock_state(self, kind: str, obj: object) -> LockState:
+        key = (kind, self.oid(obj))
+        state = self.locks.get(key)
+        if state is None:
+            state = self.locks[key] = LockState(KINDS[kind], f"{kind} of {rt.describe(obj)}")
+        return state
+
+    def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
+        t = self._me()
+        if t is None:
+            return True
+        state = self._lock_state(kind, obj)
+        lk = state.kind
+        if not try_only:
+            if lk.sleeps and (t.spin or self.rcu.in_reader(t.tid)):
+                where = "under a spinlock" if t.spin else "in an RCU read-side section"
+                self.violation("sleep_in_atomic", f"{t.name}: {state.label} ({mode}) {where}")
+            for held, _ in t.held:
+                if held.kind.rank > lk.rank:
+                    self.violation(
+                        "lock_order", f"{t.name}: {state.label} taken while holding {held.label}"
+                    )
+                    break
+        op = ("down_read" if mode == "read" else "lock") + ("_trylock" if try_only else "")
+        label = f"{op} {state.label}"
+        key = ("lock", kind, self.oid(obj))
+        if not try_only:
+            t.pending, t.label = [(key, mode != "read")], label
+            t.ready = lambda: state.can_take(t.tid, mode)
+            t.waiting = state.label
+            t.waits_on = state.holders
+            assert self.main is not None
+            self.main.switch()
+        else:
+            # a trylock's result also depends on releases: see unlock()
+            self._park([(key, True), (("unlocked", kind, self.oid(obj)), False)], label)
+        if not state.can_take(t.tid, mode):
+            assert try_only
+            return False
+        state.take(t.tid, mode)
+        t.held.append((state, mode))
+        if not lk.sleeps:
+            t.spin += 1
+        return True
+
+    def unlock(self, kind: str, obj: object, mode: str) -> None:
+        t = self._me()
+        if t is None:
+            return
+        state = self._lock_state(kind, obj)
+        # A release is dependent only on trylocks: a blocking acquisition races
+        # with the previous acquisition (that is the reordering that matters),
+        # as in Nidhugg and the source-DPOR paper's treatment of locks.
+        self._park([(("unlocked", kind, self.oid(obj)), True)], f"unlock {state.label}")
+        if not state.release(t.tid, mode):
+            self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
+            return
+        for i in range(len(t.held) - 1, -1, -1):
+            if t.held[i][0] is state and t.held[i][1] == mode:
+                del t.held[i]
+                break
+        if not state.kind.sleeps:
+            t.spin -= 1
+
+    def rcu_read_lock(self) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self._park([(RCU_KEY, True)], "rcu_read_lock")
+        self.rcu.read_lock(t.tid)
+
+    def rcu_read_unlock(self) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self._park([(RCU_KEY, True)], "rcu_read_unlock")
+        if not self.rcu.read_unlock(t.tid):
+            self.violation("bad_unlock", f"{t.name}: unbalanced rcu_read_unlock")
+
+    def synchronize_rcu(self) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self.may_sleep("synchronize_rcu")
+        self._park([(RCU_KEY, True)], "synchronize_rcu")
+        gp: GracePeriod = self.rcu.start()
+        if self.rcu.completed(gp):
+            return
+        t.pending, t.label = [(RCU_KEY, True)], "synchronize_rcu: grace period ends"
+        t.ready = lambda: self.rcu.completed(gp)
+        t.waiting = "a grace period"
+        t.waits_on = lambda: self.rcu.blocking(gp)
+        assert self.main is not None
+        self.main.switch()
+
+    def call_rcu(self, obj: object, callback: Callable[[], None]) -> None:
+        t = self._me()
+        if t is None:
+            callback()
+            return
+        self._park([(RCU_KEY, True), ((self.oid(obj), "object"), True)], f"call_rcu {rt.describe(obj)}")
+        gp = self.rcu.start()
+        if self.rcu.completed(gp):
+            callback()
+        else:
+            self.rcu.callbacks.append((gp, obj, callback))
+
+    def may_sleep(self, where: str) -> None:
+        t = self._me()
+        if t is None:
+            return
+        if t.spin or self.rcu.in_reader(t.tid):
+            ctx = "under a spinlock" if t.spin else "in an RCU read-side section"
+            self.violation("sleep_in_atomic", f"{t.name}: {where} may sleep {ctx}")
+
+    def slab_alloc(self, cache: str) -> object | None:
+        t = self._me()
+        if t is None:
+            return None
+        self._park([(("slab", cache), True)], f"kmem_cache_alloc({cache})")
+        return self.slab.alloc(cache)
+
+    def slab_free(self, cache: str, obj: object, typesafe: bool) -> None:
+        if self.dying:
+            return
+        if self.running is not None:  # else an RCU callback run by the scheduler
+            self._park(
+                [(("slab", cache), True), ((self.oid(obj), "object"), True)],
+                f"kmem_cache_free({cache}, {rt.describe(obj)})",
+            )
+        self.slab.free(cache, obj, typesafe)
+
+    def wait_until(self, kind: str, obj: object, fld: object, ready: Callable[[], bool]) -> None:
+        t = self._me()
+        if t is None:
+            return
+        t.pending, t.label = [((self.oid(obj), fld), False)], f"wait {kind} {rt.describe(obj)}.{fld}"
+        t.ready = ready
+        t.waiting = f"{kind} {rt.describe(obj)}.{fld}"
+        t.waits_on = lambda: []
+        assert self.main is not None
+        self.main.switch()
+
+    def walk_begin(self, folio: object) -> None:
+        t = self._me()
+        if t is None or self.mappings_of is None:
+            return
+        pfn: int = folio.pfn  # type: ignore[attr-defined]
+        t.walk = Walk(pfn, f"{t.name}: rmap walk of folio#{pfn}", set(self.mappings_of(pfn)))
+
+    def walk_visit(self, mm_id: int, address: int) -> None:
+        t = self._me()
+        if t is not None and t.walk is not None:
+            t.walk.visited.add((mm_id, address))
+
+    def walk_end(self) -> None:
+        t = self._me()
+        if t is None or t.walk is None:
+            return
+        w, t.walk = t.walk, None
+        for mm_id, address in sorted(w.alive - w.visited):
+            self.violation("missed", f"{w.label} missed mm#{mm_id} at {address:#x}")

@@ -134,10 +134,28 @@ def walk_visit(mm_id: int, address: int) -> None:
         ex.walk_visit(mm_id, address)
 
 
-def walk_end() -> None:
+def walk_end(complete: bool = True) -> None:
+    """The walk is over; ``complete`` False: it stopped early by design (a
+    reference count reached, or it gave up on a contended lock), so what it did
+    not visit was not missed."""
     ex = current
     if ex is not None:
-        ex.walk_end()
+        ex.walk_end(complete)
+
+
+def walk_abandon() -> None:
+    """The walk gives up (contended try-lock, folio no longer mapped)."""
+    ex = current
+    if ex is not None and ex.running is not None and ex.running.walk is not None:
+        ex.running.walk.abandoned = True
+
+
+def local() -> dict[str, object]:
+    """The running thread's own variables (an empty dict when sequential)."""
+    ex = current
+    if ex is not None and ex.running is not None:
+        return ex.running.local
+    return {}
 
 
 def active() -> bool:
@@ -158,3 +176,12 @@ def describe(obj: object) -> str:
             return fmt.format(value)
     name = getattr(obj, "name", None)
     return str(name) if isinstance(name, str) else type(obj).__name__
+
+
+def guarded_store(obj: object, field: str, lock_kind: str, lock_obj: object) -> None:
+    """A store to ``obj``'s ``field``, which the lock ``lock_kind`` of ``lock_obj``
+    protects: if the storing thread does not hold it while another thread does,
+    that thread is looking at a structure being changed under it."""
+    ex = current
+    if ex is not None:
+        ex.guarded_store(obj, field, lock_kind, lock_obj)

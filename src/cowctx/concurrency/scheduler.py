@@ -44,6 +44,20 @@ class Walk:
     label: str
     alive: set[tuple[int, int]]
     visited: set[tuple[int, int]] = field(default_factory=set)
+    abandoned: bool = False
+    mms: set[int] = field(default_factory=set)
+    """mms that mapped the folio (somewhere) at every step so far: a PTE that moves
+    (mremap) is the same mapping to the walk's caller."""
+
+    def update(self, now: set[tuple[int, int]]) -> None:
+        self.alive &= now | self.visited
+        self.mms &= {mm for mm, _ in now} | {mm for mm, _ in self.visited}
+
+    def missed(self) -> list[str]:
+        out = [f"mm#{mm} at {address:#x}" for mm, address in sorted(self.alive - self.visited)]
+        seen = {mm for mm, _ in self.visited} | {mm for mm, _ in self.alive}
+        out += [f"mm#{mm} (mapped throughout, wherever)" for mm in sorted(self.mms - seen)]
+        return out
 
 
 @dataclass
@@ -64,6 +78,7 @@ class Thread:
     """Spinlocks held (atomic context)."""
     held: list[tuple[LockState, str]] = field(default_factory=list)
     walk: Walk | None = None
+    local: dict[str, object] = field(default_factory=dict)
 
 
 class Deadlock(Exception):
@@ -88,6 +103,7 @@ class Execution:
         self.running: Thread | None = None
         self.main: greenlet | None = None
         self.dying = False
+        self.ptl_holds = 0
         self._oids: dict[int, int] = {}
         self._seen: list[object] = []
 
@@ -168,11 +184,13 @@ class Execution:
         for obj, callback in self.rcu.due():
             event.accesses.append(((self.oid(obj), "object"), True))
             callback()
-        if self.mappings_of is not None:
+        if self.mappings_of is not None and not self.ptl_holds:
+            # page tables are sampled only between PTL critical sections: a walker
+            # (which takes the PTL to look) cannot see the states inside one
             for t in self.threads:
                 w = t.walk
                 if w is not None and t.tid != event.tid:
-                    w.alive &= self.mappings_of(w.pfn) | w.visited
+                    w.update(self.mappings_of(w.pfn))
 
     def _cycle(self) -> str:
         """The wait-for cycle of a deadlock (or who waits for what)."""
@@ -218,6 +236,22 @@ class Execution:
         verb = "store" if write else "load"
         self._park([((self.oid(obj), fld), write)], f"{verb} {rt.describe(obj)}.{fld}")
 
+    def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
+        t = self._me()
+        if t is None:
+            return
+        state = self._lock_state(kind, lock_obj)
+        mine = state.writer == t.tid
+        others = [h for h in state.holders() if h != t.tid]
+        if not mine and others:
+            who = ", ".join(self.threads[h].name for h in others)
+            self.violation(
+                "unlocked_write",
+                f"{t.name}: {rt.describe(obj)}.{fld} changed without {state.label}, "
+                f"which {who} holds",
+            )
+        self.point("store", obj, fld, True)
+
     def _lock_state(self, kind: str, obj: object) -> LockState:
         key = (kind, self.oid(obj))
         state = self.locks.get(key)
@@ -259,6 +293,8 @@ class Execution:
             return False
         state.take(t.tid, mode)
         t.held.append((state, mode))
+        if kind == "ptl":
+            self.ptl_holds += 1
         if not lk.sleeps:
             t.spin += 1
         return True
@@ -275,6 +311,8 @@ class Execution:
         if not state.release(t.tid, mode):
             self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
             return
+        if kind == "ptl":
+            self.ptl_holds -= 1
         for i in range(len(t.held) - 1, -1, -1):
             if t.held[i][0] is state and t.held[i][1] == mode:
                 del t.held[i]
@@ -366,17 +404,20 @@ class Execution:
         if t is None or self.mappings_of is None:
             return
         pfn: int = folio.pfn  # type: ignore[attr-defined]
-        t.walk = Walk(pfn, f"{t.name}: rmap walk of folio#{pfn}", set(self.mappings_of(pfn)))
+        now = set(self.mappings_of(pfn))
+        t.walk = Walk(pfn, f"{t.name}: rmap walk of folio#{pfn}", now, mms={mm for mm, _ in now})
 
     def walk_visit(self, mm_id: int, address: int) -> None:
         t = self._me()
         if t is not None and t.walk is not None:
             t.walk.visited.add((mm_id, address))
 
-    def walk_end(self) -> None:
+    def walk_end(self, complete: bool) -> None:
         t = self._me()
         if t is None or t.walk is None:
             return
         w, t.walk = t.walk, None
-        for mm_id, address in sorted(w.alive - w.visited):
-            self.violation("missed", f"{w.label} missed mm#{mm_id} at {address:#x}")
+        if not complete or w.abandoned:
+            return
+        for what in w.missed():
+            self.violation("missed", f"{w.label} missed {what}")

@@ -20,7 +20,8 @@ def sound_design_names() -> list[str]:
 def get_design(name: str) -> type[AnonRmap]:
     """A design by name: ``anon_vma``, ``cow_context``, ``cow_context_poc``, or
     ``cow_context[switch,...]`` (the corrected design with only the named PoC
-    behaviours, see :class:`~cowctx.designs.cow_context.CowContextOptions`)."""
+    behaviours, see :class:`~cowctx.designs.cow_context.CowContextOptions`), or
+    ``anon_vma[revert_NAME,...]`` (kernel fixes taken out, for the explorer)."""
     from cowctx.designs.cow_context import CowContextOptions, cow_context_design
 
     if name.startswith("cow_context[") and name.endswith("]"):
@@ -28,6 +29,8 @@ def get_design(name: str) -> type[AnonRmap]:
             s.strip() for s in name[len("cow_context[") : -1].split(",") if s.strip()
         )
         return cow_context_design(switches)
+    if name.startswith("anon_vma[") and name.endswith("]"):
+        return _anon_vma_reverting(name)
     if name == "cow_context_poc":
         return cow_context_design(frozenset(CowContextOptions.names()))
     registry = _registry()
@@ -36,6 +39,22 @@ def get_design(name: str) -> type[AnonRmap]:
             f"unknown design {name!r}; known: {', '.join(design_names())}, cow_context[switch,...]"
         )
     return registry[name]
+
+
+def _anon_vma_reverting(name: str) -> type[AnonRmap]:
+    """``anon_vma[revert_NAME,...]``: the anon_vma design without the kernel fixes
+    named (:data:`cowctx.designs.anon_vma.rmap.REVERTS`), for the explorer's races."""
+    from cowctx.designs.anon_vma import AnonVmaRmap
+    from cowctx.designs.anon_vma.rmap import REVERTS
+
+    reverts = set()
+    for s in (s.strip() for s in name[len("anon_vma[") : -1].split(",")):
+        fix = s.removeprefix("revert_")
+        if not s.startswith("revert_") or fix not in REVERTS:
+            known = ", ".join(f"revert_{k}" for k in REVERTS)
+            raise ValueError(f"unknown anon_vma switch {s!r} in {name!r}; known: {known}")
+        reverts.add(fix)
+    return type(name, (AnonVmaRmap,), {"reverts": frozenset(reverts)})
 
 
 def known_design(name: str) -> str | None:

@@ -163,6 +163,13 @@ def active() -> bool:
     return current is not None
 
 
+def describe_field(fld: object) -> str:
+    """``.name``, or `` pte 0x...`` for a PTE slot ``("pte", vpn)``."""
+    if isinstance(fld, tuple) and len(fld) == 2 and fld[0] == "pte":
+        return f" pte {fld[1] << 12:#x}"
+    return f".{fld}"
+
+
 def describe(obj: object) -> str:
     """A kernel-ish name for an object in traces and messages."""
     for attr, fmt in (
@@ -174,6 +181,9 @@ def describe(obj: object) -> str:
         value = getattr(obj, attr, None)
         if value is not None:
             return fmt.format(value)
+    vma, av = getattr(obj, "vma", None), getattr(obj, "anon_vma", None)
+    if vma is not None and av is not None:  # an anon_vma_chain
+        return f"AVC(vma#{vma.vm_id}->AV{av.av_id})"
     name = getattr(obj, "name", None)
     return str(name) if isinstance(name, str) else type(obj).__name__
 

@@ -234,7 +234,7 @@ class Execution:
                 "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
             )
         verb = "store" if write else "load"
-        self._park([((self.oid(obj), fld), write)], f"{verb} {rt.describe(obj)}.{fld}")
+        self._park([((self.oid(obj), fld), write)], f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}")
 
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         t = self._me()

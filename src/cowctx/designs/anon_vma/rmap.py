@@ -340,9 +340,13 @@ class AnonVmaRmap(AnonRmap):
         if vp.anon_vma is None:
             return
         root = cast(AnonVma, vp.anon_vma).root
-        if "vma_adjust_lock" not in self.reverts:
+        reverted = "vma_adjust_lock" in self.reverts
+        if not reverted:
             rt.lock("anon_vma", root, "write")
         hold = self._lock("write", "vma_prepare")
+        self._prepare_holds[id(vp)] = hold
+        if reverted:  # 2010: the range changed in place, walkers could see it torn
+            return
         for vma in (vp.vma, vp.adj_next):
             if vma is None:
                 continue
@@ -351,7 +355,6 @@ class AnonVmaRmap(AnonRmap):
                 avc.anon_vma.rb_root.remove(avc)
                 hold.objects += 1
             hold.vmas += 1
-        self._prepare_holds[id(vp)] = hold
 
     def vma_complete(self, vp: VmaPrepare) -> None:
         hold = self._prepare_holds.pop(id(vp), None)
@@ -362,6 +365,8 @@ class AnonVmaRmap(AnonRmap):
                 continue
             for avc in _avma(vma).anon_vma_chain:
                 rt.guarded_store(avc.anon_vma, "tree", "anon_vma", avc.anon_vma.root)
+                if "vma_adjust_lock" in self.reverts:
+                    avc.anon_vma.rb_root.remove(avc)  # re-keyed only now
                 avc.anon_vma.rb_root.insert(avc)
         self.ledger.unlock(hold)
         if "vma_adjust_lock" not in self.reverts:

@@ -182,7 +182,7 @@ class Execution:
 
     def _after(self, event: Event) -> None:
         for obj, callback in self.rcu.due():
-            event.accesses.append(((self.oid(obj), "object"), True))
+            event.accesses.append((("obj", self.oid(obj)), True))
             callback()
         if self.mappings_of is not None and not self.ptl_holds:
             # page tables are sampled only between PTL critical sections: a walker
@@ -233,8 +233,17 @@ class Execution:
             self.violation(
                 "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
             )
+        self._access(obj, fld, write, [])
+
+    def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
         verb = "store" if write else "load"
-        self._park([((self.oid(obj), fld), write)], f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}")
+        o = self.oid(obj)
+        # every field access also reads ("obj", o): whole-object writes (free,
+        # reuse) are dependent with all of them
+        self._park(
+            [((o, fld), write), (("obj", o), False), *extra],
+            f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}",
+        )
 
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         t = self._me()
@@ -250,7 +259,8 @@ class Execution:
                 f"{t.name}: {rt.describe(obj)}.{fld} changed without {state.label}, "
                 f"which {who} holds",
             )
-        self.point("store", obj, fld, True)
+        o = self.oid(lock_obj)
+        self._access(obj, fld, True, [(("lock", kind, o), False), (("unlocked", kind, o), False)])
 
     def _lock_state(self, kind: str, obj: object) -> LockState:
         key = (kind, self.oid(obj))
@@ -356,7 +366,7 @@ class Execution:
         if t is None:
             callback()
             return
-        self._park([(RCU_KEY, True), ((self.oid(obj), "object"), True)], f"call_rcu {rt.describe(obj)}")
+        self._park([(RCU_KEY, True), (("obj", self.oid(obj)), True)], f"call_rcu {rt.describe(obj)}")
         gp = self.rcu.start()
         if self.rcu.completed(gp):
             callback()
@@ -375,7 +385,11 @@ class Execution:
         t = self._me()
         if t is None:
             return None
-        self._park([(("slab", cache), True)], f"kmem_cache_alloc({cache})")
+        free = self.slab.freelists.get(cache)
+        accesses: list[Access] = [(("slab", cache), True)]
+        if free:  # the object it will hand out again is written whole
+            accesses.append((("obj", self.oid(free[-1])), True))
+        self._park(accesses, f"kmem_cache_alloc({cache})")
         return self.slab.alloc(cache)
 
     def slab_free(self, cache: str, obj: object, typesafe: bool) -> None:
@@ -383,7 +397,7 @@ class Execution:
             return
         if self.running is not None:  # else an RCU callback run by the scheduler
             self._park(
-                [(("slab", cache), True), ((self.oid(obj), "object"), True)],
+                [(("slab", cache), True), (("obj", self.oid(obj)), True)],
                 f"kmem_cache_free({cache}, {rt.describe(obj)})",
             )
         self.slab.free(cache, obj, typesafe)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
-from cowctx.cli.options import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, design_option, json_option, load_all, parse_designs
+from cowctx.cli.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAIL,
+    EXIT_OK,
+    design_option,
+    json_option,
+    load_all,
+    parse_designs,
+)
 
 SCHEDULE_FORMAT = "cowctx-schedule/1"
 
@@ -80,7 +88,11 @@ def explore_command(
             runs = random_runs if random_runs is not None else pct_runs
             assert runs is not None
             report = random_walks(
-                program, program.names, runs, seed, pct_depth=depth if pct_runs is not None else None
+                program,
+                program.names,
+                runs,
+                seed,
+                pct_depth=depth if pct_runs is not None else None,
             )
         else:
             report = explore(
@@ -155,7 +167,10 @@ def _read_schedule(path: Path, scenario: str, design: str) -> tuple[list[str], s
         click.echo(f"error: {path}: field 'format': not {SCHEDULE_FORMAT}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     if doc.get("scenario") != scenario:
-        click.echo(f"error: {path}: field 'scenario': {doc.get('scenario')!r} is not {scenario!r}", err=True)
+        click.echo(
+            f"error: {path}: field 'scenario': {doc.get('scenario')!r} is not {scenario!r}",
+            err=True,
+        )
         sys.exit(EXIT_BAD_INPUT)
     sched = doc.get("schedule")
     if not isinstance(sched, list) or not all(isinstance(s, str) for s in sched):

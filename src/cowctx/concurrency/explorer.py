@@ -52,7 +52,9 @@ class Report:
     complete: bool = True
     """False when a cap on executions stopped the search."""
 
-    def add(self, ex: Execution, state: str, found: list[tuple[str, str]], names: list[str]) -> None:
+    def add(
+        self, ex: Execution, state: str, found: list[tuple[str, str]], names: list[str]
+    ) -> None:
         self.executions += 1
         self.final_states.add(state)
         schedule = [names[e.tid] for e in ex.trace]
@@ -324,29 +326,10 @@ def random_walks(
     for _ in range(runs):
         ex = program.start()
         if pct_depth is None:
-
-            def choose(ex: Execution, enabled: list[int]) -> int:
-                return enabled[rng.randrange(len(enabled))]
-
+            chooser: Callable[[Execution, list[int]], int] = _Uniform(rng)
         else:
-            nthreads = len(names)
-            prio = list(range(pct_depth, pct_depth + nthreads))
-            rng.shuffle(prio)
-            k = max(steps_seen, 1)
-            changes = sorted(rng.randrange(1, k + 1) for _ in range(pct_depth - 1))
-            step = 0
-
-            def choose(ex: Execution, enabled: list[int]) -> int:
-                nonlocal step
-                best = max(enabled, key=lambda t: prio[t])
-                step += 1
-                for n_, c in enumerate(changes):
-                    if c == step:
-                        prio[best] = pct_depth - 1 - n_
-                        best = max(enabled, key=lambda t: prio[t])
-                return best
-
-        ex.run(choose)
+            chooser = _Pct(rng, len(names), pct_depth, max(steps_seen, 1))
+        ex.run(chooser)
         steps_seen = max(steps_seen, len(ex.trace))
         state, found = program.finish(ex)
         report.add(ex, state, found, names)
@@ -354,3 +337,33 @@ def random_walks(
             progress(report)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class _Uniform:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def __call__(self, ex: Execution, enabled: list[int]) -> int:
+        return enabled[self.rng.randrange(len(enabled))]
+
+
+class _Pct:
+    """PCT: distinct random priorities (all above ``depth``); at each of the
+    ``depth - 1`` change points the running thread drops below every other."""
+
+    def __init__(self, rng: random.Random, nthreads: int, depth: int, steps: int) -> None:
+        self.prio = list(range(depth, depth + nthreads))
+        rng.shuffle(self.prio)
+        self.changes = sorted(rng.randrange(1, steps + 1) for _ in range(depth - 1))
+        self.depth = depth
+        self.step = 0
+
+    def __call__(self, ex: Execution, enabled: list[int]) -> int:
+        prio = self.prio
+        best = max(enabled, key=lambda t: prio[t])
+        self.step += 1
+        for n, c in enumerate(self.changes):
+            if c == self.step:
+                prio[best] = self.depth - 1 - n
+                best = max(enabled, key=lambda t: prio[t])
+        return best

@@ -43,7 +43,9 @@ class ScenarioProgram:
         run = run_scenario(self.scenario, self.design, check=False)
         self.run = run
         self.outcomes = {name: [] for name in self.names}
-        threads = [(name, self._body(run, name, steps)) for name, steps in self.scenario.threads.items()]
+        threads = [
+            (name, self._body(run, name, steps)) for name, steps in self.scenario.threads.items()
+        ]
         return Execution(threads, mappings_of=lambda pfn: mappings_of(run.machine, pfn))
 
     def _body(self, run: ScenarioRun, name: str, steps: list[S.Step]) -> Callable[[], None]:
@@ -114,7 +116,9 @@ def stale_entries(m: Machine) -> list[_Found]:
         for vpn, pte in sorted(mm.pgd.items()):
             where = f"mm#{mm.mm_id} at {vpn << PAGE_SHIFT:#x}"
             if is_migration_entry(pte):
-                out.append(_Found("stale", f"migration entry of pfn {pte_pfn(pte)} left at {where}"))
+                out.append(
+                    _Found("stale", f"migration entry of pfn {pte_pfn(pte)} left at {where}")
+                )
             elif pte_present(pte) and pte_pfn(pte) not in m.mem_map:
                 out.append(_Found("stale", f"PTE to freed pfn {pte_pfn(pte)} at {where}"))
     return out

@@ -109,7 +109,12 @@ def use(obj: Any, gen: int, what: str) -> None:
     if it was freed and reused since, the caller skipped the identity re-check."""
     ex = current
     if ex is not None and getattr(obj, "gen", gen) != gen:
-        ex.violation("uaf", f"{what}: {describe(obj)} was freed and reused (generation {gen} -> {obj.gen}) and used without the re-check")
+        who = ex.running.name if ex.running is not None else "?"
+        ex.violation(
+            "uaf",
+            f"{who}: {what}: {describe(obj)} was freed and reused (generation {gen} -> "
+            f"{obj.gen}) and used without the re-check",
+        )
 
 
 def wait_until(kind: str, obj: object, field: object, ready: Callable[[], bool]) -> None:

@@ -11,6 +11,7 @@ they can proceed.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -169,10 +170,8 @@ class Execution:
         self.dying = True
         for t in self.threads:
             if t.glet is not None and not t.glet.dead and t.glet:
-                try:
+                with contextlib.suppress(GreenletExit):
                     t.glet.throw(GreenletExit)
-                except GreenletExit:
-                    pass
 
     def _park(self, accesses: list[Access], label: str) -> None:
         t = self.running
@@ -208,9 +207,12 @@ class Execution:
             if cur in seen:
                 start = cur
                 cyc = seen[seen.index(cur) :]
-                return " -> ".join(
-                    f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in cyc
-                ) + f" -> {self.threads[start].name}"
+                return (
+                    " -> ".join(
+                        f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in cyc
+                    )
+                    + f" -> {self.threads[start].name}"
+                )
         return "; ".join(
             f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in sorted(waits)
         )
@@ -228,12 +230,12 @@ class Execution:
         t = self._me()
         if t is None:
             return
-        cache = self.slab.is_freed(obj)
+        self._access(obj, fld, write, [])
+        cache = self.slab.is_freed(obj)  # checked when the access happens
         if cache is not None:
             self.violation(
                 "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
             )
-        self._access(obj, fld, write, [])
 
     def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
         verb = "store" if write else "load"
@@ -249,18 +251,17 @@ class Execution:
         t = self._me()
         if t is None:
             return
-        state = self._lock_state(kind, lock_obj)
-        mine = state.writer == t.tid
+        o = self.oid(lock_obj)
+        self._access(obj, fld, True, [(("lock", kind, o), False), (("unlocked", kind, o), False)])
+        state = self._lock_state(kind, lock_obj)  # when the store happens
         others = [h for h in state.holders() if h != t.tid]
-        if not mine and others:
+        if state.writer != t.tid and others:
             who = ", ".join(self.threads[h].name for h in others)
             self.violation(
                 "unlocked_write",
                 f"{t.name}: {rt.describe(obj)}.{fld} changed without {state.label}, "
                 f"which {who} holds",
             )
-        o = self.oid(lock_obj)
-        self._access(obj, fld, True, [(("lock", kind, o), False), (("unlocked", kind, o), False)])
 
     def _lock_state(self, kind: str, obj: object) -> LockState:
         key = (kind, self.oid(obj))
@@ -366,7 +367,9 @@ class Execution:
         if t is None:
             callback()
             return
-        self._park([(RCU_KEY, True), (("obj", self.oid(obj)), True)], f"call_rcu {rt.describe(obj)}")
+        self._park(
+            [(RCU_KEY, True), (("obj", self.oid(obj)), True)], f"call_rcu {rt.describe(obj)}"
+        )
         gp = self.rcu.start()
         if self.rcu.completed(gp):
             callback()
@@ -406,7 +409,10 @@ class Execution:
         t = self._me()
         if t is None:
             return
-        t.pending, t.label = [((self.oid(obj), fld), False)], f"wait {kind} {rt.describe(obj)}.{fld}"
+        t.pending, t.label = (
+            [((self.oid(obj), fld), False)],
+            f"wait {kind} {rt.describe(obj)}.{fld}",
+        )
         t.ready = ready
         t.waiting = f"{kind} {rt.describe(obj)}.{fld}"
         t.waits_on = lambda: []

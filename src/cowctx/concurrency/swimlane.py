@@ -59,7 +59,9 @@ def trace_events(program: Program, schedule: list[str], detail: str) -> str:
         {"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cowctx explore"}}
     ]
     for i, n in enumerate(names):
-        events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": i + 1, "args": {"name": n}})
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": i + 1, "args": {"name": n}}
+        )
     for ts, (thread, label) in enumerate(steps):
         events.append(
             {
@@ -74,7 +76,15 @@ def trace_events(program: Program, schedule: list[str], detail: str) -> str:
             }
         )
     events.append(
-        {"name": detail, "cat": "violation", "ph": "i", "s": "g", "ts": len(steps) * 10, "pid": 1, "tid": 0}
+        {
+            "name": detail,
+            "cat": "violation",
+            "ph": "i",
+            "s": "g",
+            "ts": len(steps) * 10,
+            "pid": 1,
+            "tid": 0,
+        }
     )
     return json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}, indent=1)
 
@@ -86,7 +96,10 @@ def svg_swimlane(program: Program, schedule: list[str], detail: str) -> str:
     lane_w, row_h, top = 300, 16, 40
     w = lane_w * len(names) + 20
     h = top + row_h * (len(steps) + 2)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="monospace" font-size="11">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        'font-family="monospace" font-size="11">'
+    ]
     for i, n in enumerate(names):
         x = 10 + i * lane_w
         out.append(f'<text x="{x + 4}" y="20" font-weight="bold">{html.escape(n)}</text>')
@@ -94,7 +107,10 @@ def svg_swimlane(program: Program, schedule: list[str], detail: str) -> str:
     for r, (thread, label) in enumerate(steps):
         x = 10 + names.index(thread) * lane_w
         y = top + r * row_h
-        out.append(f'<rect x="{x + 2}" y="{y - 11}" width="{lane_w - 6}" height="{row_h - 2}" fill="#e8f0fe"/>')
+        out.append(
+            f'<rect x="{x + 2}" y="{y - 11}" width="{lane_w - 6}" height="{row_h - 2}" '
+            'fill="#e8f0fe"/>'
+        )
         out.append(f'<text x="{x + 6}" y="{y}">{html.escape(label)}</text>')
     y = top + len(steps) * row_h + 4
     out.append(f'<text x="10" y="{y}" fill="#c00" font-weight="bold">{html.escape(detail)}</text>')

@@ -52,7 +52,7 @@ def _anon_vma_reverting(name: str) -> type[AnonRmap]:
         fix = s.removeprefix("revert_")
         if not s.startswith("revert_") or fix not in REVERTS:
             known = ", ".join(f"revert_{k}" for k in REVERTS)
-            raise ValueError(f"unknown anon_vma switch {s!r} in {name!r}; known: {known}")
+            raise KeyError(f"unknown anon_vma switch {s!r} in {name!r}; known: {known}")
         reverts.add(fix)
     return type(name, (AnonVmaRmap,), {"reverts": frozenset(reverts)})
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import (
     PAGE_SHIFT,
     VM_EXEC,
@@ -16,8 +18,6 @@ from cowctx.mm.constants import (
     VM_SHARED,
     VM_WRITE,
 )
-from cowctx.concurrency import runtime as rt
-from cowctx.mm import locking as lk
 from cowctx.mm.errors import AccessFault
 from cowctx.mm.folio import (
     PTE_DIRTY,
@@ -288,8 +288,10 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
     pgd = mm.pgd
     mem_map = m.mem_map
     lk.ptl_lock(mm)
+    active = rt.current is not None
     for vpn, pte in list(mm.iter_ptes(start, end)):
-        lk.pte(mm, vpn, True)
+        if active:
+            lk.pte(mm, vpn, True)
         del pgd[vpn]
         if pte_present(pte):
             pfn = pte_pfn(pte)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import (
     MAP_FIXED,
     MAP_SHARED,
@@ -29,7 +31,6 @@ from cowctx.mm.constants import (
     VM_PFNMAP,
     VM_SHARED,
 )
-from cowctx.mm import locking as lk
 from cowctx.mm.errors import SyscallError
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct, vma_is_anonymous
 from cowctx.mm.mmap import do_vmi_munmap, get_unmapped_area, page_align
@@ -305,11 +306,14 @@ def move_page_tables(
         m.rmap.drop_rmap_locks(vma, need_rmap_locks)
         return
     lk.ptl_lock(mm)  # move_ptes(): the old and the new page table's locks
-    for vpn, pte in moved:  # ptep_get_and_clear() the whole range, then set_ptes()
-        lk.pte(mm, vpn, True)
+    active = rt.current is not None
+    for vpn, _ in moved:  # ptep_get_and_clear() the whole range, then set_ptes()
+        if active:
+            lk.pte(mm, vpn, True)
         del pgd[vpn]
     for vpn, pte in moved:
-        lk.pte(mm, vpn + shift, True)
+        if active:
+            lk.pte(mm, vpn + shift, True)
         pgd[vpn + shift] = pte
     lk.ptl_unlock(mm)
     m.rmap.drop_rmap_locks(vma, need_rmap_locks)

@@ -17,7 +17,7 @@ from cowctx.designs.anon_vma.structs import AnonVma, AnonVmaChain, AnonVmaVma
 from cowctx.metrics.ledger import LockHold, ObjectKind
 from cowctx.mm.constants import PAGE_SHIFT, VM_ACCESS_FLAGS, VM_SOFTDIRTY
 from cowctx.mm.folio import Folio
-from cowctx.mm.mm_types import VmAreaStruct, vma_address, vma_pages
+from cowctx.mm.mm_types import VmAreaStruct, vma_pages
 from cowctx.rmap.protocol import AnonRmap, RmapWalkControl
 
 if TYPE_CHECKING:

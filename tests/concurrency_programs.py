@@ -41,7 +41,7 @@ class ToyProgram:
         def body() -> None:
             for i, op in enumerate(ops):
                 kind = op[0]
-                c = self.cells.get(op[1]) if len(op) > 1 else None
+                c = self.cells[op[1]] if len(op) > 1 else Cell("-")
                 if kind == "r":
                     rt.point("load", c, "v")
                     self.regs[f"{name}.{i}"] = c.value

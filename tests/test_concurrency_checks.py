@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cowctx.concurrency import runtime as rt
 from cowctx.concurrency.explorer import explore
 from cowctx.concurrency.scheduler import Execution
 
 
 class Prog:
-    def __init__(self, **threads) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, **threads: Callable[[], None]) -> None:
         self.threads = threads
         self.names = list(threads)
 
@@ -28,7 +30,7 @@ class Named:
 A, B = Named("A"), Named("B")
 
 
-def kinds(**threads) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+def kinds(**threads: Callable[[], None]) -> dict[str, list[str]]:
     r = explore(Prog(**threads), list(threads), bound=None)
     out: dict[str, list[str]] = {}
     for kind, detail in sorted(r.violations):

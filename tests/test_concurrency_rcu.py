@@ -123,7 +123,7 @@ class KfreeRcu:
         return "", []
 
 
-def _outcomes(program) -> set[str]:  # type: ignore[no-untyped-def]
+def _outcomes(program: SyncFree | SyncRead) -> set[str]:
     return explore(program, program.names, bound=None).final_states
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -31,7 +32,7 @@ def test_every_race_file_is_in_the_table() -> None:
     assert sorted(p.name for p in RACES.glob("*.yaml")) == sorted(TABLE)
 
 
-def _explore(path: Path, design: str, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _explore(path: Path, design: str, *extra: str) -> tuple[int, dict[str, Any]]:
     args = ["explore", str(path), "--design", design, "--json", *extra]
     res = CliRunner().invoke(main, args)
     assert res.exit_code in (0, 1), res.output
@@ -124,3 +125,23 @@ def test_thread_steps_are_validated(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["explore", str(f)])
     assert res.exit_code == 2
     assert "thread 't1' step 0 (write): field 'proc'" in res.output
+
+
+def test_trace_files_are_written(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        main,
+        [
+            "explore",
+            str(RACES / "mremap-rmap-locks.yaml"),
+            "--design",
+            "anon_vma[revert_mremap_rmap_locks]",
+            "--trace",
+            str(tmp_path),
+        ],
+    )
+    assert res.exit_code == 1
+    (trace,) = tmp_path.glob("*.trace.json")
+    (svg,) = tmp_path.glob("*.svg")
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert svg.read_text().startswith("<svg")
+    assert "mover" in res.output and "!! walker: rmap walk" in res.output

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from cowctx.concurrency.explorer import Report
+    from cowctx.concurrency.program import ScenarioProgram
 
 from cowctx.cli.options import (
     EXIT_BAD_INPUT,
@@ -40,6 +45,13 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
     help="Write each violation's shortest schedule here as a file --replay runs.",
 )
 @click.option(
+    "--trace",
+    "trace_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write each violation as a swimlane: Perfetto trace-event JSON and SVG, here.",
+)
+@click.option(
     "--replay",
     type=click.Path(path_type=Path),
     default=None,
@@ -57,6 +69,7 @@ def explore_command(
     seed: int,
     max_executions: int | None,
     schedule_dir: Path | None,
+    trace_dir: Path | None,
     replay: Path | None,
 ) -> None:
     """Explore the interleavings of FILE's `threads` (after its `steps`): source-DPOR
@@ -107,6 +120,8 @@ def explore_command(
         found_any |= bool(report.violations)
         if schedule_dir is not None:
             block["schedule_files"] = _write_schedules(schedule_dir, scenario.name, name, report)
+        if trace_dir is not None:
+            block["trace_files"] = _write_traces(trace_dir, scenario.name, name, program, report)
         if as_json:
             out = {"scenario": scenario.name, "file": str(file), "design": name, "explore": block}
             click.echo(json.dumps(out, sort_keys=True))
@@ -117,12 +132,12 @@ def explore_command(
     sys.exit(EXIT_FAIL if found_any else EXIT_OK)
 
 
-def _progress(report) -> None:  # type: ignore[no-untyped-def]
+def _progress(report: Report) -> None:
     if report.executions and report.executions % 1000 == 0:
         click.echo(f"  ... {report.executions} executions, {report.pruned} pruned", err=True)
 
 
-def _print(scenario: str, design: str, block: dict) -> None:  # type: ignore[type-arg]
+def _print(scenario: str, design: str, block: dict[str, Any]) -> None:
     click.echo(
         f"{scenario} on {design}: {block['mode']} (bound {block['bound']}): "
         f"{block['executions']} executions, {block['pruned']} pruned, "
@@ -134,9 +149,11 @@ def _print(scenario: str, design: str, block: dict) -> None:  # type: ignore[typ
         click.echo(f"  {v['kind']}: {v['detail']} ({len(v['schedule'])} steps)")
     for path in block.get("schedule_files", []):
         click.echo(f"  schedule written: {path}")
+    for path in block.get("trace_files", []):
+        click.echo(f"  swimlane written: {path}")
 
 
-def _write_schedules(directory: Path, scenario: str, design: str, report) -> list[str]:  # type: ignore[no-untyped-def]
+def _write_schedules(directory: Path, scenario: str, design: str, report: Report) -> list[str]:
     from cowctx.files import write_atomically
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -154,6 +171,25 @@ def _write_schedules(directory: Path, scenario: str, design: str, report) -> lis
         }
         write_atomically(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
         paths.append(str(path))
+    return paths
+
+
+def _write_traces(
+    directory: Path, scenario: str, design: str, program: ScenarioProgram, report: Report
+) -> list[str]:
+    """``<scenario>.<design>.<i>-<kind>.trace.json`` (ui.perfetto.dev opens it) and ``.svg``."""
+    from cowctx.concurrency.swimlane import svg_swimlane, trace_events
+    from cowctx.files import write_atomically
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    safe = design.replace("[", "-").replace("]", "").replace(",", "-")
+    for i, found in enumerate(sorted(report.violations.values(), key=lambda f: (f.kind, f.detail))):
+        base = directory / f"{scenario}.{safe}.{i}-{found.kind}"
+        json_path, svg_path = Path(f"{base}.trace.json"), Path(f"{base}.svg")
+        write_atomically(json_path, trace_events(program, found.schedule, found.detail) + "\n")
+        write_atomically(svg_path, svg_swimlane(program, found.schedule, found.detail) + "\n")
+        paths += [str(json_path), str(svg_path)]
     return paths
 
 

@@ -12,7 +12,7 @@ they can proceed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from greenlet import GreenletExit, greenlet
@@ -91,7 +91,7 @@ class Execution:
 
     def __init__(
         self,
-        threads: list[tuple[str, Callable[[], object]]],
+        threads: Sequence[tuple[str, Callable[[], object]]],
         mappings_of: Callable[[int], set[tuple[int, int]]] | None = None,
     ) -> None:
         self.threads = [Thread(i, name, body) for i, (name, body) in enumerate(threads)]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from cowctx.mm import locking as lk
 from cowctx.mm.constants import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK
 from cowctx.mm.memory import copy_page_range, zap_pte_range
-from cowctx.mm.mm_types import MmStruct, TaskStruct
+from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
 
 if TYPE_CHECKING:
     from cowctx.mm.machine import Machine
@@ -76,7 +76,7 @@ def exit_mmap(m: Machine, mm: MmStruct) -> None:
     m.rmap.mmput(mm)
 
 
-def _exit_mmap(m: Machine, mm: MmStruct, vmas: list) -> None:  # type: ignore[type-arg]
+def _exit_mmap(m: Machine, mm: MmStruct, vmas: list[VmAreaStruct]) -> None:
     for vma in vmas:
         zap_pte_range(m, mm, vma.vm_start, vma.vm_end)
     assert not mm.pgd, "PTEs outside every VMA"

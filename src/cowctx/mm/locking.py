@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from cowctx.concurrency import runtime as rt
 
 if TYPE_CHECKING:
+    from cowctx.mm.folio import Folio
+    from cowctx.mm.machine import Machine
     from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 
 
@@ -116,7 +118,7 @@ class VmFaultRetry(Exception):
     mmap lock."""
 
 
-def handle_mm_fault_locked(m, mm: MmStruct, address: int, write: bool):  # type: ignore[no-untyped-def]
+def handle_mm_fault_locked(m: Machine, mm: MmStruct, address: int, write: bool) -> Folio | None:
     """A fault as ``do_user_addr_fault()`` locks it: under the per-VMA lock when
     ``lock_vma_under_rcu()`` succeeds, retried under ``mmap_read_lock()`` on
     ``VM_FAULT_RETRY`` or when it does not."""

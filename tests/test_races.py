@@ -145,3 +145,15 @@ def test_trace_files_are_written(tmp_path: Path) -> None:
     assert json.loads(trace.read_text())["traceEvents"]
     assert svg.read_text().startswith("<svg")
     assert "mover" in res.output and "!! walker: rmap walk" in res.output
+
+
+def test_random_and_pct_modes_are_deterministic() -> None:
+    path = RACES / "anon-vma-root-recheck.yaml"
+    design = "anon_vma[revert_root_recheck]"
+    for mode in (["--random", "60"], ["--pct", "60", "--depth", "2"]):
+        a = _explore(path, design, *mode, "--seed", "4")[1]["explore"]
+        b = _explore(path, design, *mode, "--seed", "4")[1]["explore"]
+        for block in (a, b):
+            block.pop("seconds")
+            block.pop("executions_per_second")
+        assert a == b and a["executions"] == 60

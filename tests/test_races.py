@@ -157,3 +157,13 @@ def test_random_and_pct_modes_are_deterministic() -> None:
             block.pop("seconds")
             block.pop("executions_per_second")
         assert a == b and a["executions"] == 60
+
+
+CONCURRENT = Path(__file__).parent.parent / "scenarios" / "concurrent"
+
+
+@pytest.mark.parametrize("path", sorted(CONCURRENT.glob("*.yaml")), ids=lambda p: p.stem)
+def test_concurrent_programs_are_clean_on_anon_vma(path: Path) -> None:
+    code, out = _explore(path, "anon_vma")
+    assert out["explore"]["violations"] == [] and code == 0
+    assert out["explore"]["final_states"] >= 1

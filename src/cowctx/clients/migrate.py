@@ -64,13 +64,17 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
         return True
 
     rt.lock("folio_lock", folio)
+    folio.pinned += 1  # isolated: migration's own reference
     rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_migrate_one, done=lambda f: f.mapcount == 0)
     rt.walk_end()
     try:
         return _migrate_rest(m, folio, unmapped)
     finally:
+        folio.pinned -= 1
         rt.unlock("folio_lock", folio)
+        if not folio.pinned and folio.anon and not folio.mapcount and folio.swapcache is None:
+            m.free_folio(folio)  # folio_put(): unmapped by a racing munmap meanwhile
 
 
 def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateResult:
@@ -94,6 +98,11 @@ def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateR
         folio.mapcount = 0
     folio.anon = folio.ksm = False  # the old folio's rmap state moved to `new`
     m.free_folio(folio)
+    if rt.current is not None and not remapped and not new.mapcount and new.swapcache is None:
+        # every migration entry was zapped by a racing munmap or exit: the last
+        # reference goes with migration's own.  (Sequentially an entry the walk
+        # missed is the oracle's to find and repair: check_migrate().)
+        m.free_folio(new)
     return MigrateResult(new, unmapped, remapped)
 
 

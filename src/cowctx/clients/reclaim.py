@@ -57,9 +57,11 @@ def reclaim_folio(m: Machine, folio: Folio) -> ReclaimResult:
             pvmw_done(vma, address)
         return True
 
+    folio.pinned += 1  # isolated from the LRU: reclaim's own reference
     rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_unmap_one, done=lambda f: f.mapcount == 0)
     rt.walk_end()
+    folio.pinned -= 1
     if folio.mapcount:  # still mapped: activate_locked, the folio stays
         return ReclaimResult(False, unmapped)
     folio.anon_exclusive = False

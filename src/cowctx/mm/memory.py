@@ -74,7 +74,7 @@ def folio_add_new_anon_rmap(m: Machine, folio: Folio, vma: VmAreaStruct, address
 def folio_remove_rmap_pte(m: Machine, folio: Folio) -> None:
     """``folio_remove_rmap_pte()`` plus the folio_put that frees an unused anon folio."""
     folio.mapcount -= 1
-    if folio.mapcount == 0 and folio.anon:
+    if folio.mapcount == 0 and folio.anon and not folio.pinned:
         if folio.swapcache is None:
             m.free_folio(folio)
         elif m.swap.swap_map[folio.swapcache] == 0:
@@ -350,6 +350,11 @@ def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) ->
                 pte &= ~PTE_SWP_EXCLUSIVE
                 src_pgd[vpn] = pte
             dst_pgd[vpn] = pte
-        else:  # a migration entry: the child gets it too (copy_nonpresent_pte())
+        else:  # a migration entry (copy_nonpresent_pte()): the child gets it too,
+            # readable in both for a CoW mapping; the folio is shared from now on
+            if cow:
+                pte &= ~PTE_WRITE
+                src_pgd[vpn] = pte
+            mem_map[pte_pfn(pte)].anon_exclusive = False
             dst_pgd[vpn] = pte
     lk.ptl_unlock(src_vma.vm_mm)

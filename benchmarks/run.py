@@ -158,7 +158,7 @@ def main() -> int:
         print(f"\n[{design}]")
         for key, value in figures.items():
             print(f"  {key:55s} {value:14,.2f}")
-    from explore import bench_reduction, bench_speed  # benchmarks/explore.py
+    from explore import bench_reduction, bench_speed  # type: ignore[import-not-found]
 
     explorer = {**bench_speed(200 if quick else 2000), **bench_reduction()}
     results["explorer"] = explorer

@@ -261,7 +261,7 @@ class Scenario(BaseModel):
         alive = {"p0"}
         known = {"p0"}
         self._check_steps(self.steps, alive, known, "")
-        forked = set()
+        forked: set[str] = set()
         for name, steps in self.threads.items():
             t_alive, t_known = set(alive), set(known) | forked
             self._check_steps(steps, t_alive, t_known, f"thread {name!r} ")

@@ -67,7 +67,7 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
     folio.pinned += 1  # isolated: migration's own reference
     rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_migrate_one, done=lambda f: f.mapcount == 0)
-    rt.walk_end()
+    rt.walk_end(complete=folio.mapcount > 0)  # unmapped everywhere: nothing was missed
     try:
         return _migrate_rest(m, folio, unmapped)
     finally:

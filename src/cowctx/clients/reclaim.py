@@ -60,7 +60,7 @@ def reclaim_folio(m: Machine, folio: Folio) -> ReclaimResult:
     folio.pinned += 1  # isolated from the LRU: reclaim's own reference
     rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_unmap_one, done=lambda f: f.mapcount == 0)
-    rt.walk_end()
+    rt.walk_end(complete=folio.mapcount > 0)  # unmapped everywhere: nothing was missed
     folio.pinned -= 1
     if folio.mapcount:  # still mapped: activate_locked, the folio stays
         return ReclaimResult(False, unmapped)

@@ -105,6 +105,7 @@ class Execution:
         self.main: greenlet | None = None
         self.dying = False
         self.ptl_holds = 0
+        self._maps_dirty = False
         self._oids: dict[int, int] = {}
         self._seen: list[object] = []
 
@@ -180,16 +181,30 @@ class Execution:
         self.main.switch()
 
     def _after(self, event: Event) -> None:
-        for obj, callback in self.rcu.due():
-            event.accesses.append((("obj", self.oid(obj)), True))
-            callback()
-        if self.mappings_of is not None and not self.ptl_holds:
+        if self.rcu.callbacks:
+            for obj, callback in self.rcu.due():
+                event.accesses.append((("obj", self.oid(obj)), True))
+                callback()
+        if not self._maps_dirty:
+            self._maps_dirty = self._pte_stores(event)
+        if self.mappings_of is not None and not self.ptl_holds and self._maps_dirty:
+            self._maps_dirty = False
             # page tables are sampled only between PTL critical sections: a walker
             # (which takes the PTL to look) cannot see the states inside one
             for t in self.threads:
                 w = t.walk
-                if w is not None and t.tid != event.tid:
+                if w is not None:  # its own unmaps are of mappings it visited
                     w.update(self.mappings_of(w.pfn))
+
+    @staticmethod
+    def _pte_stores(event: Event) -> bool:
+        """Whether the step stored a PTE: a mapping can only vanish so (every PTE
+        store is behind a ``("pte", vpn)`` point).  A store inside a PTL section
+        is sampled once the PTL is released."""
+        for key, write in event.accesses:
+            if write and isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], tuple):
+                return True
+        return False
 
     def _cycle(self) -> str:
         """The wait-for cycle of a deadlock (or who waits for what)."""

@@ -28,13 +28,28 @@ Access = tuple[Hashable, bool]
 RCU_KEY = ("rcu",)
 
 
+Label = str | tuple[str, object, object]
+"""A step's description; (verb, object, field) is formatted only when shown."""
+
+
+def format_label(label: Label) -> str:
+    if isinstance(label, str):
+        return label
+    verb, obj, fld = label
+    return f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}"
+
+
 @dataclass
 class Event:
     """One step of one thread, as executed."""
 
     tid: int
     accesses: list[Access]
-    label: str
+    raw_label: Label
+
+    @property
+    def label(self) -> str:
+        return format_label(self.raw_label)
 
 
 @dataclass
@@ -68,7 +83,7 @@ class Thread:
     body: Callable[[], object]
     glet: greenlet | None = None
     pending: list[Access] = field(default_factory=list)
-    label: str = "start"
+    label: Label = "start"
     ready: Callable[[], bool] | None = None
     """None: enabled; else enabled when it returns True."""
     waiting: str = ""
@@ -174,7 +189,7 @@ class Execution:
                 with contextlib.suppress(GreenletExit):
                     t.glet.throw(GreenletExit)
 
-    def _park(self, accesses: list[Access], label: str) -> None:
+    def _park(self, accesses: list[Access], label: Label) -> None:
         t = self.running
         assert t is not None and self.main is not None
         t.pending, t.label = accesses, label
@@ -257,10 +272,7 @@ class Execution:
         o = self.oid(obj)
         # every field access also reads ("obj", o): whole-object writes (free,
         # reuse) are dependent with all of them
-        self._park(
-            [((o, fld), write), (("obj", o), False), *extra],
-            f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}",
-        )
+        self._park([((o, fld), write), (("obj", o), False), *extra], (verb, obj, fld))
 
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         t = self._me()

@@ -35,6 +35,7 @@ class Folio:
         "mapcount",
         "mapping",
         "pfn",
+        "pinned",
         "swapcache",
     )
 
@@ -49,6 +50,9 @@ class Folio:
         self.content = content
         self.swapcache: int | None = None
         self.freed = False
+        self.pinned = 0
+        """References held by migration or reclaim (isolated from the LRU): the
+        last unmap does not free the folio then, its holder does."""
         self.lazyfree = False
         self.dirty = False
         """PG_dirty of a page-cache folio: written since it was read in.  A clean

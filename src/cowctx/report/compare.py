@@ -168,7 +168,8 @@ def compare(
     kernel_reason: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Comparison:
-    """Every design on ``scenario``; with a kernel session, the kernel too."""
+    """Every design on ``scenario``; with a kernel session, the kernel too (a kernel run
+    that cannot be counted exactly leaves the column out, saying why)."""
     results = []
     for design in designs:
         if progress is not None:
@@ -178,7 +179,12 @@ def compare(
     if kernel_session is not None:
         if progress is not None:
             progress("linux")
-        kernel = kernel_session.run(scenario)
+        from cowctx.linux.executor import KernelRunError
+
+        try:
+            kernel = kernel_session.run(scenario)
+        except KernelRunError as exc:  # e.g. events dropped on a busy machine: no column
+            kernel_reason = f"the kernel run could not be counted exactly: {exc}"
     return Comparison(scenario.name, scenario.description or "", results, kernel, kernel_reason)
 
 
@@ -197,7 +203,9 @@ def lock_totals(locks: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
-    """A JSON-ready summary (deterministic: no timings)."""
+    """A JSON-ready summary (deterministic: no timings).  A recording's has a
+    ``recording`` block (:mod:`cowctx.report.recording`), and its ``kernel`` is the
+    recording's counts."""
     return {
         "scenario": c.scenario,
         "description": c.description,
@@ -220,4 +228,5 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
             "maps_agree": None,
         },
         "kernel_reason": c.kernel_reason,
+        **({} if c.recording is None else {"recording": c.recording}),
     }

@@ -309,3 +309,17 @@ def test_graph_pair_dot_marks_differences() -> None:
         "kernel:folios:p2:AV(p1 fork step 3)",
     ]
     assert "#d62728" not in graph_pair_dot(model, _graph(), "t")
+
+
+@needs_graph
+def test_a_process_with_many_vmas_is_read_whole_and_once(session: KernelSession) -> None:
+    """600 VMAs: more than one seq_file buffer of VMA records would need several
+    reads, where the task_vma iterator restarts for ever; the reader must get every
+    VMA exactly once (and agree with the model)."""
+    from cowctx.workloads import build_workload
+
+    scenario = build_workload("many-vmas-fanout", {"vmas": 600, "children": 2})
+    _, kernel, diffs = kernel_diff(scenario, session)
+    assert diffs == []
+    assert kernel.final.graph is not None
+    assert len(kernel.final.graph["vmas"]["p0"]) == len(kernel.final.maps["p0"]) >= 600

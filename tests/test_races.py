@@ -167,3 +167,26 @@ def test_concurrent_programs_are_clean_on_anon_vma(path: Path) -> None:
     code, out = _explore(path, "anon_vma")
     assert out["explore"]["violations"] == [] and code == 0
     assert out["explore"]["final_states"] >= 1
+
+
+def test_html_report_shows_each_violation_as_a_swimlane(tmp_path: Path) -> None:
+    """`cowctx explore --html`: one SVG swimlane per violation with its kind, and the
+    fixed design explored clean."""
+    page = tmp_path / "races.html"
+    result = CliRunner().invoke(
+        main,
+        [
+            "explore",
+            str(RACES / "anon-vma-root-recheck.yaml"),
+            "--design",
+            "anon_vma[revert_root_recheck],anon_vma",
+            "--html",
+            str(page),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    text = page.read_text()
+    assert text.count("<svg") == 2
+    assert "<b>uaf</b>" in text and "<b>bad_unlock</b>" in text
+    assert "on anon_vma[revert_root_recheck]</h3>" in text and "on anon_vma</h3>" in text
+    assert text.count("No violation in any explored execution.") == 1

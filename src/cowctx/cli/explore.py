@@ -9,19 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:
-    from cowctx.concurrency.explorer import Report
-    from cowctx.concurrency.program import ScenarioProgram
-
 from cowctx.cli.options import (
     EXIT_BAD_INPUT,
     EXIT_FAIL,
     EXIT_OK,
     design_option,
+    html_option,
     json_option,
     load_all,
     parse_designs,
 )
+from cowctx.report.html import Exploration
+
+if TYPE_CHECKING:
+    from cowctx.concurrency.explorer import Report
+    from cowctx.concurrency.program import ScenarioProgram
+    from cowctx.scenario.schema import Scenario
 
 SCHEDULE_FORMAT = "cowctx-schedule/1"
 
@@ -57,6 +60,7 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
     default=None,
     help="Re-run exactly the schedule in this file (from --schedules).",
 )
+@html_option()
 def explore_command(
     file: Path,
     design: str,
@@ -71,6 +75,7 @@ def explore_command(
     schedule_dir: Path | None,
     trace_dir: Path | None,
     replay: Path | None,
+    html_path: Path | None,
 ) -> None:
     """Explore the interleavings of FILE's `threads` (after its `steps`): source-DPOR
     with sleep sets under a preemption bound (default), every interleaving
@@ -89,6 +94,7 @@ def explore_command(
         schedule, design = _read_schedule(replay, scenario.name, design)
     designs = parse_designs(design)
     found_any = False
+    explorations: list[Exploration] = []
     for name in designs:
         program = ScenarioProgram(scenario, name)
         if schedule is not None:
@@ -122,6 +128,8 @@ def explore_command(
             block["schedule_files"] = _write_schedules(schedule_dir, scenario.name, name, report)
         if trace_dir is not None:
             block["trace_files"] = _write_traces(trace_dir, scenario.name, name, program, report)
+        if html_path is not None:
+            explorations.append(_exploration(scenario, name, program, report, block))
         if as_json:
             out = {"scenario": scenario.name, "file": str(file), "design": name, "explore": block}
             click.echo(json.dumps(out, sort_keys=True))
@@ -129,7 +137,32 @@ def explore_command(
         _print(scenario.name, name, block)
         for found in sorted(report.violations.values(), key=lambda f: (f.kind, f.detail))[:3]:
             click.echo(text_swimlane(program, found.schedule, found.detail))
+    if html_path is not None:
+        from cowctx.report.html import write_report
+
+        write_report(html_path, [], explorations=explorations)
+        click.echo(f"report written to {html_path}", err=as_json)
     sys.exit(EXIT_FAIL if found_any else EXIT_OK)
+
+
+def _exploration(
+    scenario: Scenario,
+    design: str,
+    program: ScenarioProgram,
+    report: Report,
+    block: dict[str, Any],
+) -> Exploration:
+    """The report's view of one design's exploration: counts and a swimlane per violation."""
+    from cowctx.concurrency.swimlane import svg_swimlane
+
+    found = sorted(report.violations.values(), key=lambda f: (f.kind, f.detail))
+    return Exploration(
+        scenario.name,
+        " ".join((scenario.description or "").split()),
+        design,
+        {k: block[k] for k in ("executions", "pruned", "final_states") if k in block},
+        [(f.kind, f.detail, svg_swimlane(program, f.schedule, f.detail)) for f in found],
+    )
 
 
 def _progress(report: Report) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 from cowctx import __version__
@@ -142,10 +143,44 @@ def _sweep(s: SweepResult) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class Exploration:
+    """One design's exploration of a concurrent scenario, for the report: the
+    explorer's summary and, per violation, its shortest schedule as a swimlane."""
+
+    scenario: str
+    description: str
+    design: str
+    summary: dict[str, object]
+    """executions, pruned, final_states (the ``explore`` block's counts)."""
+    swimlanes: list[tuple[str, str, str]]
+    """(kind, detail, SVG) per violation."""
+
+
+def _explorations(runs: list[Exploration]) -> str:
+    out = ["<h2>Interleavings explored</h2>"]
+    for r in runs:
+        out.append(
+            f"<h3>{html.escape(r.scenario)} on {html.escape(r.design)}</h3>"
+            f"<p>{html.escape(r.description)}</p><p class='note'>"
+            + ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in r.summary.items())
+            + "</p>"
+        )
+        if not r.swimlanes:
+            out.append("<p>No violation in any explored execution.</p>")
+        for kind, detail, svg in r.swimlanes:
+            out.append(
+                f"<p><b>{html.escape(kind)}</b>: {html.escape(detail)}</p>"
+                f"<div class='graph swimlane'>{svg}</div>"
+            )
+    return "".join(out)
+
+
 def render_report(
     comparisons: list[Comparison],
     sweeps: list[SweepResult] | None = None,
     title: str = "cowctx: anon_vma and CoW context side by side",
+    explorations: list[Exploration] | None = None,
 ) -> str:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -171,6 +206,8 @@ def render_report(
         parts.append(_graphs(c))
     for s in sweeps or []:
         parts.append(_sweep(s))
+    if explorations:
+        parts.append(_explorations(explorations))
     parts.append("<h2>What each number counts</h2><dl>")
     for term, text in GLOSSARY.items():
         parts.append(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>")
@@ -179,7 +216,10 @@ def render_report(
 
 
 def write_report(
-    path: Path, comparisons: list[Comparison], sweeps: list[SweepResult] | None = None
+    path: Path,
+    comparisons: list[Comparison],
+    sweeps: list[SweepResult] | None = None,
+    explorations: list[Exploration] | None = None,
 ) -> None:
     """Write the report atomically (a temporary file renamed over ``path``)."""
-    write_atomically(path, render_report(comparisons, sweeps))
+    write_atomically(path, render_report(comparisons, sweeps, explorations=explorations))

@@ -184,6 +184,9 @@ class _Run:
         self.file_fd: dict[str, int] = {}
         self.graph_reader: KernelGraphReader | None = None
         self.graph_every_step = False
+        self.swap_on = False
+        self.writeback_polls = 0
+        """kpageflags polls spent waiting for swap writes (see run_step)."""
 
     def read_graph(self) -> dict[str, Any]:
         """The live anon_vma graph now (linux/graph.py), objects named by birth step."""
@@ -235,8 +238,19 @@ class _Run:
             args = action.args
             if action.file is not None:  # the worker's descriptor of that file
                 args = (*args[:4], self.file_fd[action.file], *args[5:])
+            # With swap, MADV_PAGEOUT returns with its swap writes in flight; the step
+            # ends when they have completed (PG_writeback clear on every page it may have
+            # written), so the next step finds each folio written out and clean in the
+            # swap cache, not "under writeback" at a moment no scenario fixes.
+            pageout = self.swap_on and step.op == "madvise" and step.advice == "pageout"
+            pfns = pagemap.read_range_pfns(proc.pid, step.page, step.pages) if pageout else []
             r = proc.call(what, OP_SYSCALL, i, nr=action.nr, args=args)
             time_ns = r.time_ns
+            if pfns:
+                try:
+                    self.writeback_polls += pagemap.wait_writeback(pfns)
+                except pagemap.WritebackTimeout as exc:
+                    raise KernelRunError(f"{what}: {exc}") from exc
             if -4095 <= r.ret < 0:
                 err = _errno_name(r.ret)
             elif action.nr == SYS_MMAP and r.ret != args[0]:
@@ -373,6 +387,7 @@ class KernelSession:
         problems: list[str] = []
         try:
             if swap is not None:
+                run.swap_on = True
                 try:
                     swap.enable()
                 except (SwapError, OSError) as exc:
@@ -382,6 +397,7 @@ class KernelSession:
                         swap.remove()
                     self.swap_unavailable = f"cannot switch a swap file on: {exc}"
                     swap = None
+                    run.swap_on = False
             # One CPU for the controller and every worker (they inherit it): the
             # per-CPU LRU batches then hold no folio another CPU added, so
             # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
@@ -415,7 +431,13 @@ class KernelSession:
             kernel_info: dict[str, Any] = {
                 **_kernel_info(),
                 "trace_instance": trace.name,
-                "swap": {"pages": swap.pages, "damon": damon_state()} if swap else None,
+                "swap": {
+                    "pages": swap.pages,
+                    "damon": damon_state(),
+                    "writeback_polls": run.writeback_polls,
+                }
+                if swap
+                else None,
             }
             if self.want_swap and self.swap_unavailable:
                 kernel_info["swap_unavailable"] = self.swap_unavailable

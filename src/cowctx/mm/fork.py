@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowctx.mm.constants import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK
+from cowctx.mm.lru import lru_add_drain
 from cowctx.mm.memory import copy_page_range, zap_pte_range
 from cowctx.mm.mm_types import MmStruct, TaskStruct
 
@@ -54,7 +55,9 @@ def copy_process(m: Machine, parent: TaskStruct, comm: str, pid: int) -> TaskStr
 
 def exit_mmap(m: Machine, mm: MmStruct) -> None:
     """``exit_mmap()``: zap every PTE, then ``free_pgtables()`` unlinks every VMA's
-    anon state in ascending order, then the VMAs are freed."""
+    anon state in ascending order, then the VMAs are freed.  It starts with
+    ``lru_add_drain()`` (mm/lru.py)."""
+    lru_add_drain(m)
     vmas = mm.vmas()
     for vma in vmas:
         zap_pte_range(m, mm, vma.vm_start, vma.vm_end)

@@ -47,6 +47,7 @@ from cowctx.mm.folio import (
     pte_present,
     swp_offset,
 )
+from cowctx.mm.lru import folio_add_lru, folio_mark_lazyfree, lru_add_drain
 from cowctx.mm.memory import folio_remove_rmap_pte, zap_pte_range
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 from cowctx.mm.swap import folio_free_swap, free_swap_and_cache
@@ -168,9 +169,12 @@ def madvise_update_vma(
 
 
 def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) -> None:
-    """``madvise_free_pte_range()``: clean the PTEs and mark the folios lazily
-    freeable; a folio in the swap cache is only touched when this is its only
-    mapping (then its swap is freed).  Nothing visible changes until reclaim."""
+    """``madvise_free_single_vma()`` → ``madvise_free_pte_range()``: drain the CPU's
+    batches (``lru_add_drain()``), then clean the PTEs and queue the folios for
+    ``lru_lazyfree`` (``folio_mark_lazyfree()``, mm/lru.py: they turn lazily freeable
+    only when the batch drains); a folio in the swap cache is only touched when this is
+    its only mapping (then its swap is freed).  Nothing visible changes until reclaim."""
+    lru_add_drain(m)
     pgd = vma.vm_mm.pgd
     for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
         if is_swap_pte(pte):
@@ -183,8 +187,8 @@ def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) 
         if folio.swapcache is not None and (folio.mapcount != 1 or not folio_free_swap(m, folio)):
             continue
         pgd[vpn] = pte_mkclean(pte_mkold(pte))
-        if folio.anon and not folio.ksm and folio.swapcache is None:
-            folio.lazyfree = True  # folio_mark_lazyfree()
+        if not folio.ksm:
+            folio_mark_lazyfree(m, folio)
 
 
 def vma_ksm_compatible(vma: VmAreaStruct) -> bool:
@@ -198,13 +202,16 @@ def madvise_cold_or_pageout(
 ) -> None:
     """``madvise_cold_or_pageout_pte_range()`` + ``reclaim_pages()``.
 
-    Folios mapped more than once and the zero page are skipped.  COLD only
-    clears the accessed bit.  PAGEOUT reclaims at once: an anon folio needs
-    swap (the machine may have none: then it stays mapped) unless MADV_FREE made
+    ``madvise_cold()`` and ``madvise_pageout()`` start with ``lru_add_drain()`` (mm/lru.py:
+    a MADV_FREE'd folio waiting in ``lru_lazyfree`` turns lazily freeable here).  Folios
+    mapped more than once and the zero page are skipped.  COLD only clears the accessed
+    bit.  PAGEOUT reclaims at once (a folio it keeps is put back through ``lru_add``,
+    ``folio_putback_lru()``): an anon folio needs swap (the machine may have none: then it stays mapped) unless MADV_FREE made
     it lazily freeable; a shmem page-cache folio is unmapped and, with no swap to
     write it to, stays in the cache if dirty, and is dropped if clean (it holds
     only zeroes).
     """
+    lru_add_drain(m)
     mm = vma.vm_mm
     pgd = mm.pgd
     stat = dict.fromkeys(VMSCAN_COUNTERS, 0)
@@ -255,6 +262,8 @@ def madvise_cold_or_pageout(
                 stat["nr_reclaimed"] += 1
             else:  # shmem is swap-backed: activated as anon
                 stat["nr_activate_anon"] += 1
+        if not folio.freed:  # reclaim_folio_list(): folio_putback_lru()
+            folio_add_lru(m, folio)
     if stat["nr_scanned"]:  # trace_mm_vmscan_reclaim_pages() in reclaim_folio_list()
         for key, n in stat.items():
             m.ledger.vmscan[key] += n

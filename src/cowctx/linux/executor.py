@@ -83,6 +83,11 @@ class KernelRunError(RuntimeError):
     """The run failed; the message names the step."""
 
 
+class TraceLost(KernelRunError):
+    """The trace buffer dropped events (anon_vma traffic of other processes on the machine
+    can fill it): the counts are not exact, the run may be repeated."""
+
+
 def kernel_unavailable_reason() -> str | None:
     """None when scenarios can run on this kernel, else a precise reason why not."""
     if platform.system() != "Linux":
@@ -427,7 +432,7 @@ class KernelSession:
             trace.set_tracing(False)
             lost = trace.lost_events() - lost_before
             if lost:
-                raise KernelRunError(f"the trace buffer dropped {lost} events: counts not exact")
+                raise TraceLost(f"the trace buffer dropped {lost} events: counts not exact")
             kernel_info: dict[str, Any] = {
                 **_kernel_info(),
                 "trace_instance": trace.name,
@@ -524,6 +529,7 @@ __all__ = [
     "KernelSession",
     "KernelUnavailable",
     "ModelOnlyStep",
+    "TraceLost",
     "kernel_unavailable_reason",
     "run_on_kernel",
 ]

@@ -206,10 +206,10 @@ def madvise_cold_or_pageout(
     a MADV_FREE'd folio waiting in ``lru_lazyfree`` turns lazily freeable here).  Folios
     mapped more than once and the zero page are skipped.  COLD only clears the accessed
     bit.  PAGEOUT reclaims at once (a folio it keeps is put back through ``lru_add``,
-    ``folio_putback_lru()``): an anon folio needs swap (the machine may have none: then it stays mapped) unless MADV_FREE made
-    it lazily freeable; a shmem page-cache folio is unmapped and, with no swap to
-    write it to, stays in the cache if dirty, and is dropped if clean (it holds
-    only zeroes).
+    ``folio_putback_lru()``): an anon folio needs swap (the machine may have none: then
+    it stays mapped) unless MADV_FREE made it lazily freeable; a shmem page-cache folio
+    is unmapped and, with no swap to write it to, stays in the cache if dirty, and is
+    dropped if clean (it holds only zeroes).
     """
     lru_add_drain(m)
     mm = vma.vm_mm

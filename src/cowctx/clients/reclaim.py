@@ -33,8 +33,10 @@ class ReclaimResult:
 def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> ReclaimResult:
     """``shrink_folio_list()`` for one anon folio that is to be swapped out.  With
     ``writeback_pending`` (MADV_PAGEOUT to a disk: the write is asynchronous) a folio that
-    had to be written stays, unmapped, in the swap cache; a clean swap-cache folio (its
-    slot already holds its data) is freed at once either way.
+    had to be written stays, unmapped, in the swap cache, and is clean once the write has
+    completed (the kernel referee waits for that at the end of the step, so no later step
+    meets it under writeback); a clean swap-cache folio (its slot already holds its data)
+    is freed at once either way.
 
     # Combination of add_to_swap(), try_to_unmap() (try_to_unmap_one()),
     # pageout() and __remove_mapping() for a clean swap-backed anon folio.

@@ -27,6 +27,7 @@ from cowctx.linux.swap import (
     SwapError,
     SwapFile,
     damon_state,
+    drain_lru_batches,
     pages_for,
     remove_stale_swapfiles,
     swap_unavailable_reason,
@@ -190,6 +191,9 @@ class _Run:
         self.graph_reader: KernelGraphReader | None = None
         self.graph_every_step = False
         self.swap_on = False
+        self.home_cpu: set[int] = set()
+        self.all_cpus: list[int] = []
+        """The CPU the run is pinned to, and every CPU (drained after a swap pageout)."""
         self.writeback_polls = 0
         """kpageflags polls spent waiting for swap writes (see run_step)."""
 
@@ -245,17 +249,20 @@ class _Run:
                 args = (*args[:4], self.file_fd[action.file], *args[5:])
             # With swap, MADV_PAGEOUT returns with its swap writes in flight; the step
             # ends when they have completed (PG_writeback clear on every page it may have
-            # written), so the next step finds each folio written out and clean in the
-            # swap cache, not "under writeback" at a moment no scenario fixes.
+            # written) and every CPU's LRU batches are drained (swap.drain_lru_batches),
+            # so the next step finds each folio written out and clean in the swap cache,
+            # with no reference left in a batch: nothing a scenario cannot fix.  The
+            # model's MADV_PAGEOUT ends the same way (mm/madvise.py do_madvise).
             pageout = self.swap_on and step.op == "madvise" and step.advice == "pageout"
             pfns = pagemap.read_range_pfns(proc.pid, step.page, step.pages) if pageout else []
             r = proc.call(what, OP_SYSCALL, i, nr=action.nr, args=args)
             time_ns = r.time_ns
-            if pfns:
+            if pageout:
                 try:
                     self.writeback_polls += pagemap.wait_writeback(pfns)
                 except pagemap.WritebackTimeout as exc:
                     raise KernelRunError(f"{what}: {exc}") from exc
+                drain_lru_batches([*self.all_cpus, *sorted(self.home_cpu)], self.home_cpu)
             if -4095 <= r.ret < 0:
                 err = _errno_name(r.ret)
             elif action.nr == SYS_MMAP and r.ret != args[0]:
@@ -408,6 +415,8 @@ class KernelSession:
             # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
             # the model does; on several CPUs the outcome depends on scheduling.
             os.sched_setaffinity(0, {min(affinity)})
+            run.home_cpu = {min(affinity)}
+            run.all_cpus = sorted(set(range(os.cpu_count() or 1)) - run.home_cpu)
             set_child_subreaper(True)
             run.file_fd, file_fds = _make_files(scenario)
             run.add(WorkerProcess.spawn(self.binary, "p0", file_fds))

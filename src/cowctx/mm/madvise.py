@@ -73,7 +73,24 @@ _FLAG_ADVICE = frozenset(
 
 def do_madvise(m: Machine, mm: MmStruct, start: int, len_in: int, behavior: int) -> None:
     """``do_madvise()``: holes in the range are skipped and reported as ENOMEM at
-    the end; a per-VMA error stops the walk at once (earlier VMAs keep the advice)."""
+    the end; a per-VMA error stops the walk at once (earlier VMAs keep the advice).
+
+    With swap, a MADV_PAGEOUT call (whatever its outcome) ends with every LRU batch
+    drained: not the kernel's doing but the kernel referee's, which waits for the swap
+    writes and then drains every CPU (linux/swap.py ``drain_lru_batches``; on the kernel a
+    write completing after the folio went back on the LRU would leave a reference in a
+    batch of whichever CPU took the interrupt).  Machines with swap run only where the
+    referee's swap file is on, or in the model-only ``reclaim`` client."""
+    if behavior == MADV_PAGEOUT and m.swap_enabled:
+        try:
+            _do_madvise(m, mm, start, len_in, behavior)
+        finally:
+            lru_add_drain(m)
+        return
+    _do_madvise(m, mm, start, len_in, behavior)
+
+
+def _do_madvise(m: Machine, mm: MmStruct, start: int, len_in: int, behavior: int) -> None:
     if behavior not in _VALID:
         raise SyscallError("EINVAL", "unknown advice")
     if start & ~PAGE_MASK:
@@ -239,8 +256,10 @@ def madvise_cold_or_pageout(
                     stat["nr_unmap_fail"] += 1
                     stat["nr_activate_anon"] += 1
             elif m.swap_enabled:
-                # add_to_swap(), try_to_unmap(), pageout(): kept under writeback, but a
-                # zero-filled folio is only marked in the swap device's zeromap, with no
+                # add_to_swap(), try_to_unmap(), pageout(): shrink_folio_list() finds the
+                # folio under writeback and keeps it; the write then completes (the referee
+                # waits for it at the end of the step), leaving the folio clean in the swap
+                # cache (docs/kernel-referee.md, "Writeback").  A zero-filled folio is only marked in the swap device's zeromap, with no
                 # I/O, and freed at once: since Linux kernel commit 0ca0c24e3211 ("mm:
                 # store zero pages to be swapped out in a bitmap") (in v6.12)
                 writeback = folio.content != ZERO_CONTENT

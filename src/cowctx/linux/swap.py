@@ -17,8 +17,8 @@ needed; swapon(2) and swapoff(2) are called through libc.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import ctypes
+import mmap
 import os
 import uuid
 from pathlib import Path

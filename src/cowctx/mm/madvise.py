@@ -259,9 +259,10 @@ def madvise_cold_or_pageout(
                 # add_to_swap(), try_to_unmap(), pageout(): shrink_folio_list() finds the
                 # folio under writeback and keeps it; the write then completes (the referee
                 # waits for it at the end of the step), leaving the folio clean in the swap
-                # cache (docs/kernel-referee.md, "Writeback").  A zero-filled folio is only marked in the swap device's zeromap, with no
-                # I/O, and freed at once: since Linux kernel commit 0ca0c24e3211 ("mm:
-                # store zero pages to be swapped out in a bitmap") (in v6.12)
+                # cache (docs/kernel-referee.md, "Writeback").  A zero-filled folio is only
+                # marked in the swap device's zeromap, with no I/O, and freed at once:
+                # since Linux kernel commit 0ca0c24e3211 ("mm: store zero pages to be
+                # swapped out in a bitmap") (in v6.12)
                 writeback = folio.content != ZERO_CONTENT
                 if m.reclaim_folio(folio, writeback_pending=writeback):
                     stat["nr_reclaimed"] += 1

@@ -56,3 +56,12 @@ def test_diff_class_ignores_indices() -> None:
     assert diff_class("steps.5 (fork).objects.anon_vma.allocated: model 1, kernel 0") == (
         "steps.?.objects.anon_vma.allocated"
     )
+
+
+def test_swap_variants_are_on_by_default() -> None:
+    """The CLI's --swap-every default is the library's, and it is on."""
+    from cowctx.cli.kernel import kernel_fuzz_command
+    from cowctx.linux.fuzz import SWAP_EVERY
+
+    (option,) = [p for p in kernel_fuzz_command.params if p.name == "swap_every"]
+    assert option.default == SWAP_EVERY > 0

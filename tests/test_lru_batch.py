@@ -156,3 +156,31 @@ def test_writeback_wait_returns_when_clear(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(os, "pread", pread)
     assert pagemap.wait_writeback([5, 6]) == 2
     assert pagemap.wait_writeback([]) == 0
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_a_swap_pageout_ends_with_the_batches_drained(swap: bool) -> None:
+    """With swap the model's MADV_PAGEOUT ends as the referee's step does: every batch
+    drained (the kept folio is on the LRU, no batch reference); without swap reclaim puts
+    the kept folio back through lru_add, where it waits."""
+    steps = [
+        {"op": "mmap", "proc": "p0", "page": 0, "pages": 2},
+        {"op": "write", "proc": "p0", "page": 0},
+        {"op": "madvise", "proc": "p0", "page": 0, "pages": 2, "advice": "pageout"},
+    ]
+    run = run_swap(steps) if swap else run_scenario(scenario("t", steps))
+    kept = [f.pfn for f in run.machine.fbatches.lru_add]
+    assert kept == ([] if swap else [pfn_at(run, "p0", 0)])
+
+
+@pytest.mark.kernel
+def test_drain_lru_batches_returns_to_the_home_cpu() -> None:
+    from cowctx.linux.swap import drain_lru_batches
+
+    before = os.sched_getaffinity(0)
+    home = {min(before)}
+    try:
+        drain_lru_batches(sorted(before), home)
+        assert os.sched_getaffinity(0) == home
+    finally:
+        os.sched_setaffinity(0, before)

@@ -184,3 +184,16 @@ def test_drain_lru_batches_returns_to_the_home_cpu() -> None:
         assert os.sched_getaffinity(0) == home
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_madvise_free_skips_a_shared_pg_dirty_folio() -> None:
+    """A folio that left the swap cache is PG_dirty: MADV_FREE touches it only when this is
+    its only mapping, so after the fork it stays swap-backed and is swapped out later."""
+    run = run_swap(steps_of(KF / "madvise-free-skips-shared-dirty-folio.yaml"))
+    assert swapped(run, "p0", 10)
+    assert run.machine.ledger.vmscan["nr_reclaimed"] == 0
+    alone = [s for s in steps_of(KF / "madvise-free-skips-shared-dirty-folio.yaml")]
+    alone = [s for s in alone if s["op"] not in ("fork", "exit")]
+    run = run_swap(alone)  # mapped once: cleaned, lazily freeable, discarded
+    assert not swapped(run, "p0", 10) and pfn_at(run, "p0", 10) is None
+    assert run.machine.ledger.vmscan["nr_reclaimed"] == 1

@@ -68,7 +68,7 @@ def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> 
         # pageout() started an asynchronous write: shrink_folio_list() finds the folio
         # under writeback and keeps it, unmapped, in the swap cache (nr_reclaimed 0);
         # the write clears its dirty bit (folio_clear_dirty_for_io())
-        folio.dirty = False
+        folio.dirty = folio.anon_pg_dirty = False
         return ReclaimResult(False, unmapped)
     delete_from_swap_cache(m, folio)  # __remove_mapping(): frees the folio
     return ReclaimResult(True, unmapped)

@@ -189,8 +189,9 @@ def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) 
     """``madvise_free_single_vma()`` → ``madvise_free_pte_range()``: drain the CPU's
     batches (``lru_add_drain()``), then clean the PTEs and queue the folios for
     ``lru_lazyfree`` (``folio_mark_lazyfree()``, mm/lru.py: they turn lazily freeable
-    only when the batch drains); a folio in the swap cache is only touched when this is
-    its only mapping (then its swap is freed).  Nothing visible changes until reclaim."""
+    only when the batch drains); a folio in the swap cache or PG_dirty (it left the swap
+    cache) is only touched when this is its only mapping (then its swap is freed and it
+    is cleaned).  Nothing visible changes until reclaim."""
     lru_add_drain(m)
     pgd = vma.vm_mm.pgd
     for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
@@ -201,8 +202,13 @@ def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) 
         if not pte_present(pte) or pte_pfn(pte) == ZERO_PFN:
             continue
         folio = m.mem_map[pte_pfn(pte)]
-        if folio.swapcache is not None and (folio.mapcount != 1 or not folio_free_swap(m, folio)):
-            continue
+        if folio.swapcache is not None or folio.anon_pg_dirty:
+            # only a folio mapped here alone; its swap is freed, then PG_dirty cleared
+            if folio.mapcount != 1:
+                continue
+            if folio.swapcache is not None and not folio_free_swap(m, folio):
+                continue
+            folio.anon_pg_dirty = False  # folio_clear_dirty()
         pgd[vpn] = pte_mkclean(pte_mkold(pte))
         if not folio.ksm:
             folio_mark_lazyfree(m, folio)

@@ -77,12 +77,14 @@ def swap_duplicate(m: Machine, slot: int) -> None:
 
 
 def folio_free_swap(m: Machine, folio: Folio) -> bool:
-    """``folio_free_swap()``: leave the swap cache if no swap PTE still needs the slot."""
+    """``folio_free_swap()``: leave the swap cache if no swap PTE still needs the slot; the
+    folio's data now lives only in memory, so it is marked dirty (``folio_set_dirty()``)."""
     slot = folio.swapcache
     if slot is None or m.swap.swap_map[slot] != 0:
         return False
     m.swap.cache.pop(slot)
     folio.swapcache = None
+    folio.anon_pg_dirty = True
     _maybe_free_slot(m, slot)
     return True
 

@@ -12,7 +12,9 @@ from cowctx.linux import KernelSession
 from cowctx.linux.fuzz import diff_class, kernel_fuzz
 from cowctx.scenario.expect import check_expect
 from cowctx.scenario.loader import load_scenario
+from cowctx.scenario.results import Counts, ScenarioResult
 from cowctx.scenario.runner import run_scenario
+from cowctx.scenario.schema import Scenario
 
 from .test_kernel_diff import NeverReuseAnonVma
 
@@ -56,6 +58,34 @@ def test_diff_class_ignores_indices() -> None:
     assert diff_class("steps.5 (fork).objects.anon_vma.allocated: model 1, kernel 0") == (
         "steps.?.objects.anon_vma.allocated"
     )
+
+
+class FlakyOnce:
+    """The kernel session, but its third run reports one anon_vma too many: a
+    disagreement that a re-run of the same scenario does not show."""
+
+    def __init__(self, session: KernelSession) -> None:
+        self.session = session
+        self.runs = 0
+
+    def run(self, scenario: Scenario) -> ScenarioResult:
+        result = self.session.run(scenario)
+        self.runs += 1
+        if self.runs == 3:
+            c = result.final.objects["anon_vma"]
+            result.final.objects["anon_vma"] = Counts(c.allocated + 1, c.freed, (c.live or 0) + 1)
+        return result
+
+
+def test_a_disagreement_that_does_not_reproduce_is_not_a_finding(
+    session: KernelSession, tmp_path: Path
+) -> None:
+    flaky = FlakyOnce(session)
+    result = kernel_fuzz(flaky, seed=1, scenarios=5, steps=20, out_dir=tmp_path)
+    assert result.findings == [] and list(tmp_path.iterdir()) == []
+    assert len(result.unreproduced) == 1
+    assert any(d.startswith("final.objects.anon_vma.live:") for d in result.unreproduced[0][1])
+    assert flaky.runs == 5 + 1  # every scenario once; the first re-run already differs
 
 
 def test_swap_variants_are_on_by_default() -> None:

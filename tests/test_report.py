@@ -14,7 +14,9 @@ import pytest
 
 from cowctx.report.compare import compare
 from cowctx.report.html import write_report
+from cowctx.report.recording import compare_recording
 from cowctx.report.sweep import sweep
+from cowctx.trace import traceformat
 from cowctx.workloads import build_workload
 
 CHROMIUM = shutil.which("chromium")
@@ -49,10 +51,14 @@ window.addEventListener('load', () => {
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("report") / "report.html"
+    designs = ["anon_vma", "cow_context", "cow_context_poc"]
     comparisons = [
-        compare(build_workload(name, scale=0.05), ["anon_vma", "cow_context", "cow_context_poc"])
+        compare(build_workload(name, scale=0.05), designs)
         for name in ("fork-chain", "mremap-realloc")
     ]
+    # a real program's row (a committed recording) renders like the workloads'
+    trace = Path(__file__).parent / "fixtures" / "traces" / "sh-pipeline.trace"
+    comparisons.append(compare_recording(traceformat.read(trace), str(trace), designs))
     swept = sweep(
         "prefork",
         "workers",
@@ -69,7 +75,7 @@ def test_report_is_self_contained(report: Path) -> None:
     text = report.read_text()
     assert "<table>" in text and "What each number counts" in text
     assert not re.search(r'src="(?!data:)', text), "every image is embedded"
-    assert text.count("data:image/png;base64,") >= 2 * 3 + 1
+    assert text.count("data:image/png;base64,") >= 3 * 3 + 1
 
 
 @pytest.mark.skipif(
@@ -108,8 +114,8 @@ def test_report_renders_in_chromium(
         if "CONSOLE" in line and ("Error" in line or "error" in line)
     ]
     assert console_errors == []
-    assert len(probe["tables"]) == 2 and all(rows > 20 for rows in probe["tables"])
-    assert len(probe["imgs"]) >= 7
+    assert len(probe["tables"]) == 3 and all(rows > 20 for rows in probe["tables"])
+    assert len(probe["imgs"]) >= 10
     assert all(done and w > 0 and h > 0 for done, w, h in probe["imgs"])
     shot = request.config.getoption("--screenshot")
     if shot:

@@ -7,6 +7,7 @@ import click
 
 from cowctx.cli.compare import compare_command
 from cowctx.cli.demo import demo
+from cowctx.cli.explore import explore_command
 from cowctx.cli.fuzz import fuzz_command
 from cowctx.cli.graph import graph_command
 from cowctx.cli.kernel import kernel_diff_command, kernel_fuzz_command
@@ -32,6 +33,7 @@ for command in (
     fuzz_command,
     record_command,
     replay_command,
+    explore_command,
 ):
     main.add_command(command)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from cowctx.cli.compare import compare_command
 from cowctx.cli.options import (
@@ -34,19 +35,33 @@ DEMO_SCALE = 0.5
     is_flag=True,
     help="Instead: the built-in teaching scenarios, each with what it shows.",
 )
-def demo(design: str, scale: float, html_path: Path, stories: bool) -> None:
+@click.option(
+    "--record/--no-record",
+    "record",
+    default=True,
+    show_default=True,
+    help="Record chromium headless (root, tracefs, chromium) and show it beside the workloads.",
+)
+def demo(design: str, scale: float, html_path: Path, stories: bool, record: bool) -> None:
     """The comparison over the built-in workloads: a table per workload, and
     report.html; the kernel's anon_vma counts beside the model's where the kernel
-    can be observed."""
+    can be observed; and, where this machine can record it, chromium headless, a
+    real program, recorded now and replayed on every design (written beside the
+    report as chromium.trace)."""
     if stories:
         _demo_stories(parse_designs(design))
         return
     from cowctx.workloads import WORKLOADS
 
+    targets: tuple[str, ...] = tuple(WORKLOADS)
+    if record:
+        trace = _record_chromium(html_path.parent / "chromium.trace")
+        if trace is not None:
+            targets += (str(trace),)
     ctx = click.get_current_context()
     ctx.invoke(
         compare_command,
-        targets=tuple(WORKLOADS),
+        targets=targets,
         design=design,
         params=(),
         scale=scale,
@@ -55,6 +70,39 @@ def demo(design: str, scale: float, html_path: Path, stories: bool) -> None:
         as_json=False,
         html_path=html_path,
     )
+
+
+def _record_chromium(out: Path) -> Path | None:
+    """Record chromium headless into ``out``; where this machine cannot, say why and
+    return None (the demo goes on without it)."""
+    import time
+
+    from cowctx.linux.tracefs import TraceError
+    from cowctx.trace.chromium import chromium_unavailable_reason, record_chromium
+    from cowctx.trace.recorder import Interrupted
+
+    console = Console(highlight=False, soft_wrap=True, stderr=True)
+    reason = chromium_unavailable_reason()
+    if reason is not None:
+        console.print(f"[yellow]chromium headless not recorded: {escape(reason)}[/]")
+        return None
+    console.print("recording chromium headless (a real program) ...")
+    t0 = time.perf_counter()
+    try:
+        rec = record_chromium(out)
+    except Interrupted as exc:
+        console.print(f"interrupted by {exc}; nothing recorded")
+        sys.exit(128 + exc.signum)
+    except (TraceError, OSError) as exc:
+        console.print(f"[yellow]chromium headless not recorded: {escape(str(exc))}[/]")
+        return None
+    console.print(
+        f"recorded {len(rec.records):,} records in {time.perf_counter() - t0:.1f} s "
+        f"into {escape(str(out))}"
+    )
+    for flag in rec.header["flags"]:
+        console.print(f"[yellow]recording flagged: {escape(flag)}[/]")
+    return out
 
 
 def _demo_stories(designs: list[str]) -> None:

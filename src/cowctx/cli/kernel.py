@@ -119,7 +119,8 @@ def kernel_fuzz_command(
 ) -> None:
     """Random kernel-capable scenarios on the model and on the kernel; every
     disagreement is shrunk and written to OUT as a scenario file whose expect
-    holds the kernel's numbers.  Exit 0 clean, 1 on findings, 3 no kernel."""
+    holds the kernel's numbers; a disagreement a re-run does not show is reported
+    apart, not as a finding.  Exit 0 clean, 1 on findings, 3 no kernel."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from cowctx.linux import KernelSession, kernel_unavailable_reason
@@ -155,8 +156,13 @@ def kernel_fuzz_command(
         click.echo(f"disagreement (generator seed {finding.seed}) -> {finding.path}")
         for d in finding.diffs:
             click.echo(f"  {d}")
+    for sseed, diffs in result.unreproduced:
+        click.echo(f"not reproduced on a re-run (generator seed {sseed}), not a finding:")
+        for d in diffs[:3]:
+            click.echo(f"  {d}")
     click.echo(
         f"{result.scenarios} scenarios, {result.steps} steps, "
-        f"{len(result.findings)} disagreements (seed {seed})"
+        f"{len(result.findings)} disagreements, {len(result.unreproduced)} not reproduced "
+        f"(seed {seed})"
     )
     sys.exit(EXIT_FAIL if result.findings else EXIT_OK)

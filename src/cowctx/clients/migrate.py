@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, make_migration_entry, migration_entry_to_pte
 from cowctx.mm.ksm import folio_stable_node
 from cowctx.mm.mm_types import VmAreaStruct
-from cowctx.rmap.walk import page_vma_mapped_walk, rmap_walk
+from cowctx.rmap.walk import page_vma_mapped_walk, pvmw_done, rmap_walk
 
 if TYPE_CHECKING:
     from cowctx.mm.machine import Machine
@@ -51,15 +52,32 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
     unmapped: list[Mapping] = []
 
     def try_to_migrate_one(f: Folio, vma: VmAreaStruct, address: int) -> bool:
+        rt.may_sleep("try_to_migrate_one (mmu notifiers)")
         if page_vma_mapped_walk(f, vma, address, record):
             pgd = vma.vm_mm.pgd
             vpn = address >> PAGE_SHIFT
             pgd[vpn] = make_migration_entry(pgd[vpn])
             f.mapcount -= 1
             unmapped.append((vma.vm_mm.mm_id, address))
+            rt.walk_visit(vma.vm_mm.mm_id, address)
+            pvmw_done(vma, address)
         return True
 
+    rt.lock("folio_lock", folio)
+    folio.pinned += 1  # isolated: migration's own reference
+    rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_migrate_one, done=lambda f: f.mapcount == 0)
+    rt.walk_end(complete=folio.mapcount > 0)  # unmapped everywhere: nothing was missed
+    try:
+        return _migrate_rest(m, folio, unmapped)
+    finally:
+        folio.pinned -= 1
+        rt.unlock("folio_lock", folio)
+        if not folio.pinned and folio.anon and not folio.mapcount and folio.swapcache is None:
+            m.free_folio(folio)  # folio_put(): unmapped by a racing munmap meanwhile
+
+
+def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateResult:
     if folio.mapcount:  # folio_mapped(src): migrate_folio_undo_src()
         return MigrateResult(None, unmapped, remove_migration_ptes(m, folio, folio, len(unmapped)))
     new = m.alloc_folio(folio.content)
@@ -80,6 +98,11 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
         folio.mapcount = 0
     folio.anon = folio.ksm = False  # the old folio's rmap state moved to `new`
     m.free_folio(folio)
+    if rt.current is not None and not remapped and not new.mapcount and new.swapcache is None:
+        # every migration entry was zapped by a racing munmap or exit: the last
+        # reference goes with migration's own.  (Sequentially an entry the walk
+        # missed is the oracle's to find and repair: check_migrate().)
+        m.free_folio(new)
     return MigrateResult(new, unmapped, remapped)
 
 
@@ -97,6 +120,7 @@ def remove_migration_ptes(m: Machine, src: Folio, dst: Folio, entries: int) -> l
             pgd[vpn] = migration_entry_to_pte(pgd[vpn], dst.pfn)
             dst.mapcount += 1
             remapped.append((vma.vm_mm.mm_id, address))
+            pvmw_done(vma, address)
         return True
 
     rmap_walk(m, dst, record, remove_migration_pte)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, swp_entry_to_pte
 from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.mm.swap import add_to_swap_cache, delete_from_swap_cache
-from cowctx.rmap.walk import page_vma_mapped_walk, rmap_walk
+from cowctx.rmap.walk import page_vma_mapped_walk, pvmw_done, rmap_walk
 
 if TYPE_CHECKING:
     from cowctx.mm.machine import Machine
@@ -53,14 +54,21 @@ def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> 
     unmapped: list[tuple[int, int]] = []
 
     def try_to_unmap_one(f: Folio, vma: VmAreaStruct, address: int) -> bool:
+        rt.may_sleep("try_to_unmap_one (mmu notifiers)")
         if page_vma_mapped_walk(f, vma, address, record):
             vma.vm_mm.pgd[address >> PAGE_SHIFT] = swp_entry_to_pte(slot, f.anon_exclusive)
             m.swap.swap_map[slot] += 1
             f.mapcount -= 1
             unmapped.append((vma.vm_mm.mm_id, address))
+            rt.walk_visit(vma.vm_mm.mm_id, address)
+            pvmw_done(vma, address)
         return True
 
+    folio.pinned += 1  # isolated from the LRU: reclaim's own reference
+    rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_unmap_one, done=lambda f: f.mapcount == 0)
+    rt.walk_end(complete=folio.mapcount > 0)  # unmapped everywhere: nothing was missed
+    folio.pinned -= 1
     if folio.mapcount:  # still mapped: activate_locked, the folio stays
         return ReclaimResult(False, unmapped)
     folio.anon_exclusive = False

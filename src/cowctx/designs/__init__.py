@@ -20,11 +20,14 @@ def sound_design_names() -> list[str]:
 def get_design(name: str) -> type[AnonRmap]:
     """A design by name: ``anon_vma``, ``cow_context``, ``cow_context_poc`` (the
     PoC's C), ``cow_context_poc[fix,...]`` (the PoC with the named fixes, see
-    :class:`~cowctx.designs.cow_context.PocFixes`), or ``cow_context[switch,...]``
+    :class:`~cowctx.designs.cow_context.PocFixes`), ``cow_context[switch,...]``
     (the corrected design with only the named PoC-like behaviours, see
-    :class:`~cowctx.designs.cow_context.CowContextOptions`)."""
+    :class:`~cowctx.designs.cow_context.CowContextOptions`), or
+    ``anon_vma[revert_NAME,...]`` (kernel fixes taken out, for the explorer)."""
     from cowctx.designs.cow_context import cow_context_design, cow_context_poc_design
 
+    if name.startswith("anon_vma[") and name.endswith("]"):
+        return _anon_vma_reverting(name)
     for prefix, build in (
         ("cow_context_poc[", cow_context_poc_design),
         ("cow_context[", cow_context_design),
@@ -39,6 +42,22 @@ def get_design(name: str) -> type[AnonRmap]:
             "cow_context_poc[fix,...], cow_context[switch,...]"
         )
     return registry[name]
+
+
+def _anon_vma_reverting(name: str) -> type[AnonRmap]:
+    """``anon_vma[revert_NAME,...]``: the anon_vma design without the kernel fixes
+    named (:data:`cowctx.designs.anon_vma.rmap.REVERTS`), for the explorer's races."""
+    from cowctx.designs.anon_vma import AnonVmaRmap
+    from cowctx.designs.anon_vma.rmap import REVERTS
+
+    reverts = set()
+    for s in (s.strip() for s in name[len("anon_vma[") : -1].split(",")):
+        fix = s.removeprefix("revert_")
+        if not s.startswith("revert_") or fix not in REVERTS:
+            known = ", ".join(f"revert_{k}" for k in REVERTS)
+            raise KeyError(f"unknown anon_vma switch {s!r} in {name!r}; known: {known}")
+        reverts.add(fix)
+    return type(name, (AnonVmaRmap,), {"reverts": frozenset(reverts)})
 
 
 def known_design(name: str) -> str | None:

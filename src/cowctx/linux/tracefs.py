@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -207,12 +208,55 @@ def own_instance_name() -> str:
     return f"{INSTANCE_PREFIX}{os.getpid()}.{_starttime('self')}"
 
 
-def _write(path: Path, text: str) -> None:
+def write_file(path: Path, text: str) -> None:
+    """One write of ``text`` to a tracefs control file (truncating it first)."""
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+_write = write_file
+
+
+def lost_events(instance: Path) -> int:
+    """Events an instance's ring buffers dropped, over every CPU (with overwrite=0
+    the writer loses them, so the counters are meaningful)."""
+    lost = 0
+    for stats in sorted((instance / "per_cpu").glob("cpu*/stats")):
+        with contextlib.suppress(OSError):
+            for line in stats.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() in ("overrun", "commit overrun", "dropped events"):
+                    lost += int(value.split()[0])
+    return lost
+
+
+REMOVE_TIMEOUT = 5.0
+"""Seconds to keep retrying the rmdir of an instance whose readers are still leaving."""
+
+
+def remove_instance_dir(path: Path) -> None:
+    """rmdir a tracefs instance; EBUSY while a reader of its buffers is still leaving
+    (more so on a loaded machine) is retried with a growing pause, up to
+    :data:`REMOVE_TIMEOUT` seconds.  A missing directory is fine."""
+    deadline = time.monotonic() + REMOVE_TIMEOUT
+    pause = 0.0
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # EBUSY
+            if time.monotonic() >= deadline:
+                raise TraceError(f"cannot remove tracefs instance {path}: {exc}") from None
+            if pause:
+                time.sleep(pause)
+            else:
+                os.sched_yield()
+            pause = min(0.05, pause * 2 or 0.001)
 
 
 class TraceInstance:
@@ -319,15 +363,7 @@ class TraceInstance:
         return {k: sum(c.get(k, 0) for c in mine) for k in VMSCAN_FIELDS}
 
     def lost_events(self) -> int:
-        """Events the ring buffer dropped (overwrite=0 makes this counter meaningful)."""
-        lost = 0
-        for stats in (self.path / "per_cpu").glob("cpu*/stats"):
-            with contextlib.suppress(OSError):
-                for line in stats.read_text().splitlines():
-                    key, _, value = line.partition(":")
-                    if key.strip() in ("overrun", "commit overrun", "dropped events"):
-                        lost += int(value.split()[0])
-        return lost
+        return lost_events(self.path)
 
     def stop(self) -> None:
         """Tracing off, events disabled, instance removed; safe to call more than once."""
@@ -354,19 +390,8 @@ class TraceInstance:
                 _write(p / "events" / "kmem" / ev / "enable", "0")
         with contextlib.suppress(OSError):
             _write(p / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable", "0")
-        last: OSError | None = None
-        for _ in range(50):
-            try:
-                p.rmdir()
-                self.created = False
-                return
-            except FileNotFoundError:
-                self.created = False
-                return
-            except OSError as exc:  # EBUSY while a reader is still leaving
-                last = exc
-                os.sched_yield()
-        raise TraceError(f"cannot remove tracefs instance {p}: {last}")
+        remove_instance_dir(p)
+        self.created = False
 
     def __enter__(self) -> TraceInstance:
         self.start()

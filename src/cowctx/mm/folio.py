@@ -36,6 +36,7 @@ class Folio:
         "mapcount",
         "mapping",
         "pfn",
+        "pinned",
         "swapcache",
     )
 
@@ -50,6 +51,9 @@ class Folio:
         self.content = content
         self.swapcache: int | None = None
         self.freed = False
+        self.pinned = 0
+        """References held by migration or reclaim (isolated from the LRU): the
+        last unmap does not free the folio then, its holder does."""
         self.lazyfree = False
         self.dirty = False
         self.anon_pg_dirty = False

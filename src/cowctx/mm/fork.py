@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK
 from cowctx.mm.lru import lru_add_drain
 from cowctx.mm.memory import copy_page_range, zap_pte_range
-from cowctx.mm.mm_types import MmStruct, TaskStruct
+from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
 
 if TYPE_CHECKING:
     from cowctx.mm.machine import Machine
@@ -22,6 +23,17 @@ def dup_mmap(m: Machine, mm: MmStruct, oldmm: MmStruct) -> None:
     ``copy_page_range()``.  VM_LOCKED/VM_LOCKONFAULT are not inherited.  A KSM
     parent's child is registered with KSM too (``ksm_fork()``).
     """
+    # mmap_write_lock(oldmm) and, since Linux kernel commit fb49c455323f ("fork:
+    # lock VMAs of the parent process when forking") (in v6.5), vma_start_write()
+    # on each of them; the child's mm is invisible to other threads.
+    held = lk.mmap_write_lock(oldmm, lock_vmas="fork_vma_lock" not in m.rmap.reverts)
+    try:
+        _dup_mmap(m, mm, oldmm)
+    finally:
+        lk.mmap_write_unlock(oldmm, held)
+
+
+def _dup_mmap(m: Machine, mm: MmStruct, oldmm: MmStruct) -> None:
     if oldmm.mm_id in m.ksm.mm_slots:
         m.ksm.ksm_enter(mm)
     for mpnt in oldmm.vmas():
@@ -59,6 +71,15 @@ def exit_mmap(m: Machine, mm: MmStruct) -> None:
     ``lru_add_drain()`` (mm/lru.py)."""
     lru_add_drain(m)
     vmas = mm.vmas()
+    held = lk.mmap_write_lock(mm)
+    try:
+        _exit_mmap(m, mm, vmas)
+    finally:
+        lk.mmap_write_unlock(mm, held)
+    m.rmap.mmput(mm)
+
+
+def _exit_mmap(m: Machine, mm: MmStruct, vmas: list[VmAreaStruct]) -> None:
     for vma in vmas:
         zap_pte_range(m, mm, vma.vm_start, vma.vm_end)
     assert not mm.pgd, "PTEs outside every VMA"
@@ -68,7 +89,6 @@ def exit_mmap(m: Machine, mm: MmStruct) -> None:
         mm.vma_erase(vma)
         m.vm_area_free(vma)
     mm.map_count = 0
-    m.rmap.mmput(mm)
 
 
 def mmput(m: Machine, mm: MmStruct) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from cowctx.concurrency import runtime as rt
 from cowctx.metrics.ledger import Ledger, ObjectKind
 from cowctx.mm import fork as _fork
+from cowctx.mm import locking as _lk
 from cowctx.mm import madvise as _madvise
 from cowctx.mm import mmap as _mmap
 from cowctx.mm import mprotect as _mprotect
@@ -83,6 +85,7 @@ class Machine:
     # --- physical memory --------------------------------------------------------------
 
     def alloc_folio(self, content: int) -> Folio:
+        rt.point("alloc", self.mem_map, "folio", True)
         pfn = self._next_pfn
         self._next_pfn = pfn + 1
         folio = Folio(pfn, content)
@@ -196,28 +199,53 @@ class Machine:
         file: File | None = None,
         pgoff: int = 0,
     ) -> int:
-        with self.operation("mmap"):
-            result = _mmap.do_mmap(self, _mm(task), addr, length, prot, flags, file, pgoff)
+        mm = _mm(task)
+        held = _lk.mmap_write_lock(mm)
+        try:
+            with self.operation("mmap"):
+                result = _mmap.do_mmap(self, mm, addr, length, prot, flags, file, pgoff)
+        finally:
+            _lk.mmap_write_unlock(mm, held)
         return result
 
     def munmap(self, task: TaskStruct, addr: int, length: int) -> None:
-        with self.operation("munmap"):
-            _mmap.do_vmi_munmap(self, _mm(task), addr, length)
+        mm = _mm(task)
+        held = _lk.mmap_write_lock(mm)
+        try:
+            with self.operation("munmap"):
+                _mmap.do_vmi_munmap(self, mm, addr, length)
+        finally:
+            _lk.mmap_write_unlock(mm, held)
 
     def mprotect(self, task: TaskStruct, addr: int, length: int, prot: int) -> None:
-        with self.operation("mprotect"):
-            _mprotect.do_mprotect_pkey(self, _mm(task), addr, length, prot)
+        mm = _mm(task)
+        held = _lk.mmap_write_lock(mm)
+        try:
+            with self.operation("mprotect"):
+                _mprotect.do_mprotect_pkey(self, mm, addr, length, prot)
+        finally:
+            _lk.mmap_write_unlock(mm, held)
 
     def mremap(
         self, task: TaskStruct, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0
     ) -> int:
-        with self.operation("mremap"):
-            result = _mremap.do_mremap(self, _mm(task), addr, old_len, new_len, flags, new_addr)
+        mm = _mm(task)
+        held = _lk.mmap_write_lock(mm)
+        try:
+            with self.operation("mremap"):
+                result = _mremap.do_mremap(self, mm, addr, old_len, new_len, flags, new_addr)
+        finally:
+            _lk.mmap_write_unlock(mm, held)
         return result
 
     def madvise(self, task: TaskStruct, addr: int, length: int, advice: int) -> None:
-        with self.operation("madvise"):
-            _madvise.do_madvise(self, _mm(task), addr, length, advice)
+        mm = _mm(task)
+        held = _lk.mmap_write_lock(mm)  # for writing whatever the advice: fewer interleavings
+        try:
+            with self.operation("madvise"):
+                _madvise.do_madvise(self, mm, addr, length, advice)
+        finally:
+            _lk.mmap_write_unlock(mm, held)
 
     def syscall(self, task: TaskStruct, nr: int, args: tuple[int, ...], file: File | None) -> int:
         """The model's ``sys_call_table``: syscall ``nr`` (x86-64) with the arguments the
@@ -270,7 +298,10 @@ class Machine:
         content = 0
         try:
             for _ in range(pages):
-                folio = handle_mm_fault(self, mm, addr, write)
+                if rt.current is None:
+                    folio = handle_mm_fault(self, mm, addr, write)
+                else:
+                    folio = _lk.handle_mm_fault_locked(self, mm, addr, write)
                 if folio is not None:
                     if write:
                         folio.content = self.contents.unique() if value is None else value

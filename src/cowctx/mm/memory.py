@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import (
     PAGE_SHIFT,
     VM_EXEC,
@@ -52,8 +54,13 @@ _PRESENT_WRITE_YOUNG_DIRTY = PTE_PRESENT | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
 
 def vmf_anon_prepare(m: Machine, vma: VmAreaStruct) -> None:
     """``vmf_anon_prepare()``: make sure ``vma`` can hold anon folios."""
+    rt.point("load", vma, "anon_vma")
     if vma.anon_vma is None:
-        m.rmap.anon_vma_prepare(vma)
+        taken = lk.anon_prepare_lock(vma.vm_mm)
+        try:
+            m.rmap.anon_vma_prepare(vma)
+        finally:
+            lk.anon_prepare_unlock(vma.vm_mm, taken)
         assert vma.anon_vma is not None, "anon_vma_prepare must set vma.anon_vma"
 
 
@@ -68,7 +75,7 @@ def folio_add_new_anon_rmap(m: Machine, folio: Folio, vma: VmAreaStruct, address
 def folio_remove_rmap_pte(m: Machine, folio: Folio) -> None:
     """``folio_remove_rmap_pte()`` plus the folio_put that frees an unused anon folio."""
     folio.mapcount -= 1
-    if folio.mapcount == 0 and folio.anon:
+    if folio.mapcount == 0 and folio.anon and not folio.pinned:
         if folio.swapcache is None:
             m.free_folio(folio)
         elif m.swap.swap_map[folio.swapcache] == 0:
@@ -94,6 +101,7 @@ def handle_mm_fault(m: Machine, mm: MmStruct, address: int, write: bool) -> Foli
     ``do_swap_page``.
     """
     vma = mm.find_vma(address)
+    rt.point("load", vma, "range")
     if vma is None or vma.vm_start > address:
         raise AccessFault("SIGSEGV", address, "no VMA")
     flags = vma.vm_flags
@@ -104,17 +112,25 @@ def handle_mm_fault(m: Machine, mm: MmStruct, address: int, write: bool) -> Foli
         raise AccessFault("SIGSEGV", address, "VMA not accessible")
     vpn = address >> PAGE_SHIFT
     pgd = mm.pgd
+    if rt.current is not None:
+        lk.pte(mm, vpn, False)
     pte = pgd.get(vpn)
     mem_map = m.mem_map
     if pte is None:
         return do_pte_missing(m, vma, address, write)
     if not pte_present(pte):
         if is_migration_entry(pte):
-            raise AssertionError(f"fault on a migration entry at {address:#x}")
+            if rt.current is None:
+                raise AssertionError(f"fault on a migration entry at {address:#x}")
+            # migration_entry_wait(): sleep until the entry is replaced
+            rt.wait_until("pte", mm, ("pte", vpn), lambda: pgd.get(vpn) != pte)
+            return handle_mm_fault(m, mm, address, write)
         do_swap_page(m, vma, address, pte, write)
         return handle_mm_fault(m, mm, address, write)
     if write and not pte_write(pte):
         return do_wp_page(m, vma, address, pte)
+    if rt.current is not None:
+        lk.pte(mm, vpn, True)
     pgd[vpn] = pte | (PTE_YOUNG | PTE_DIRTY if write else PTE_YOUNG)
     pfn = pte_pfn(pte)
     return None if pfn == ZERO_PFN else mem_map[pfn]
@@ -129,9 +145,12 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
             return None
         vmf_anon_prepare(m, vma)
         folio = m.alloc_folio(0)
+        if rt.current is not None and _pte_changed(m, mm, vpn, None, folio):
+            return handle_mm_fault(m, mm, address, write)
         folio_add_new_anon_rmap(m, folio, vma, address)
         folio_add_lru(m, folio)  # folio_add_lru_vma()
         mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
+        lk.ptl_unlock(mm)
         return folio
     if not write:  # do_read_fault()
         do_fault_around(m, vma, address)
@@ -156,6 +175,20 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
     folio_add_lru(m, folio)  # set_pte_range(): folio_add_lru_vma()
     mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
     return folio
+
+
+def _pte_changed(m: Machine, mm: MmStruct, vpn: int, orig: int | None, new: Folio) -> bool:
+    """Take the PTL and re-check the PTE the fault started from (``pte_none()`` /
+    ``pte_same()`` under ``pte_offset_map_lock()``): if another thread changed it,
+    drop the new folio and the lock (the fault is retried).  Explorer only."""
+    lk.ptl_lock(mm)
+    lk.pte(mm, vpn, False)
+    if mm.pgd.get(vpn) == orig:
+        lk.pte(mm, vpn, True)
+        return False
+    lk.ptl_unlock(mm)
+    m.free_folio(new)
+    return True
 
 
 FAULT_AROUND_PAGES = 16
@@ -227,6 +260,8 @@ def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio |
     vpn = address >> PAGE_SHIFT
     pfn = pte_pfn(pte)
     folio = None if pfn == ZERO_PFN else m.mem_map[pfn]
+    if rt.current is not None:
+        lk.pte(mm, vpn, True)
     if vma.vm_flags & (VM_SHARED | VM_MAYSHARE):  # wp_page_shared(): no copy
         mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
         return folio
@@ -247,13 +282,19 @@ def wp_page_copy(
     """``wp_page_copy()``: break CoW into a new exclusive anon folio (mapped
     read-only for an unsharing fault, FAULT_FLAG_UNSHARE)."""
     vmf_anon_prepare(m, vma)
+    mm = vma.vm_mm
+    vpn = address >> PAGE_SHIFT
+    orig = mm.pgd.get(vpn)
     new = m.alloc_folio(0 if old is None else old.content)
+    if rt.current is not None and _pte_changed(m, mm, vpn, orig, new):
+        return handle_mm_fault(m, mm, address, True)  # type: ignore[return-value]
     folio_add_new_anon_rmap(m, new, vma, address)
     folio_add_lru(m, new)  # folio_add_lru_vma()
     bits = PTE_PRESENT | PTE_YOUNG if unshare else _PRESENT_WRITE_YOUNG_DIRTY
-    vma.vm_mm.pgd[address >> PAGE_SHIFT] = pfn_pte(new.pfn, bits)
+    mm.pgd[vpn] = pfn_pte(new.pfn, bits)
     if old is not None:
         folio_remove_rmap_pte(m, old)
+    lk.ptl_unlock(mm)
     return new
 
 
@@ -261,7 +302,11 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
     """``zap_pte_range()``: drop every mapping in ``[start, end)``."""
     pgd = mm.pgd
     mem_map = m.mem_map
+    lk.ptl_lock(mm)
+    active = rt.current is not None
     for vpn, pte in list(mm.iter_ptes(start, end)):
+        if active:
+            lk.pte(mm, vpn, True)
         del pgd[vpn]
         if pte_present(pte):
             pfn = pte_pfn(pte)
@@ -269,8 +314,8 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
                 folio_remove_rmap_pte(m, mem_map[pfn])
         elif is_swap_pte(pte):
             free_swap_and_cache(m, swp_offset(pte))
-        else:
-            raise AssertionError(f"zap of a migration entry at {vpn << PAGE_SHIFT:#x}")
+        # else a migration entry (only while a migration runs): it just goes
+    lk.ptl_unlock(mm)
 
 
 def vma_needs_copy(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> bool:
@@ -287,14 +332,22 @@ def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) ->
     in a shared mapping).  Swap entries are duplicated and lose their
     exclusive mark in the parent.
     """
+    rt.point("load", src_vma, "anon_vma")
     if not vma_needs_copy(dst_vma, src_vma):
         return
+    lk.ptl_lock(src_vma.vm_mm)
     src_pgd = src_vma.vm_mm.pgd
     dst_pgd = dst_vma.vm_mm.pgd
     mem_map = m.mem_map
     cow = is_cow_mapping(src_vma.vm_flags)
     child_clear = PTE_YOUNG | (PTE_DIRTY if src_vma.vm_flags & VM_SHARED else 0)
     for vpn, pte in list(src_vma.vm_mm.iter_ptes(src_vma.vm_start, src_vma.vm_end)):
+        if rt.current is not None:
+            lk.pte(src_vma.vm_mm, vpn, True)
+            now = src_pgd.get(vpn)
+            if now is None:
+                continue
+            pte = now
         if pte_present(pte):
             pfn = pte_pfn(pte)
             if pfn != ZERO_PFN:
@@ -312,5 +365,11 @@ def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) ->
                 pte &= ~PTE_SWP_EXCLUSIVE
                 src_pgd[vpn] = pte
             dst_pgd[vpn] = pte
-        else:
-            raise AssertionError("fork with a migration entry in place")
+        else:  # a migration entry (copy_nonpresent_pte()): the child gets it too,
+            # readable in both for a CoW mapping; the folio is shared from now on
+            if cow:
+                pte &= ~PTE_WRITE
+                src_pgd[vpn] = pte
+            mem_map[pte_pfn(pte)].anon_exclusive = False
+            dst_pgd[vpn] = pte
+    lk.ptl_unlock(src_vma.vm_mm)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from sortedcontainers import SortedDict
 
+from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import (
     DEFAULT_BRK_BASE,
     DEFAULT_MMAP_BASE,
@@ -208,6 +209,7 @@ class MmStruct:
     def vma_set_range(self, vma: VmAreaStruct, start: int, end: int, pgoff: int) -> None:
         """``vma_set_range()`` plus the tree update a maple-tree store does."""
         self.vmacache = None
+        rt.point("store", vma, "range", True)
         if vma.vm_start != start and self.mm_mt.get(vma.vm_start) is vma:
             del self.mm_mt[vma.vm_start]
             vma.vm_start = start
@@ -215,6 +217,7 @@ class MmStruct:
         else:
             vma.vm_start = start
         vma.vm_end = end
+        rt.point("store", vma, "pgoff", True)  # two stores: a torn update can be seen
         vma.vm_pgoff = pgoff
 
     def iter_ptes(self, start: int, end: int) -> Iterator[tuple[int, int]]:

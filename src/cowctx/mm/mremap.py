@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import (
     MAP_FIXED,
     MAP_SHARED,
@@ -296,13 +298,25 @@ def move_page_tables(
 ) -> None:
     """``move_page_tables()``: PTEs move; folios keep their mapping and index."""
     m.rmap.move_page_tables(vma, new_vma, need_rmap_locks)
-    pgd = vma.vm_mm.pgd
+    mm = vma.vm_mm
+    pgd = mm.pgd
     shift = (new_addr - old_addr) >> PAGE_SHIFT
-    moved = list(vma.vm_mm.iter_ptes(old_addr, old_addr + length))
-    for vpn, _ in moved:
+    moved = list(mm.iter_ptes(old_addr, old_addr + length))
+    if not moved:
+        m.rmap.drop_rmap_locks(vma, need_rmap_locks)
+        return
+    lk.ptl_lock(mm)  # move_ptes(): the old and the new page table's locks
+    active = rt.current is not None
+    for vpn, _ in moved:  # ptep_get_and_clear() the whole range, then set_ptes()
+        if active:
+            lk.pte(mm, vpn, True)
         del pgd[vpn]
     for vpn, pte in moved:
+        if active:
+            lk.pte(mm, vpn + shift, True)
         pgd[vpn + shift] = pte
+    lk.ptl_unlock(mm)
+    m.rmap.drop_rmap_locks(vma, need_rmap_locks)
 
 
 def dontunmap_complete(m: Machine, vrm: VmaRemapStruct, new_vma: VmAreaStruct) -> None:

@@ -54,6 +54,9 @@ class Comparison:
     kernel: ScenarioResult | None = None
     """The kernel's result for the same steps, where it could be observed."""
     kernel_reason: str | None = None
+    recording: dict[str, Any] | None = None
+    """For a recording (:mod:`cowctx.report.recording`): its file, command, size, flags
+    and where it was measured."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,31 +104,59 @@ def measure_walks(machine: Any) -> list[str]:
     return problems
 
 
+@dataclass
+class Measurement:
+    """What the end-of-run walks found on a machine (:func:`measure`)."""
+
+    walks: dict[str, dict[str, dict[str, float]]]
+    client_misses: int
+    graph_dot: str | None
+
+
+def measure(machine: Any, procs: dict[str, Any], title: str | None) -> Measurement:
+    """The comparison's measurement of a run as it stands: the hierarchy (small runs,
+    with a ``title``), then folio_referenced and migration of every mapped anon folio.
+    Every kind of run hands its machine here: a scenario at its end, a recording's
+    replay at its peak (:mod:`cowctx.report.recording`)."""
+    graph_dot = None
+    live = [t.mm for t in procs.values() if not t.exit_state and t.mm is not None]
+    if (
+        title is not None
+        and len(live) <= GRAPH_LIMIT[0]
+        and sum(len(mm.vmas()) for mm in live) <= GRAPH_LIMIT[1]
+    ):
+        graph_dot = machine_dot(machine, procs, title)
+    mark = len(machine.ledger.walks)
+    misses = measure_walks(machine)
+    return Measurement(walk_summary(machine.ledger.walks[mark:]), len(misses), graph_dot)
+
+
+def design_result(
+    result: ScenarioResult, locks: list[dict[str, Any]], measured: Measurement, seconds: float
+) -> DesignResult:
+    """One design's column: ``locks`` are the ledger's after the measurement, the
+    measurement's told apart from the workload's by :data:`MEASURE_OP`."""
+    return DesignResult(
+        design=result.design,
+        result=result,
+        walks=measured.walks,
+        workload_locks=[x for x in locks if x["op"] != MEASURE_OP],
+        measure_locks=[x for x in locks if x["op"] == MEASURE_OP],
+        seconds=seconds,
+        graph_dot=measured.graph_dot,
+        client_misses=measured.client_misses,
+    )
+
+
 def run_design(scenario: Scenario, design: str, check: bool = False) -> DesignResult:
     import time
 
     t0 = time.perf_counter()
     run = run_scenario(scenario, design, check=check)
     result = run.result()
-    machine = run.machine
-    graph_dot = None
-    live = [t.mm for t in run.procs.values() if not t.exit_state and t.mm is not None]
-    if len(live) <= GRAPH_LIMIT[0] and sum(len(mm.vmas()) for mm in live) <= GRAPH_LIMIT[1]:
-        graph_dot = machine_dot(machine, run.procs, f"{scenario.name} on {result.design}")
-    mark = len(machine.ledger.walks)
-    misses = measure_walks(machine)
+    measured = measure(run.machine, run.procs, f"{scenario.name} on {result.design}")
     seconds = time.perf_counter() - t0
-    locks = run.result().locks or []
-    return DesignResult(
-        design=result.design,
-        result=result,
-        walks=walk_summary(machine.ledger.walks[mark:]),
-        workload_locks=[x for x in locks if x["op"] != MEASURE_OP],
-        measure_locks=[x for x in locks if x["op"] == MEASURE_OP],
-        seconds=seconds,
-        graph_dot=graph_dot,
-        client_misses=len(misses),
-    )
+    return design_result(result, run.result().locks or [], measured, seconds)
 
 
 def compare(
@@ -137,7 +168,8 @@ def compare(
     kernel_reason: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Comparison:
-    """Every design on ``scenario``; with a kernel session, the kernel too."""
+    """Every design on ``scenario``; with a kernel session, the kernel too (a kernel run
+    that cannot be counted exactly leaves the column out, saying why)."""
     results = []
     for design in designs:
         if progress is not None:
@@ -147,7 +179,12 @@ def compare(
     if kernel_session is not None:
         if progress is not None:
             progress("linux")
-        kernel = kernel_session.run(scenario)
+        from cowctx.linux.executor import KernelRunError
+
+        try:
+            kernel = kernel_session.run(scenario)
+        except KernelRunError as exc:  # e.g. events dropped on a busy machine: no column
+            kernel_reason = f"the kernel run could not be counted exactly: {exc}"
     return Comparison(scenario.name, scenario.description or "", results, kernel, kernel_reason)
 
 
@@ -166,7 +203,9 @@ def lock_totals(locks: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
-    """A JSON-ready summary (deterministic: no timings)."""
+    """A JSON-ready summary (deterministic: no timings).  A recording's has a
+    ``recording`` block (:mod:`cowctx.report.recording`), and its ``kernel`` is the
+    recording's counts."""
     return {
         "scenario": c.scenario,
         "description": c.description,
@@ -189,4 +228,5 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
             "maps_agree": None,
         },
         "kernel_reason": c.kernel_reason,
+        **({} if c.recording is None else {"recording": c.recording}),
     }

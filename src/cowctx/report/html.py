@@ -15,7 +15,7 @@ from cowctx.report.compare import Comparison
 from cowctx.report.graph import render_svg
 from cowctx.report.plots import bytes_plot, lock_plot, sweep_plot, walk_plot
 from cowctx.report.sweep import METRICS, SweepResult
-from cowctx.report.tables import columns, comparison_rows
+from cowctx.report.tables import columns, comparison_rows, recording_notes
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -62,6 +62,12 @@ GLOSSARY: dict[str, str] = {
     "linux (kernel)": "With --kernel, the same steps run on this machine's kernel; its "
     "anon_vma and anon_vma_chain counts (from kmem tracepoints) stand beside the model's; ≠ "
     "marks a difference.",
+    "recordings": "A real program recorded with cowctx record and replayed on every design "
+    "(docs/record-replay.md). A finished program has freed everything, so it is measured at "
+    "its peak: objects live, bytes and the walks where the kernel had the most anon_vmas and "
+    "anon_vma_chains live for it (with every event in flight complete); allocated counts and "
+    "locks over the whole recording. Its linux (kernel) column is the recording's own counts, "
+    "not a new run.",
 }
 
 
@@ -152,6 +158,8 @@ def render_report(
         parts.append(f"<h2>{html.escape(c.scenario)}</h2><p>{html.escape(c.description)}</p>")
         if c.kernel is None and c.kernel_reason:
             parts.append(f"<p class='note'>No kernel column: {html.escape(c.kernel_reason)}</p>")
+        for line in recording_notes(c):
+            parts.append(f"<p class='note'>{html.escape(line)}</p>")
         parts.append(_table(c))
         parts.append(
             "<div class='plots'>"

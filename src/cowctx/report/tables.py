@@ -130,6 +130,27 @@ def print_comparison(console: Console, c: Comparison) -> None:
         notes.append(f"no kernel column: {c.kernel_reason}")
     if notes:
         console.print("  " + "; ".join(notes))
+    for line in recording_notes(c):
+        console.print(f"  [yellow]{escape(line)}[/]")
+
+
+def recording_notes(c: Comparison) -> list[str]:
+    """What a reader of a recording's row must know: why it is not exactly
+    replayable, and where the anon_vma design parted from the kernel.  Shared by the
+    terminal and HTML."""
+    rec = c.recording
+    if rec is None:
+        return []
+    out = [f"recording flagged as not exactly replayable: {flag}" for flag in rec["flags"]]
+    lost = {instance: n for instance, n in rec["lost_events"].items() if n}
+    if lost:
+        out.append(f"events the recording's ring buffers dropped: {lost}")
+    if rec["agree"] is False:
+        out.append(
+            "the anon_vma design's counts differ from the recording's; first difference: "
+            f"{rec['first_difference']}"
+        )
+    return out
 
 
 def _vma_size(result: ScenarioResult) -> str:

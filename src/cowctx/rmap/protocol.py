@@ -49,6 +49,9 @@ class AnonRmap(ABC):
     mm_type: ClassVar[type[MmStruct]] = MmStruct
     object_kinds: ClassVar[tuple[ObjectKind, ...]] = ()
     vma_size: ClassVar[int] = 192
+    reverts: ClassVar[frozenset[str]] = frozenset()
+    """Kernel fixes this design runs without (the explorer's race switches,
+    e.g. ``anon_vma[revert_fork_vma_lock]``); empty for every real design."""
     """Bytes per ``vm_area_struct`` with this design's fields (6.18: 192)."""
 
     def __init__(self, machine: Machine) -> None:
@@ -127,6 +130,9 @@ class AnonRmap(ABC):
     ) -> None:
         """``move_page_tables()`` is about to move PTEs from ``vma`` to ``new_vma``;
         ``need_rmap_locks`` as ``copy_vma()`` decided (``take_rmap_locks()``)."""
+
+    def drop_rmap_locks(self, vma: VmAreaStruct, need_rmap_locks: bool) -> None:
+        """``drop_rmap_locks()``: the PTEs have moved (a point for the explorer)."""
 
     def dontunmap_complete(self, vma: VmAreaStruct) -> None:
         """MREMAP_DONTUNMAP left ``vma`` in place with its pages moved away."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
 from cowctx.metrics.ledger import WalkRecord
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import (
@@ -30,11 +31,20 @@ def page_vma_mapped_walk(
 ) -> bool:
     """``page_vma_mapped_walk()`` for one small folio: does ``vma``'s page table
     map ``folio`` at ``address``?  With ``migration_of`` (``PVMW_MIGRATION``) it
-    looks instead for a migration entry of that folio."""
+    looks instead for a migration entry of that folio.
+
+    Under the explorer a hit returns with the page-table lock held, as the
+    kernel's does: the caller changes the PTE, then ``page_vma_mapped_walk_done()``
+    (:func:`pvmw_done`)."""
     c = cost.cost
     c["pt_probes"] += 1
+    mm = vma.vm_mm
+    if rt.current is not None:
+        rt.lock("ptl", mm)
+        # a store: the caller may change the PTE before the next point
+        rt.point("store", mm, ("pte", address >> PAGE_SHIFT), True)
     if vma.vm_start <= address < vma.vm_end:
-        pte = vma.vm_mm.pgd.get(address >> PAGE_SHIFT)
+        pte = mm.pgd.get(address >> PAGE_SHIFT)
         if pte is not None:
             if migration_of is None:
                 hit = pte_present(pte) and pte_pfn(pte) == folio.pfn
@@ -44,7 +54,15 @@ def page_vma_mapped_walk(
                 c["hits"] += 1
                 return True
     c["misses"] += 1
+    if rt.current is not None:
+        rt.unlock("ptl", mm)
     return False
+
+
+def pvmw_done(vma: VmAreaStruct, address: int) -> None:
+    """``page_vma_mapped_walk_done()`` after a hit and the caller's PTE change."""
+    if rt.current is not None:
+        rt.unlock("ptl", vma.vm_mm)
 
 
 def rmap_walk(

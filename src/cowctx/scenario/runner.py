@@ -80,7 +80,7 @@ def run_scenario(
         before = machine.ledger.counts()
         scanned = dict(machine.ledger.vmscan)
         t0 = time.perf_counter_ns() if timing else 0
-        errno, detail = _run_step(run, step)
+        errno, detail = run_step(run, step)
         elapsed = time.perf_counter_ns() - t0 if timing else None
         after = machine.ledger.counts()
         objects = {
@@ -99,7 +99,8 @@ def run_scenario(
     return run
 
 
-def _run_step(run: ScenarioRun, step: S.Step) -> tuple[str | None, str | None]:
+def run_step(run: ScenarioRun, step: S.Step) -> tuple[str | None, str | None]:
+    """One step on the run's machine: (errno, why) when it fails as the kernel would."""
     m = run.machine
     task = run.procs[step.proc]
     action = lower(step)

@@ -250,14 +250,29 @@ class Scenario(BaseModel):
     description: str | None = None
     files: dict[str, FileSpec] = {}
     steps: list[Step]
+    threads: dict[ProcName, list[Step]] = {}
+    """Extension (docs/scenario-format.md): after ``steps`` (the set-up, run one at
+    a time), each named thread runs its own steps concurrently with the others;
+    only ``cowctx explore`` runs them."""
     expect: Expect | None = None
 
     @model_validator(mode="after")
     def _processes_and_files(self):
         alive = {"p0"}
         known = {"p0"}
-        for i, step in enumerate(self.steps):
-            where = f"step {i} ({step.op})"
+        self._check_steps(self.steps, alive, known, "")
+        forked: set[str] = set()
+        for name, steps in self.threads.items():
+            t_alive, t_known = set(alive), set(known) | forked
+            self._check_steps(steps, t_alive, t_known, f"thread {name!r} ")
+            forked |= t_known - known
+        return self
+
+    def _check_steps(self, steps: list, alive: set[str], known: set[str], prefix: str) -> None:
+        """Processes exist when used and names are new when forked.  A thread sees
+        the processes alive after the set-up and those it forks itself."""
+        for i, step in enumerate(steps):
+            where = f"{prefix}step {i} ({step.op})"
             if step.proc not in alive:
                 why = "has exited" if step.proc in known else "does not exist yet"
                 raise ValueError(f"{where}: field 'proc': process {step.proc!r} {why}")
@@ -272,7 +287,6 @@ class Scenario(BaseModel):
                 isinstance(step, MmapStep) and step.file is not None and step.file not in self.files
             ):
                 raise ValueError(f"{where}: field 'file': no file {step.file!r} in 'files'")
-        return self
 
     @property
     def model_only_steps(self) -> list[int]:

@@ -6,18 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
-from cowctx.linux.tracefs import TraceError
-
-
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+from cowctx.linux.tracefs import TraceError, lost_events, remove_instance_dir
+from cowctx.linux.tracefs import write_file as _write
 
 
 class Instance:
@@ -85,14 +77,7 @@ class Instance:
         return raw[:cut].decode(errors="replace").splitlines()
 
     def lost(self) -> int:
-        """Events dropped by the ring buffer (overwrite=0: the writer lost them)."""
-        lost = 0
-        for stats in sorted((self.path / "per_cpu").glob("cpu*/stats")):
-            for line in stats.read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key.strip() in ("overrun", "commit overrun", "dropped events"):
-                    lost += int(value.split()[0])
-        return lost
+        return lost_events(self.path)
 
     def remove(self) -> None:
         """Tracing off, events off, pid filter cleared, instance removed; idempotent."""
@@ -110,16 +95,5 @@ class Instance:
                 _write(p / "events" / event / "enable", "0")
         with contextlib.suppress(OSError):
             _write(p / "set_event_pid", "")
-        last: OSError | None = None
-        for _ in range(200):
-            try:
-                p.rmdir()
-                self.created = False
-                return
-            except FileNotFoundError:
-                self.created = False
-                return
-            except OSError as exc:  # EBUSY while a reader is still leaving
-                last = exc
-                time.sleep(0.005)
-        raise TraceError(f"cannot remove tracefs instance {p}: {last}")
+        remove_instance_dir(p)
+        self.created = False

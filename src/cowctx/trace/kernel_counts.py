@@ -13,8 +13,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cowctx.linux.tracefs import KINDS, RMAP_SITES
+from cowctx.trace import syscalls as sc
+from cowctx.trace.events import Record, Recording
 
 DELTA_KEYS = tuple(f"{k}.{w}" for k in KINDS for w in ("allocated", "freed"))
+EXECVE_NRS = frozenset((sc.BY_NAME["execve"], sc.BY_NAME["execveat"]))
+
+
+def joins_tree(r: Record, root: int) -> int | None:
+    """The pid that becomes one of the program's tasks at record ``r``, if any: the
+    first task at its execve (before it, it is the recorder's own child), and every
+    task the tree creates (``task_newtask``)."""
+    if r[0] == "newtask":
+        return int(r[3])
+    if r[0] == "enter" and r[2] == root and r[3] in EXECVE_NRS:
+        return root
+    return None
 
 
 @dataclass
@@ -52,3 +66,52 @@ class KernelCounts:
             k: {"allocated": self.allocated[k], "freed": self.freed[k], "live": live[k]}
             for k in KINDS
         }
+
+
+def live_peak(rec: Recording) -> int:
+    """Where a comparison measures a recording: the index of the record before which
+    the program's live anon_vma + anon_vma_chain count in the kernel is at its
+    greatest (the first such moment) among the moments the replay is in step with the
+    kernel; ``len(rec.records)`` when nothing is ever live there.
+
+    A finished program has freed everything, so its end shows no objects and nothing
+    to walk: the peak is where its rmap is largest.  In step means that no event is
+    half done: the kernel allocates during a syscall (fork, execve, mmap) and the replay
+    applies it at its exit record; it frees after sched_process_exit and the replay's
+    exit is one step (until sched_process_free, the task is half done); a fault's kmem
+    records follow it (the moment is before a record that is not kmem)."""
+    root = rec.header["root_pid"]
+    counts = KernelCounts()
+    tree: set[int] = set()
+    pending: set[int] = set()
+    busy: set[int] = set()
+    best, at = 0, len(rec.records)
+    for idx, r in enumerate(rec.records):
+        kind, pid = r[0], r[2]
+        if kind != "kmem" and not busy and len(counts.live) > best:
+            best, at = len(counts.live), idx
+        joined = joins_tree(r, root)
+        if joined is not None:
+            tree.add(joined)
+        if kind == "kmem":
+            counts.account(bool(r[3]), r[4], r[5], r[6], pid in tree)
+            if pid in pending:
+                busy.add(pid)
+        elif kind == "enter":
+            pending.add(pid)
+        elif kind == "exit":
+            pending.discard(pid)
+            busy.discard(pid)
+        elif kind == "exec" and r[3] != pid:  # de_thread(): the thread takes the pid
+            for held in (pending, busy):
+                if r[3] in held:
+                    held.discard(r[3])
+                    held.add(pid)
+        elif kind == "exit_task":
+            pending.discard(pid)
+            busy.add(pid)
+        elif kind == "free_task":
+            busy.discard(pid)
+    if not busy and len(counts.live) > best:
+        at = len(rec.records)
+    return at

@@ -23,6 +23,7 @@ segment, and the first segment where they differ is where the replay went wrong.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,13 @@ from cowctx.mm.madvise_more import ADVICES, do_madvise_more
 from cowctx.mm.mlock import MCL_FUTURE, do_mlock, do_mlockall, do_munlock
 from cowctx.mm.mm_types import TaskStruct
 from cowctx.mm.stack import expand_stack
+from cowctx.scenario.results import Counts, FinalState, OracleReport, ScenarioResult
 from cowctx.trace import fdtable
 from cowctx.trace import syscalls as sc
 from cowctx.trace.events import FAULT_WRITE, Record, Recording, signed_arg
 from cowctx.trace.fdtable import FdTable
 from cowctx.trace.images import is_self_exe, resolve
-from cowctx.trace.kernel_counts import DELTA_KEYS, KernelCounts
+from cowctx.trace.kernel_counts import DELTA_KEYS, EXECVE_NRS, KernelCounts, joins_tree
 
 FILE_PAGES = 1 << 32
 """A recorded file's size is unknown: files are taken to be large enough for every
@@ -66,6 +68,9 @@ mapping (a fault beyond EOF would be SIGBUS in the kernel and is not replayed)."
 _MADVISE_MODEL = frozenset(MADV_BY_NAME.values())
 PROT_GROWS = 0x03000000
 """PROT_GROWSDOWN | PROT_GROWSUP: mprotect extends to the stack's end; not modelled."""
+
+
+Pause = Callable[["Replay"], None]
 
 
 class ReplayError(ValueError):
@@ -153,9 +158,18 @@ class Replay:
 
     # --- the loop --------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, pause_at: int | None = None, on_pause: Pause | None = None) -> None:
+        """Replay every record; with ``on_pause``, call it once before record
+        ``pause_at`` (or at the end) with the run as it stands there: a comparison
+        measures the designs at the recording's peak (:func:`kernel_counts.live_peak`)."""
         root = self.header["root_pid"]
         for idx, r in enumerate(self.rec.records):
+            if on_pause is not None and idx == pause_at:
+                on_pause(self)
+                on_pause = None
+            joined = joins_tree(r, root)
+            if joined is not None:
+                self.active.add(joined)
             if r[0] == "kmem":
                 if r[2] in self.exiting:  # exit_mmap() has begun
                     self._finish_exit(r[2])
@@ -170,6 +184,8 @@ class Replay:
                 self._charge(seg, before)
         for pid in list(self.exiting):
             self._finish_exit(pid)
+        if on_pause is not None:
+            on_pause(self)
 
     def _charge(self, seg: Segment, before: Counter[str]) -> None:
         """Add the model's counts since ``before`` to ``seg``."""
@@ -196,15 +212,13 @@ class Replay:
         if kind == "enter":
             nr = r[3]
             self.pending[pid] = r
-            if nr in (sc.BY_NAME["execve"], sc.BY_NAME["execveat"]):
+            if nr in EXECVE_NRS:
                 self.windows[pid] = ExecWindow()
-                if pid == root:
-                    self.active.add(pid)
             return self._open(idx, pid, f"{sc.NAMES.get(nr, nr)}()")
         if kind == "exit":
             enter = self.pending.pop(pid, None)
             seg = self._segment(idx, pid)
-            if r[3] in (sc.BY_NAME["execve"], sc.BY_NAME["execveat"]):
+            if r[3] in EXECVE_NRS:
                 self.windows.pop(pid, None)
             if enter is None or enter[3] != r[3]:
                 return seg
@@ -264,7 +278,6 @@ class Replay:
 
     def _newtask(self, parent_pid: int, child_pid: int, flags: int, comm: str) -> None:
         parent = self.tasks.get(parent_pid)
-        self.active.add(child_pid)
         if parent is None:
             self._note("fork by a task with no known mm")
             return
@@ -487,16 +500,18 @@ class Replay:
         t = self.tasks.get(pid)
         return t.comm if t is not None else None
 
-    def result(self) -> dict[str, Any]:
-        m = self.m
-        ledger = m.ledger
-        objects = {
-            k: {"live": s.live, "allocated": s.allocated, "freed": s.freed}
-            for k, s in ledger.objects.items()
+    def procs(self) -> dict[str, TaskStruct]:
+        """The tasks alive now, named ``comm[pid]`` (what the reports draw)."""
+        return {
+            f"{t.comm}[{pid}]": t
+            for pid, t in sorted(self.tasks.items())
+            if not t.exit_state and t.mm is not None
         }
-        kernel = self.kernel.totals()
-        model = {k: objects.get(k, {"live": 0, "allocated": 0, "freed": 0}) for k in KINDS}
-        agree = all(kernel[k] == model[k] for k in KINDS) if self.design == "anon_vma" else None
+
+    def scenario_result(self) -> ScenarioResult:
+        """The run as the model's result type (SCENARIO.md's shape, no steps, maps or
+        pages: a recording has no scenario window); what ``cowctx compare`` reads."""
+        ledger = self.m.ledger
         locks = [
             {
                 "lock": lock,
@@ -517,24 +532,36 @@ class Replay:
             agg["walks"] += 1
             for unit in WALK_UNITS:
                 agg[unit] += w.cost[unit]
+        return ScenarioResult(
+            scenario=" ".join(self.header["command"]),
+            design=self.design,
+            steps=[],
+            final=FinalState(
+                {k: Counts(s.allocated, s.freed, s.live) for k, s in ledger.objects.items()},
+                {},
+                {},
+                bytes=ledger.bytes_live(),
+                estimated=sorted(k for k, kind in ledger.kinds.items() if kind.estimate),
+            ),
+            locks=locks,
+            walks=walks,
+            oracle=OracleReport(False, [], []),
+        )
+
+    def result(self) -> dict[str, Any]:
+        """``cowctx replay --json``: :meth:`scenario_result` plus the recording's kernel
+        counts, ``agree``, where the first difference arose, and the replay's notes."""
+        res = self.scenario_result()
+        kernel = self.kernel.totals()
+        zero = Counts(0, 0, 0)
+        model = {k: res.final.objects.get(k, zero).to_json() for k in KINDS}
+        agree = all(kernel[k] == model[k] for k in KINDS) if self.design == "anon_vma" else None
         first = self.first_difference() if self.design == "anon_vma" else None
         if agree is False and first is None:
             first = {"event": "totals only (frees run outside the tree)", **self.foreign.kernel}
         return {
-            "scenario": " ".join(self.header["command"]),
-            "design": self.design,
+            **res.to_json(),
             "trace": self.source,
-            "steps": [],
-            "final": {
-                "objects": objects,
-                "bytes": ledger.bytes_live(),
-                "estimated": sorted(k for k, kind in ledger.kinds.items() if kind.estimate),
-                "maps": {},
-                "pages": {},
-            },
-            "locks": locks,
-            "walks": walks,
-            "oracle": {"checked": False, "violations": [], "kernel_limits": []},
             "kernel": {
                 **kernel,
                 "other": dict(sorted(self.kernel.other.items())),

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, cast
 
+from cowctx.concurrency import runtime as rt
 from cowctx.designs.anon_vma.structs import AnonVma, AnonVmaChain, AnonVmaVma
 from cowctx.metrics.ledger import LockHold, ObjectKind
 from cowctx.mm.constants import PAGE_SHIFT, VM_ACCESS_FLAGS, VM_SOFTDIRTY
 from cowctx.mm.folio import Folio
-from cowctx.mm.mm_types import VmAreaStruct, vma_address, vma_pages
+from cowctx.mm.mm_types import VmAreaStruct, vma_pages
 from cowctx.rmap.protocol import AnonRmap, RmapWalkControl
 
 if TYPE_CHECKING:
@@ -27,6 +28,18 @@ ANON_VMA = ObjectKind("anon_vma", 104)
 ANON_VMA_CHAIN = ObjectKind("anon_vma_chain", 64)
 
 RWSEM = "anon_vma.rwsem"
+
+REVERTS = {
+    "prepare_lock": 'd9d332e0874f ("anon_vma_prepare: properly lock even newly allocated entries")',
+    "root_recheck": '"mm: fix hang on anon_vma->root->lock" (Hugh Dickins, 2010): re-check '
+    "folio_mapped() after taking the root lock",
+    "mremap_rmap_locks": '"mm: avoid taking rmap locks in move_ptes()" (2012): need_rmap_locks '
+    "when the destination is visited first",
+    "vma_adjust_lock": '"Fix migration races in rmap_walk" (Mel Gorman, 2010): the anon_vma '
+    "lock around a VMA's range change",
+    "fork_vma_lock": 'fb49c455323f ("fork: lock VMAs of the parent process when forking")',
+}
+"""Kernel fixes the explorer's race switches take out (``anon_vma[revert_NAME]``)."""
 
 
 def _avma(vma: VmAreaStruct) -> AnonVmaVma:
@@ -91,36 +104,53 @@ class AnonVmaRmap(AnonRmap):
     # --- objects ----------------------------------------------------------------------
 
     def anon_vma_alloc(self) -> AnonVma:
-        av = AnonVma(self._next_av_id)
-        self._next_av_id += 1
+        reused = rt.slab_alloc("anon_vma")
+        if reused is not None:  # SLAB_TYPESAFE_BY_RCU: same memory, a new object
+            av = cast(AnonVma, reused)
+            av.gen += 1
+            av.reinit()
+        else:
+            av = AnonVma(self._next_av_id)
+            self._next_av_id += 1
         self.anon_vmas[av.av_id] = av
         self.ledger.alloc("anon_vma")
         return av
 
     def anon_vma_free(self, av: AnonVma) -> None:
+        """``anon_vma_free()``: if a walker may hold the root rwsem (it took it by
+        trylock under RCU), take and drop it for writing first."""
         assert not av.freed, av
+        if rt.current is not None:
+            rt.lock("anon_vma", av.root, "write")
+            rt.unlock("anon_vma", av.root, "write")
         av.freed = True
         del self.anon_vmas[av.av_id]
         self.ledger.free("anon_vma")
+        rt.slab_free("anon_vma", av, True)
 
     def anon_vma_chain_alloc(self, vma: AnonVmaVma, anon_vma: AnonVma) -> AnonVmaChain:
+        rt.slab_alloc("anon_vma_chain")
         self.ledger.alloc("anon_vma_chain")
         return AnonVmaChain(vma, anon_vma)
 
     def anon_vma_chain_free(self, avc: AnonVmaChain) -> None:
         self.ledger.free("anon_vma_chain")
+        rt.slab_free("anon_vma_chain", avc, False)
 
     @staticmethod
     def anon_vma_chain_link(vma: AnonVmaVma, avc: AnonVmaChain, anon_vma: AnonVma) -> None:
         """``anon_vma_chain_link()``: head of the VMA's chain, into the anon_vma's tree."""
+        rt.guarded_store(anon_vma, "tree", "anon_vma", anon_vma.root)
         vma.anon_vma_chain.append(avc)
         anon_vma.rb_root.insert(avc)
 
     def get_anon_vma(self, av: AnonVma) -> None:
+        rt.point("store", av, "refcount", True)
         av.refcount += 1
 
     def put_anon_vma(self, av: AnonVma) -> None:
         """``put_anon_vma()`` → ``__put_anon_vma()``: the root goes last."""
+        rt.point("store", av, "refcount", True)
         av.refcount -= 1
         if av.refcount:
             return
@@ -155,17 +185,40 @@ class AnonVmaRmap(AnonRmap):
         """``__anon_vma_prepare()``: one AVC always; an anon_vma only when no
         touching neighbour has a reusable one (then a new root, num_children=1)."""
         v = _avma(vma)
+        rt.may_sleep("__anon_vma_prepare")
         anon_vma = self.find_mergeable_anon_vma(vma)
+        allocated = None
         if anon_vma is None:
-            anon_vma = self.anon_vma_alloc()
+            anon_vma = allocated = self.anon_vma_alloc()
             anon_vma.num_children += 1  # self-parent link for new root
-        avc = self.anon_vma_chain_alloc(v, anon_vma)
+        avc: AnonVmaChain | None = self.anon_vma_chain_alloc(v, anon_vma)
+        # Before d9d332e0874f a newly allocated anon_vma was linked without its
+        # lock ("nobody can see it yet"), but a type-safe one may be a reused
+        # object a walker under RCU has just locked.
+        real = allocated is None or "prepare_lock" not in self.reverts
+        root = anon_vma.root
+        if real:
+            rt.lock("anon_vma", root, "write")
         hold = self._lock("write", "__anon_vma_prepare")
-        v.anon_vma = anon_vma
-        self.anon_vma_chain_link(v, avc, anon_vma)
-        anon_vma.num_active_vmas += 1
+        mm = vma.vm_mm
+        rt.lock("spinlock", mm)  # mm->page_table_lock against a racing fault
+        rt.point("load", v, "anon_vma")
+        if v.anon_vma is None:
+            rt.point("store", v, "anon_vma", True)
+            v.anon_vma = anon_vma
+            assert avc is not None
+            self.anon_vma_chain_link(v, avc, anon_vma)
+            anon_vma.num_active_vmas += 1
+            allocated = avc = None
+        rt.unlock("spinlock", mm)
         hold.vmas, hold.objects = 1, 1
         self.ledger.unlock(hold)
+        if real:
+            rt.unlock("anon_vma", root, "write")
+        if allocated is not None:
+            self.put_anon_vma(allocated)
+        if avc is not None:
+            self.anon_vma_chain_free(avc)
 
     # --- fork and clone -------------------------------------------------------------
 
@@ -184,6 +237,8 @@ class AnonVmaRmap(AnonRmap):
         counted both and an anon_vma could be reused twice."""
         if not src.anon_vma_chain:
             return
+        root = src.anon_vma_chain[0].anon_vma.root
+        rt.lock("anon_vma", root, "write")
         hold = self._lock("write", "anon_vma_clone")
         for pavc in list(src.anon_vma_chain):
             anon_vma = pavc.anon_vma
@@ -196,11 +251,13 @@ class AnonVmaRmap(AnonRmap):
                 and anon_vma.num_children < 2
                 and anon_vma.num_active_vmas == 0
             ):
+                rt.point("store", dst, "anon_vma", True)
                 dst.anon_vma = anon_vma
         if dst.anon_vma is not None:
             _av(dst).num_active_vmas += 1  # type: ignore[union-attr]
         hold.vmas = 1
         self.ledger.unlock(hold)
+        rt.unlock("anon_vma", root, "write")
 
     def anon_vma_fork(self, vma: VmAreaStruct, pvma: VmAreaStruct) -> None:
         """``anon_vma_fork()``: clone the parent's chain (maybe reusing an anon_vma);
@@ -213,6 +270,7 @@ class AnonVmaRmap(AnonRmap):
         nothing was reused (7.0's "separate out fork-only logic on
         anon_vma_clone()" allocates first and frees on reuse; not in 6.18.44)."""
         v, pv = _avma(vma), _avma(pvma)
+        rt.point("load", pv, "anon_vma")
         parent_av = _av(pv)
         if parent_av is None:
             return
@@ -226,12 +284,16 @@ class AnonVmaRmap(AnonRmap):
         anon_vma.root = parent_av.root
         anon_vma.parent = parent_av
         self.get_anon_vma(anon_vma.root)
+        rt.point("store", v, "anon_vma", True)
         v.anon_vma = anon_vma
+        root = anon_vma.root
+        rt.lock("anon_vma", root, "write")
         hold = self._lock("write", "anon_vma_fork")
         self.anon_vma_chain_link(v, avc, anon_vma)
         anon_vma.parent.num_children += 1
         hold.vmas, hold.objects = 1, 1
         self.ledger.unlock(hold)
+        rt.unlock("anon_vma", root, "write")
 
     # --- teardown -------------------------------------------------------------------
 
@@ -242,11 +304,15 @@ class AnonVmaRmap(AnonRmap):
         chain = v.anon_vma_chain
         if not chain and v.anon_vma is None:
             return
+        root = chain[0].anon_vma.root if chain else None
+        if root is not None:
+            rt.lock("anon_vma", root, "write")
         hold = self._lock("write", "unlink_anon_vmas")
         hold.vmas = 1
         emptied: list[AnonVmaChain] = []
         for avc in reversed(chain):
             anon_vma = avc.anon_vma
+            rt.guarded_store(anon_vma, "tree", "anon_vma", anon_vma.root)
             anon_vma.rb_root.remove(avc)
             hold.objects += 1
             if not anon_vma.rb_root:
@@ -256,8 +322,11 @@ class AnonVmaRmap(AnonRmap):
                 self.anon_vma_chain_free(avc)
         if v.anon_vma is not None:
             _av(v).num_active_vmas -= 1  # type: ignore[union-attr]
+            rt.point("store", v, "anon_vma", True)
             v.anon_vma = None
         self.ledger.unlock(hold)
+        if root is not None:
+            rt.unlock("anon_vma", root, "write")
         for avc in emptied:  # newest first, so the root is put last
             self.put_anon_vma(avc.anon_vma)
             self.anon_vma_chain_free(avc)
@@ -270,15 +339,22 @@ class AnonVmaRmap(AnonRmap):
         their trees (``anon_vma_interval_tree_pre_update_vma``)."""
         if vp.anon_vma is None:
             return
+        root = cast(AnonVma, vp.anon_vma).root
+        reverted = "vma_adjust_lock" in self.reverts
+        if not reverted:
+            rt.lock("anon_vma", root, "write")
         hold = self._lock("write", "vma_prepare")
+        self._prepare_holds[id(vp)] = hold
+        if reverted:  # 2010: the range changed in place, walkers could see it torn
+            return
         for vma in (vp.vma, vp.adj_next):
             if vma is None:
                 continue
             for avc in _avma(vma).anon_vma_chain:
+                rt.guarded_store(avc.anon_vma, "tree", "anon_vma", avc.anon_vma.root)
                 avc.anon_vma.rb_root.remove(avc)
                 hold.objects += 1
             hold.vmas += 1
-        self._prepare_holds[id(vp)] = hold
 
     def vma_complete(self, vp: VmaPrepare) -> None:
         hold = self._prepare_holds.pop(id(vp), None)
@@ -288,17 +364,32 @@ class AnonVmaRmap(AnonRmap):
             if vma is None:
                 continue
             for avc in _avma(vma).anon_vma_chain:
+                rt.guarded_store(avc.anon_vma, "tree", "anon_vma", avc.anon_vma.root)
+                if "vma_adjust_lock" in self.reverts:
+                    avc.anon_vma.rb_root.remove(avc)  # re-keyed only now
                 avc.anon_vma.rb_root.insert(avc)
         self.ledger.unlock(hold)
+        if "vma_adjust_lock" not in self.reverts:
+            rt.unlock("anon_vma", cast(AnonVma, vp.anon_vma).root, "write")
 
     def move_page_tables(
         self, vma: VmAreaStruct, new_vma: VmAreaStruct, need_rmap_locks: bool
     ) -> None:
-        """``take_rmap_locks()``: only when rmap walkers could otherwise miss PTEs."""
+        """``take_rmap_locks()``: only when rmap walkers could otherwise miss PTEs
+        (held until :meth:`drop_rmap_locks`)."""
+        if need_rmap_locks and "mremap_rmap_locks" in self.reverts:
+            return
         if need_rmap_locks and vma.anon_vma is not None:
+            rt.lock("anon_vma", _av(vma).root, "write")  # type: ignore[union-attr]
             hold = self._lock("write", "take_rmap_locks")
             hold.vmas = 2
             self.ledger.unlock(hold)
+
+    def drop_rmap_locks(self, vma: VmAreaStruct, need_rmap_locks: bool) -> None:
+        if need_rmap_locks and "mremap_rmap_locks" in self.reverts:
+            return
+        if need_rmap_locks and vma.anon_vma is not None:
+            rt.unlock("anon_vma", _av(vma).root, "write")  # type: ignore[union-attr]
 
     # --- merge rules --------------------------------------------------------------------
 
@@ -336,11 +427,13 @@ class AnonVmaRmap(AnonRmap):
         """``__folio_set_anon()``: an exclusive folio points at the VMA's anon_vma,
         a non-exclusive one (swap-in) at the root, the oldest possible."""
         anon_vma: AnonVma = vma.anon_vma  # type: ignore[assignment]
+        rt.point("store", folio, "mapping", True)
         folio.mapping = anon_vma if exclusive else anon_vma.root
         folio.index = ((address - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
 
     def folio_move_anon_rmap(self, folio: Folio, vma: VmAreaStruct) -> None:
         """``folio_move_anon_rmap()``: one store, no anon_vma lock needed."""
+        rt.point("store", folio, "mapping", True)
         folio.mapping = vma.anon_vma
 
     # --- rmap walk ----------------------------------------------------------------------
@@ -348,18 +441,33 @@ class AnonVmaRmap(AnonRmap):
     def rmap_walk(self, folio: Folio, rwc: RmapWalkControl) -> None:
         """``rmap_walk_anon()``: only the anon_vma in ``folio->mapping`` is walked;
         every descendant VMA has an AVC in its tree.  Read lock on the root."""
-        anon_vma = folio_anon_vma(folio)
+        self._rmap_walk(folio, rwc)
+
+    def _rmap_walk(self, folio: Folio, rwc: RmapWalkControl) -> None:
+        """The walk with its points: the anon_vma is locked by
+        ``folio_lock_anon_vma_read()`` for a try-lock walk, else by
+        ``rmap_walk_anon_lock()`` (the caller holds the folio lock); the tree is
+        walked one AVC at a time; ``anon_vma_unlock_read()`` re-reads ``->root``."""
+        anon_vma, gen = self._walk_lock(folio, rwc.try_lock)
+        if anon_vma is None:
+            return
         cost = rwc.cost.cost
         hold = self._lock("read", "rmap_walk_anon")
         cost["anchors"] += 1
+        rt.point("load", folio, "mapping")
         pgoff = folio.index
+        rt.point("load", anon_vma, "tree")
         for avc in anon_vma.rb_root.foreach(pgoff, pgoff):
+            rt.point("load", avc, "vma")
             cost["chain_entries"] += 1
             cost["vma_lookups"] += 1
             hold.objects += 1
             vma = avc.vma
-            address = vma_address(vma, pgoff)
-            if address is None:
+            rt.point("load", vma, "range")
+            start, end = vma.vm_start, vma.vm_end
+            rt.point("load", vma, "pgoff")
+            address = start + ((pgoff - vma.vm_pgoff) << PAGE_SHIFT)  # vma_address()
+            if not start <= address < end:
                 continue
             hold.vmas += 1
             if rwc.invalid_vma is not None and rwc.invalid_vma(vma):
@@ -369,6 +477,45 @@ class AnonVmaRmap(AnonRmap):
             if rwc.done is not None and rwc.done(folio):
                 break
         self.ledger.unlock(hold)
+        # anon_vma_unlock_read(): up_read(&anon_vma->root->rwsem), root read again
+        rt.point("load", anon_vma, "root")
+        rt.use(anon_vma, gen, "anon_vma_unlock_read")
+        rt.unlock("anon_vma", anon_vma.root, "read")
+
+    def _walk_lock(self, folio: Folio, try_lock: bool) -> tuple[AnonVma | None, int]:
+        """``folio_lock_anon_vma_read()`` (try-lock walks: folio_referenced) or
+        ``rmap_walk_anon_lock()``: the anon_vma, its root read-locked, or None;
+        and the generation of the anon_vma's memory when ``folio->mapping`` was read."""
+        if not try_lock:
+            rt.point("load", folio, "mapping")
+            anon_vma = folio_anon_vma(folio)
+            rt.lock("anon_vma", anon_vma.root, "read")
+            return anon_vma, anon_vma.gen
+        rt.rcu_read_lock()
+        rt.point("load", folio, "mapping")
+        anon_vma = folio_anon_vma(folio)
+        gen = anon_vma.gen
+        if not folio.mapcount:
+            rt.rcu_read_unlock()
+            rt.walk_abandon()
+            return None, gen
+        rt.point("load", anon_vma, "root")
+        root = anon_vma.root
+        if rt.trylock("anon_vma", root, "read"):
+            # If the folio is still mapped, this anon_vma is still its anon_vma
+            # and holding the rwsem keeps it from going away (anon_vma_free()).
+            if "root_recheck" not in self.reverts:
+                rt.point("load", folio, "mapcount")
+                if not folio.mapcount:
+                    rt.unlock("anon_vma", root, "read")
+                    rt.rcu_read_unlock()
+                    rt.walk_abandon()
+                    return None, gen
+            rt.rcu_read_unlock()
+            return anon_vma, gen
+        rt.rcu_read_unlock()  # rwc->try_lock: contended, give up
+        rt.walk_abandon()
+        return None, gen
 
     # --- KSM -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ class AnonVma:
     __slots__ = (
         "av_id",
         "freed",
+        "gen",
         "num_active_vmas",
         "num_children",
         "parent",
@@ -43,6 +44,12 @@ class AnonVma:
 
     def __init__(self, av_id: int) -> None:
         self.av_id = av_id
+        self.gen = 0
+        """Times this memory was handed out again (SLAB_TYPESAFE_BY_RCU reuse)."""
+        self.reinit()
+
+    def reinit(self) -> None:
+        """``anon_vma_alloc()`` (with ``anon_vma_ctor()``'s state) on this memory."""
         self.root: AnonVma = self
         self.parent: AnonVma = self
         self.refcount = 1
@@ -84,6 +91,10 @@ def avc_last_pgoff(avc: AnonVmaChain) -> int:
     return avc.vma.vm_pgoff + vma_pages(avc.vma) - 1
 
 
+def _rb_start(avc: AnonVmaChain) -> int:
+    return avc.rb_start
+
+
 class AnonVmaIntervalTree:
     """``anon_vma->rb_root``: AVCs by page-offset interval.
 
@@ -108,7 +119,7 @@ class AnonVmaIntervalTree:
 
     def foreach(self, first: int, last: int) -> Iterator[AnonVmaChain]:
         """AVCs whose interval overlaps ``[first, last]``."""
-        for avc in list(self._avcs):
+        for avc in sorted(self._avcs, key=_rb_start):  # in-order: by start pgoff, ties as inserted
             if avc.rb_start <= last and avc.rb_last >= first:
                 yield avc
 

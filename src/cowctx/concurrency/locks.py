@@ -1,0 +1,85 @@
+"""Kernel lock kinds, whether they sleep, and the rmap lock order.
+
+The order is the comment at the top of mm/rmap.c (Linux 6.18): inode->i_rwsem >
+mmap_lock > invalidate_lock > folio_lock > vma_start_write > i_mmap_rwsem >
+anon_vma->rwsem > page table lock.  A blocking acquisition of a lower-ranked
+kind while holding a higher-ranked one is a ``lock_order`` violation; trylocks
+are allowed against the order (that is how the kernel gets around it, e.g.
+``folio_lock_anon_vma_read()``'s ``down_read_trylock``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LockKind:
+    name: str
+    rank: int
+    """Position in the mm/rmap.c order (lower is taken first)."""
+    sleeps: bool
+    """A sleeping lock (rwsem, mutex, folio lock): illegal to wait for in atomic context."""
+    shared: bool
+    """Has a read mode (rwsem)."""
+
+
+KINDS: dict[str, LockKind] = {
+    k.name: k
+    for k in (
+        LockKind("i_rwsem", 0, True, True),
+        LockKind("mmap_lock", 1, True, True),
+        LockKind("invalidate_lock", 2, True, True),
+        LockKind("folio_lock", 3, True, False),
+        LockKind("vma_lock", 4, True, True),
+        LockKind("i_mmap_rwsem", 5, True, True),
+        LockKind("anon_vma", 6, True, True),
+        LockKind("ptl", 7, False, False),
+        LockKind("spinlock", 8, False, False),
+    )
+}
+"""``vma_lock``: the per-VMA lock (``vma_start_read``/``vma_start_write``);
+``anon_vma``: the root's ``rwsem``; ``ptl``: a page table's spinlock;
+``spinlock``: any other spinlock (innermost)."""
+
+
+@dataclass
+class LockState:
+    """One lock instance: who holds it, in which mode."""
+
+    kind: LockKind
+    label: str
+    readers: dict[int, int] = field(default_factory=dict)
+    """Thread id -> read holds."""
+    writer: int | None = None
+
+    def can_take(self, tid: int, mode: str) -> bool:
+        if mode == "read":
+            return self.writer is None
+        return self.writer is None and not self.readers
+
+    def take(self, tid: int, mode: str) -> None:
+        if mode == "read":
+            self.readers[tid] = self.readers.get(tid, 0) + 1
+        else:
+            self.writer = tid
+
+    def release(self, tid: int, mode: str) -> bool:
+        """False when ``tid`` does not hold it in ``mode`` (unlocking a lock one
+        does not hold: the kernel's rwsem would be corrupted)."""
+        if mode == "read":
+            held = self.readers.get(tid, 0)
+            if not held:
+                return False
+            if held == 1:
+                del self.readers[tid]
+            else:
+                self.readers[tid] = held - 1
+            return True
+        if self.writer != tid:
+            return False
+        self.writer = None
+        return True
+
+    def holders(self) -> list[int]:
+        return sorted({*self.readers, *([self.writer] if self.writer is not None else [])})

@@ -1,0 +1,149 @@
+"""A scenario with ``threads:`` as a program the explorer can run again and again.
+
+Each execution builds a fresh machine, runs the scenario's ``steps`` one at a
+time (the set-up), then hands each thread's steps to the scheduler.  Threads
+run the same code as ``cowctx run`` (syscalls, faults, fork, exit) except the
+rmap clients, which run as the kernel runs them (migrate, reclaim,
+folio_referenced), without the oracle's repairs: what they got wrong is found
+by the checks at the end and by the walk tracking of the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cowctx.clients.migrate import migrate_pages
+from cowctx.clients.reclaim import reclaim_folio
+from cowctx.clients.referenced import folio_referenced
+from cowctx.concurrency.scheduler import Execution
+from cowctx.mm import locking as lk
+from cowctx.mm.constants import PAGE_SHIFT
+from cowctx.mm.errors import AccessFault, SyscallError
+from cowctx.mm.folio import is_migration_entry, pte_pfn, pte_present
+from cowctx.mm.machine import Machine
+from cowctx.oracle.oracle import check_machine
+from cowctx.scenario import schema as S
+from cowctx.scenario.lower import ClientCall, lower
+from cowctx.scenario.runner import ScenarioRun, run_scenario, run_step
+
+
+class ScenarioProgram:
+    """``scenario``'s threads on ``design``."""
+
+    def __init__(self, scenario: S.Scenario, design: str) -> None:
+        if not scenario.threads:
+            raise ValueError(f"scenario {scenario.name!r} has no 'threads'")
+        self.scenario = scenario
+        self.design = design
+        self.names = list(scenario.threads)
+        self.run: ScenarioRun | None = None
+        self.outcomes: dict[str, list[str]] = {}
+
+    def start(self) -> Execution:
+        run = run_scenario(self.scenario, self.design, check=False)
+        self.run = run
+        self.outcomes = {name: [] for name in self.names}
+        threads = [
+            (name, self._body(run, name, steps)) for name, steps in self.scenario.threads.items()
+        ]
+        return Execution(threads, mappings_of=lambda pfn: mappings_of(run.machine, pfn))
+
+    def _body(self, run: ScenarioRun, name: str, steps: list[S.Step]) -> Callable[[], None]:
+        out = self.outcomes[name]
+
+        def body() -> None:
+            for step in steps:
+                errno = _thread_step(run, step)
+                out.append(f"{step.op}:{errno or 'ok'}")
+
+        return body
+
+    def finish(self, ex: Execution) -> tuple[str, list[tuple[str, str]]]:
+        assert self.run is not None
+        m = self.run.machine
+        found = [(v.kind, v.detail) for v in stale_entries(m)]
+        if not any(t.done is False for t in ex.threads):
+            found += [(v.kind, v.detail) for v in check_machine(m)]
+        return final_state(self.run, self.outcomes), found
+
+
+def _thread_step(run: ScenarioRun, step: S.Step) -> str | None:
+    action = lower(step)
+    if not isinstance(action, ClientCall):
+        return run_step(run, step)[0]
+    m = run.machine
+    task = run.procs[step.proc]
+    if task.exit_state or task.mm is None:
+        return "ESRCH"
+    lk.pte(task.mm, action.addr >> PAGE_SHIFT, False)  # the client looks the folio up
+    folio = m.folio_at(task, action.addr)
+    if folio is None or not folio.anon or not folio.mapcount:
+        return "ENOENT"
+    try:
+        if action.client == "migrate":
+            migrate_pages(m, folio)
+        elif action.client == "reclaim":
+            if folio.ksm:
+                return "EBUSY"
+            reclaim_folio(m, folio)
+        else:
+            folio_referenced(m, folio)
+    except (SyscallError, AccessFault) as err:
+        return err.errno
+    return None
+
+
+def mappings_of(m: Machine, pfn: int) -> set[tuple[int, int]]:
+    """(mm_id, address) of every present PTE mapping ``pfn`` now."""
+    out = set()
+    for mm in m.live_mms():
+        for vpn, pte in mm.pgd.items():
+            if pte_present(pte) and pte_pfn(pte) == pfn:
+                out.add((mm.mm_id, vpn << PAGE_SHIFT))
+    return out
+
+
+class _Found:
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind, self.detail = kind, detail
+
+
+def stale_entries(m: Machine) -> list[_Found]:
+    """``stale``: a migration entry left behind once every thread is done, or a
+    PTE to a folio that was freed (migration's old folio)."""
+    out = []
+    for mm in m.live_mms():
+        for vpn, pte in sorted(mm.pgd.items()):
+            where = f"mm#{mm.mm_id} at {vpn << PAGE_SHIFT:#x}"
+            if is_migration_entry(pte):
+                out.append(
+                    _Found("stale", f"migration entry of pfn {pte_pfn(pte)} left at {where}")
+                )
+            elif pte_present(pte) and pte_pfn(pte) not in m.mem_map:
+                out.append(_Found("stale", f"PTE to freed pfn {pte_pfn(pte)} at {where}"))
+    return out
+
+
+def final_state(run: ScenarioRun, outcomes: dict[str, list[str]]) -> str:
+    """What an execution ended with, canonically: each process's VMAs and PTEs,
+    each folio's rmap state, each thread's step outcomes."""
+    m = run.machine
+    lines = []
+    for name in sorted(run.procs):
+        task = run.procs[name]
+        if task.exit_state or task.mm is None:
+            lines.append(f"{name}: exited")
+            continue
+        mm = task.mm
+        vmas = [
+            (v.vm_start, v.vm_end, v.vm_pgoff, v.vm_flags, v.anon_vma is not None)
+            for v in mm.vmas()
+        ]
+        lines.append(f"{name}: mm#{mm.mm_id} {vmas} {sorted(mm.pgd.items())}")
+    for pfn in sorted(m.mem_map):
+        f = m.mem_map[pfn]
+        if f.anon:
+            lines.append(f"folio#{pfn} map={f.mapcount} idx={f.index} {m.rmap.describe_folio(f)}")
+    for name in sorted(outcomes):
+        lines.append(f"{name}: {' '.join(outcomes[name])}")
+    return "\n".join(lines)

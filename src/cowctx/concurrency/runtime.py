@@ -1,0 +1,202 @@
+"""The hooks the model calls at shared-memory accesses and synchronisation points.
+
+Each hook costs one module-global load and a compare when no execution is being
+explored (``current is None``): that is the whole price of concurrency for the
+sequential model.  Under an explorer, ``current`` is the running
+:class:`~cowctx.concurrency.scheduler.Execution` and each hook is a scheduling
+point of the calling thread (a greenlet).
+
+Keys: an access is to ``(object, field)``.  Fields are coarse on purpose (one
+``range`` for ``vm_start``/``vm_end``/``vm_pgoff``) so that two steps touching
+the same kernel word are always seen as dependent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cowctx.concurrency.scheduler import Execution
+
+current: Execution | None = None
+"""The execution being explored, or None (sequential model: every hook is a no-op)."""
+
+
+def point(kind: str, obj: object, field: object, write: bool = False) -> None:
+    """A load (``write`` False) or store of ``obj``'s ``field``: a scheduling point."""
+    ex = current
+    if ex is not None:
+        ex.point(kind, obj, field, write)
+
+
+def lock(kind: str, obj: object, mode: str = "write") -> None:
+    """Take a lock of kernel kind ``kind`` (see :mod:`cowctx.concurrency.locks`)
+    that lives in ``obj``; ``mode`` ``read`` or ``write`` (rwsems), ``write`` else."""
+    ex = current
+    if ex is not None:
+        ex.lock(kind, obj, mode, try_only=False)
+
+
+def trylock(kind: str, obj: object, mode: str = "write") -> bool:
+    """``down_read_trylock()`` and friends: never waits; always succeeds when alone."""
+    ex = current
+    if ex is not None:
+        return ex.lock(kind, obj, mode, try_only=True)
+    return True
+
+
+def unlock(kind: str, obj: object, mode: str = "write") -> None:
+    ex = current
+    if ex is not None:
+        ex.unlock(kind, obj, mode)
+
+
+def rcu_read_lock() -> None:
+    ex = current
+    if ex is not None:
+        ex.rcu_read_lock()
+
+
+def rcu_read_unlock() -> None:
+    ex = current
+    if ex is not None:
+        ex.rcu_read_unlock()
+
+
+def synchronize_rcu() -> None:
+    """Wait for every reader that was in a read-side section when this began."""
+    ex = current
+    if ex is not None:
+        ex.synchronize_rcu()
+
+
+def call_rcu(obj: object, callback: Callable[[], None]) -> None:
+    """``call_rcu()``/``kfree_rcu()``: ``callback`` runs after a grace period
+    (at once when sequential: no reader can exist)."""
+    ex = current
+    if ex is not None:
+        ex.call_rcu(obj, callback)
+    else:
+        callback()
+
+
+def may_sleep(where: str) -> None:
+    """A point that may sleep (``might_sleep()``): illegal under a spinlock or RCU."""
+    ex = current
+    if ex is not None:
+        ex.may_sleep(where)
+
+
+def slab_alloc(cache: str) -> Any:
+    """An object of ``cache`` freed earlier that the allocator hands out again (a
+    ``SLAB_TYPESAFE_BY_RCU`` cache reuses at once), or None for a fresh one.
+    Sequential runs never reuse, so object ids stay as they were."""
+    ex = current
+    if ex is not None:
+        return ex.slab_alloc(cache)
+    return None
+
+
+def slab_free(cache: str, obj: object, typesafe: bool) -> None:
+    ex = current
+    if ex is not None:
+        ex.slab_free(cache, obj, typesafe)
+
+
+def use(obj: Any, gen: int, what: str) -> None:
+    """Act on ``obj`` (a type-safe object) read when its generation was ``gen``:
+    if it was freed and reused since, the caller skipped the identity re-check."""
+    ex = current
+    if ex is not None and getattr(obj, "gen", gen) != gen:
+        who = ex.running.name if ex.running is not None else "?"
+        ex.violation(
+            "uaf",
+            f"{who}: {what}: {describe(obj)} was freed and reused (generation {gen} -> "
+            f"{obj.gen}) and used without the re-check",
+        )
+
+
+def wait_until(kind: str, obj: object, field: object, ready: Callable[[], bool]) -> None:
+    """Sleep until ``ready()`` (e.g. ``migration_entry_wait()``); a store to
+    ``(obj, field)`` is what wakes the waiter."""
+    ex = current
+    if ex is not None:
+        ex.wait_until(kind, obj, field, ready)
+
+
+def walk_begin(folio: object) -> None:
+    """An rmap walk of ``folio`` starts: the mappings it must find are those that
+    exist now and still exist, untouched by other threads, when it ends."""
+    ex = current
+    if ex is not None:
+        ex.walk_begin(folio)
+
+
+def walk_visit(mm_id: int, address: int) -> None:
+    ex = current
+    if ex is not None:
+        ex.walk_visit(mm_id, address)
+
+
+def walk_end(complete: bool = True) -> None:
+    """The walk is over; ``complete`` False: it stopped early by design (a
+    reference count reached, or it gave up on a contended lock), so what it did
+    not visit was not missed."""
+    ex = current
+    if ex is not None:
+        ex.walk_end(complete)
+
+
+def walk_abandon() -> None:
+    """The walk gives up (contended try-lock, folio no longer mapped)."""
+    ex = current
+    if ex is not None and ex.running is not None and ex.running.walk is not None:
+        ex.running.walk.abandoned = True
+
+
+def local() -> dict[str, object]:
+    """The running thread's own variables (an empty dict when sequential)."""
+    ex = current
+    if ex is not None and ex.running is not None:
+        return ex.running.local
+    return {}
+
+
+def active() -> bool:
+    """True while an explorer runs threads (code that only matters then may check)."""
+    return current is not None
+
+
+def describe_field(fld: object) -> str:
+    """``.name``, or `` pte 0x...`` for a PTE slot ``("pte", vpn)``."""
+    if isinstance(fld, tuple) and len(fld) == 2 and fld[0] == "pte":
+        return f" pte {fld[1] << 12:#x}"
+    return f".{fld}"
+
+
+def describe(obj: object) -> str:
+    """A kernel-ish name for an object in traces and messages."""
+    for attr, fmt in (
+        ("av_id", "AV{}"),
+        ("vm_id", "vma#{}"),
+        ("mm_id", "mm#{}"),
+        ("pfn", "folio#{}"),
+    ):
+        value = getattr(obj, attr, None)
+        if value is not None:
+            return fmt.format(value)
+    vma, av = getattr(obj, "vma", None), getattr(obj, "anon_vma", None)
+    if vma is not None and av is not None:  # an anon_vma_chain
+        return f"AVC(vma#{vma.vm_id}->AV{av.av_id})"
+    name = getattr(obj, "name", None)
+    return str(name) if isinstance(name, str) else type(obj).__name__
+
+
+def guarded_store(obj: object, field: str, lock_kind: str, lock_obj: object) -> None:
+    """A store to ``obj``'s ``field``, which the lock ``lock_kind`` of ``lock_obj``
+    protects: if the storing thread does not hold it while another thread does,
+    that thread is looking at a structure being changed under it."""
+    ex = current
+    if ex is not None:
+        ex.guarded_store(obj, field, lock_kind, lock_obj)

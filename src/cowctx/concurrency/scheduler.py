@@ -1,0 +1,470 @@
+"""One execution of concurrent threads, each a greenlet, switched at hook points.
+
+A thread runs plain nested model calls; every hook of
+:mod:`cowctx.concurrency.runtime` parks it with the accesses its next step
+will make (its *pending* step) and switches to the scheduler, which asks a
+chooser which enabled thread runs next.  A step is what a thread does from one
+point to the next; its accesses (keys, write or not) decide which steps are
+dependent.  Locks, RCU grace periods and waits make threads disabled until
+they can proceed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+from greenlet import GreenletExit, greenlet
+
+from cowctx.concurrency import runtime as rt
+from cowctx.concurrency.locks import KINDS, LockState
+from cowctx.concurrency.rcu import GracePeriod, Rcu
+from cowctx.concurrency.slab import Slab
+
+Access = tuple[Hashable, bool]
+"""(key, write)."""
+
+RCU_KEY = ("rcu",)
+
+
+Label = str | tuple[str, object, object]
+"""A step's description; (verb, object, field) is formatted only when shown."""
+
+
+def format_label(label: Label) -> str:
+    if isinstance(label, str):
+        return label
+    verb, obj, fld = label
+    return f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}"
+
+
+@dataclass
+class Event:
+    """One step of one thread, as executed."""
+
+    tid: int
+    accesses: list[Access]
+    raw_label: Label
+
+    @property
+    def label(self) -> str:
+        return format_label(self.raw_label)
+
+
+@dataclass
+class Walk:
+    """An rmap walk in progress: what it must find, what it found."""
+
+    pfn: int
+    label: str
+    alive: set[tuple[int, int]]
+    visited: set[tuple[int, int]] = field(default_factory=set)
+    abandoned: bool = False
+    mms: set[int] = field(default_factory=set)
+    """mms that mapped the folio (somewhere) at every step so far: a PTE that moves
+    (mremap) is the same mapping to the walk's caller."""
+
+    def update(self, now: set[tuple[int, int]]) -> None:
+        self.alive &= now | self.visited
+        self.mms &= {mm for mm, _ in now} | {mm for mm, _ in self.visited}
+
+    def missed(self) -> list[str]:
+        out = [f"mm#{mm} at {address:#x}" for mm, address in sorted(self.alive - self.visited)]
+        seen = {mm for mm, _ in self.visited} | {mm for mm, _ in self.alive}
+        out += [f"mm#{mm} (mapped throughout, wherever)" for mm in sorted(self.mms - seen)]
+        return out
+
+
+@dataclass
+class Thread:
+    tid: int
+    name: str
+    body: Callable[[], object]
+    glet: greenlet | None = None
+    pending: list[Access] = field(default_factory=list)
+    label: Label = "start"
+    ready: Callable[[], bool] | None = None
+    """None: enabled; else enabled when it returns True."""
+    waiting: str = ""
+    """What a disabled thread waits for (deadlock reports)."""
+    waits_on: Callable[[], list[int]] | None = None
+    done: bool = False
+    spin: int = 0
+    """Spinlocks held (atomic context)."""
+    held: list[tuple[LockState, str]] = field(default_factory=list)
+    walk: Walk | None = None
+    local: dict[str, object] = field(default_factory=dict)
+
+
+class Deadlock(Exception):
+    pass
+
+
+class Execution:
+    """Threads over one shared machine, run under one schedule."""
+
+    def __init__(
+        self,
+        threads: Sequence[tuple[str, Callable[[], object]]],
+        mappings_of: Callable[[int], set[tuple[int, int]]] | None = None,
+    ) -> None:
+        self.threads = [Thread(i, name, body) for i, (name, body) in enumerate(threads)]
+        self.mappings_of = mappings_of
+        self.trace: list[Event] = []
+        self.violations: list[tuple[str, str]] = []
+        self.locks: dict[tuple[str, int], LockState] = {}
+        self.rcu = Rcu()
+        self.slab = Slab()
+        self.running: Thread | None = None
+        self.main: greenlet | None = None
+        self.dying = False
+        self.ptl_holds = 0
+        self._maps_dirty = False
+        self._oids: dict[int, int] = {}
+        self._seen: list[object] = []
+
+    def oid(self, obj: object) -> int:
+        """A name for ``obj`` that is the same in every execution of the same
+        prefix (first-seen order), unlike ``id()``: DPOR compares the steps of
+        one execution with those recorded in earlier ones."""
+        n = self._oids.get(id(obj))
+        if n is None:
+            n = self._oids[id(obj)] = len(self._seen)
+            self._seen.append(obj)  # keeps id(obj) from being reused
+        return n
+
+    # --- driving ----------------------------------------------------------------------
+
+    def enabled(self) -> list[int]:
+        return [t.tid for t in self.threads if not t.done and (t.ready is None or t.ready())]
+
+    def run(self, choose: Callable[[Execution, list[int]], int]) -> None:
+        """Run to the end: ``choose(self, enabled)`` picks each step's thread; it may
+        raise to abandon the execution (the explorer prunes so)."""
+        self.main = greenlet.getcurrent()
+        for t in self.threads:
+            t.glet = greenlet(self._body(t), parent=self.main)
+        prev, rt.current = rt.current, self
+        try:
+            while True:
+                enabled = self.enabled()
+                if not enabled:
+                    if any(not t.done for t in self.threads):
+                        self.violation("deadlock", self._cycle())
+                    break
+                tid = choose(self, enabled)
+                t = self.threads[tid]
+                event = Event(tid, t.pending, t.label)
+                self.trace.append(event)
+                t.ready, t.waiting, t.waits_on = None, "", None
+                self.running = t
+                assert t.glet is not None
+                t.glet.switch()
+                self.running = None
+                self._after(event)
+        finally:
+            self._kill()
+            rt.current = prev
+
+    def _body(self, t: Thread) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                t.body()
+            except GreenletExit:
+                raise
+            except Exception as exc:  # a kernel BUG()/oops in this thread
+                self.violation("bug", f"{t.name}: {type(exc).__name__}: {exc}")
+            finally:
+                t.done = True
+                t.label = "done"
+                t.pending = []
+
+        return body
+
+    def _kill(self) -> None:
+        self.dying = True
+        for t in self.threads:
+            if t.glet is not None and not t.glet.dead and t.glet:
+                with contextlib.suppress(GreenletExit):
+                    t.glet.throw(GreenletExit)
+
+    def _park(self, accesses: list[Access], label: Label) -> None:
+        t = self.running
+        assert t is not None and self.main is not None
+        t.pending, t.label = accesses, label
+        self.main.switch()
+
+    def _after(self, event: Event) -> None:
+        if self.rcu.callbacks:
+            for obj, callback in self.rcu.due():
+                event.accesses.append((("obj", self.oid(obj)), True))
+                callback()
+        if not self._maps_dirty:
+            self._maps_dirty = self._pte_stores(event)
+        if self.mappings_of is not None and not self.ptl_holds and self._maps_dirty:
+            self._maps_dirty = False
+            # page tables are sampled only between PTL critical sections: a walker
+            # (which takes the PTL to look) cannot see the states inside one
+            for t in self.threads:
+                w = t.walk
+                if w is not None:  # its own unmaps are of mappings it visited
+                    w.update(self.mappings_of(w.pfn))
+
+    @staticmethod
+    def _pte_stores(event: Event) -> bool:
+        """Whether the step stored a PTE: a mapping can only vanish so (every PTE
+        store is behind a ``("pte", vpn)`` point).  A store inside a PTL section
+        is sampled once the PTL is released."""
+        for key, write in event.accesses:
+            if write and isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], tuple):
+                return True
+        return False
+
+    def _cycle(self) -> str:
+        """The wait-for cycle of a deadlock (or who waits for what)."""
+        waits: dict[int, list[int]] = {}
+        for t in self.threads:
+            if not t.done:
+                waits[t.tid] = t.waits_on() if t.waits_on is not None else []
+        start = min(waits)
+        for s in sorted(waits):  # find a cycle by following first edges
+            seen: list[int] = []
+            cur = s
+            while cur in waits and cur not in seen and waits[cur]:
+                seen.append(cur)
+                cur = waits[cur][0]
+            if cur in seen:
+                start = cur
+                cyc = seen[seen.index(cur) :]
+                return (
+                    " -> ".join(
+                        f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in cyc
+                    )
+                    + f" -> {self.threads[start].name}"
+                )
+        return "; ".join(
+            f"{self.threads[i].name} waits for {self.threads[i].waiting}" for i in sorted(waits)
+        )
+
+    def violation(self, kind: str, detail: str) -> None:
+        if (kind, detail) not in self.violations:
+            self.violations.append((kind, detail))
+
+    # --- hooks (called from threads through cowctx.concurrency.runtime) ----------------
+
+    def _me(self) -> Thread | None:
+        return None if self.dying else self.running
+
+    def point(self, kind: str, obj: object, fld: object, write: bool) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self._access(obj, fld, write, [])
+        cache = self.slab.is_freed(obj)  # checked when the access happens
+        if cache is not None:
+            self.violation(
+                "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
+            )
+
+    def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
+        verb = "store" if write else "load"
+        o = self.oid(obj)
+        # every field access also reads ("obj", o): whole-object writes (free,
+        # reuse) are dependent with all of them
+        self._park([((o, fld), write), (("obj", o), False), *extra], (verb, obj, fld))
+
+    def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
+        t = self._me()
+        if t is None:
+            return
+        o = self.oid(lock_obj)
+        self._access(obj, fld, True, [(("lock", kind, o), False), (("unlocked", kind, o), False)])
+        state = self._lock_state(kind, lock_obj)  # when the store happens
+        others = [h for h in state.holders() if h != t.tid]
+        if state.writer != t.tid and others:
+            who = ", ".join(self.threads[h].name for h in others)
+            self.violation(
+                "unlocked_write",
+                f"{t.name}: {rt.describe(obj)}.{fld} changed without {state.label}, "
+                f"which {who} holds",
+            )
+
+    def _lock_state(self, kind: str, obj: object) -> LockState:
+        key = (kind, self.oid(obj))
+        state = self.locks.get(key)
+        if state is None:
+            state = self.locks[key] = LockState(KINDS[kind], f"{kind} of {rt.describe(obj)}")
+        return state
+
+    def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
+        t = self._me()
+        if t is None:
+            return True
+        state = self._lock_state(kind, obj)
+        lk = state.kind
+        if not try_only:
+            if lk.sleeps and (t.spin or self.rcu.in_reader(t.tid)):
+                where = "under a spinlock" if t.spin else "in an RCU read-side section"
+                self.violation("sleep_in_atomic", f"{t.name}: {state.label} ({mode}) {where}")
+            for held, _ in t.held:
+                if held.kind.rank > lk.rank:
+                    self.violation(
+                        "lock_order", f"{t.name}: {state.label} taken while holding {held.label}"
+                    )
+                    break
+        op = ("down_read" if mode == "read" else "lock") + ("_trylock" if try_only else "")
+        label = f"{op} {state.label}"
+        key = ("lock", kind, self.oid(obj))
+        if not try_only:
+            t.pending, t.label = [(key, mode != "read")], label
+            t.ready = lambda: state.can_take(t.tid, mode)
+            t.waiting = state.label
+            t.waits_on = state.holders
+            assert self.main is not None
+            self.main.switch()
+        else:
+            # a trylock's result also depends on releases: see unlock()
+            self._park([(key, True), (("unlocked", kind, self.oid(obj)), False)], label)
+        if not state.can_take(t.tid, mode):
+            assert try_only
+            return False
+        state.take(t.tid, mode)
+        t.held.append((state, mode))
+        if kind == "ptl":
+            self.ptl_holds += 1
+        if not lk.sleeps:
+            t.spin += 1
+        return True
+
+    def unlock(self, kind: str, obj: object, mode: str) -> None:
+        t = self._me()
+        if t is None:
+            return
+        state = self._lock_state(kind, obj)
+        # A release is dependent only on trylocks: a blocking acquisition races
+        # with the previous acquisition (that is the reordering that matters),
+        # as in Nidhugg and the source-DPOR paper's treatment of locks.
+        self._park([(("unlocked", kind, self.oid(obj)), True)], f"unlock {state.label}")
+        if not state.release(t.tid, mode):
+            self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
+            return
+        if kind == "ptl":
+            self.ptl_holds -= 1
+        for i in range(len(t.held) - 1, -1, -1):
+            if t.held[i][0] is state and t.held[i][1] == mode:
+                del t.held[i]
+                break
+        if not state.kind.sleeps:
+            t.spin -= 1
+
+    def rcu_read_lock(self) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self._park([(RCU_KEY, True)], "rcu_read_lock")
+        self.rcu.read_lock(t.tid)
+
+    def rcu_read_unlock(self) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self._park([(RCU_KEY, True)], "rcu_read_unlock")
+        if not self.rcu.read_unlock(t.tid):
+            self.violation("bad_unlock", f"{t.name}: unbalanced rcu_read_unlock")
+
+    def synchronize_rcu(self) -> None:
+        t = self._me()
+        if t is None:
+            return
+        self.may_sleep("synchronize_rcu")
+        self._park([(RCU_KEY, True)], "synchronize_rcu")
+        gp: GracePeriod = self.rcu.start()
+        if self.rcu.completed(gp):
+            return
+        t.pending, t.label = [(RCU_KEY, True)], "synchronize_rcu: grace period ends"
+        t.ready = lambda: self.rcu.completed(gp)
+        t.waiting = "a grace period"
+        t.waits_on = lambda: self.rcu.blocking(gp)
+        assert self.main is not None
+        self.main.switch()
+
+    def call_rcu(self, obj: object, callback: Callable[[], None]) -> None:
+        t = self._me()
+        if t is None:
+            callback()
+            return
+        self._park(
+            [(RCU_KEY, True), (("obj", self.oid(obj)), True)], f"call_rcu {rt.describe(obj)}"
+        )
+        gp = self.rcu.start()
+        if self.rcu.completed(gp):
+            callback()
+        else:
+            self.rcu.callbacks.append((gp, obj, callback))
+
+    def may_sleep(self, where: str) -> None:
+        t = self._me()
+        if t is None:
+            return
+        if t.spin or self.rcu.in_reader(t.tid):
+            ctx = "under a spinlock" if t.spin else "in an RCU read-side section"
+            self.violation("sleep_in_atomic", f"{t.name}: {where} may sleep {ctx}")
+
+    def slab_alloc(self, cache: str) -> object | None:
+        t = self._me()
+        if t is None:
+            return None
+        free = self.slab.freelists.get(cache)
+        accesses: list[Access] = [(("slab", cache), True)]
+        if free:  # the object it will hand out again is written whole
+            accesses.append((("obj", self.oid(free[-1])), True))
+        self._park(accesses, f"kmem_cache_alloc({cache})")
+        return self.slab.alloc(cache)
+
+    def slab_free(self, cache: str, obj: object, typesafe: bool) -> None:
+        if self.dying:
+            return
+        if self.running is not None:  # else an RCU callback run by the scheduler
+            self._park(
+                [(("slab", cache), True), (("obj", self.oid(obj)), True)],
+                f"kmem_cache_free({cache}, {rt.describe(obj)})",
+            )
+        self.slab.free(cache, obj, typesafe)
+
+    def wait_until(self, kind: str, obj: object, fld: object, ready: Callable[[], bool]) -> None:
+        t = self._me()
+        if t is None:
+            return
+        t.pending, t.label = (
+            [((self.oid(obj), fld), False)],
+            f"wait {kind} {rt.describe(obj)}.{fld}",
+        )
+        t.ready = ready
+        t.waiting = f"{kind} {rt.describe(obj)}.{fld}"
+        t.waits_on = lambda: []
+        assert self.main is not None
+        self.main.switch()
+
+    def walk_begin(self, folio: object) -> None:
+        t = self._me()
+        if t is None or self.mappings_of is None:
+            return
+        pfn: int = folio.pfn  # type: ignore[attr-defined]
+        now = set(self.mappings_of(pfn))
+        t.walk = Walk(pfn, f"{t.name}: rmap walk of folio#{pfn}", now, mms={mm for mm, _ in now})
+
+    def walk_visit(self, mm_id: int, address: int) -> None:
+        t = self._me()
+        if t is not None and t.walk is not None:
+            t.walk.visited.add((mm_id, address))
+
+    def walk_end(self, complete: bool) -> None:
+        t = self._me()
+        if t is None or t.walk is None:
+            return
+        w, t.walk = t.walk, None
+        if not complete or w.abandoned:
+            return
+        for what in w.missed():
+            self.violation("missed", f"{w.label} missed {what}")

@@ -1,0 +1,158 @@
+"""The mm locks of the operations, as scheduling points for the explorer.
+
+Sequentially (no explorer running) each helper returns at once: the model has
+always run one operation at a time.  Under the explorer they are the kernel's
+locks: ``mmap_write_lock()`` for mmap/munmap/mremap/mprotect/fork/exit,
+``mmap_read_lock()`` for madvise, and for a fault ``lock_vma_under_rcu()`` (the
+per-VMA lock, read) with the ``mmap_read_lock()`` fallback.
+
+Deliberate difference: ``vma_start_write()`` is taken on every VMA of the mm
+when the mmap lock is taken for writing (the kernel takes it on each VMA it is
+about to change, and releases them all at ``mmap_write_unlock()``); it excludes
+per-VMA-locked faults from more VMAs than the kernel does, never from fewer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowctx.concurrency import runtime as rt
+
+if TYPE_CHECKING:
+    from cowctx.mm.folio import Folio
+    from cowctx.mm.machine import Machine
+    from cowctx.mm.mm_types import MmStruct, VmAreaStruct
+
+
+def mmap_write_lock(mm: MmStruct, lock_vmas: bool = True) -> list[VmAreaStruct]:
+    """``mmap_write_lock()`` then ``vma_start_write()`` on the mm's VMAs (see
+    above); returns the VMAs write-locked, for :func:`mmap_write_unlock`."""
+    if rt.current is None:
+        return []
+    rt.lock("mmap_lock", mm, "write")
+    if not lock_vmas:
+        return []
+    vmas = list(mm.vmas())
+    for vma in vmas:
+        rt.lock("vma_lock", vma, "write")
+    return vmas
+
+
+def mmap_write_unlock(mm: MmStruct, vmas: list[VmAreaStruct]) -> None:
+    """``mmap_write_unlock()``: also ends every ``vma_start_write()`` (the mm's
+    lock sequence moves on)."""
+    if rt.current is None:
+        return
+    for vma in vmas:
+        rt.unlock("vma_lock", vma, "write")
+    rt.unlock("mmap_lock", mm, "write")
+
+
+def mmap_read_lock(mm: MmStruct) -> None:
+    if rt.current is not None:
+        rt.lock("mmap_lock", mm, "read")
+
+
+def mmap_read_unlock(mm: MmStruct) -> None:
+    if rt.current is not None:
+        rt.unlock("mmap_lock", mm, "read")
+
+
+def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
+    """``lock_vma_under_rcu()``: find the VMA under RCU and read-lock it with a
+    trylock (``vma_start_read()``), re-checking that it still covers ``address``;
+    None means the caller falls back to the mmap lock."""
+    rt.rcu_read_lock()
+    vma = mm.find_vma(address)
+    if vma is None or vma.vm_start > address:
+        rt.rcu_read_unlock()
+        return None
+    rt.point("load", vma, "range")
+    if not rt.trylock("vma_lock", vma, "read"):
+        rt.rcu_read_unlock()
+        return None
+    if not vma.vm_start <= address < vma.vm_end or mm.find_vma(address) is not vma:
+        rt.unlock("vma_lock", vma, "read")
+        rt.rcu_read_unlock()
+        return None
+    rt.rcu_read_unlock()
+    return vma
+
+
+def fault_lock(mm: MmStruct, address: int) -> VmAreaStruct | None:
+    """Lock for a fault at ``address``: the per-VMA lock if it can be had (the
+    VMA returned), else the mmap lock for reading (None)."""
+    vma = lock_vma_under_rcu(mm, address)
+    if vma is None:
+        mmap_read_lock(mm)
+    return vma
+
+
+def fault_unlock(mm: MmStruct, vma: VmAreaStruct | None) -> None:
+    if vma is not None:
+        rt.unlock("vma_lock", vma, "read")
+    else:
+        mmap_read_unlock(mm)
+
+
+def pte(mm: MmStruct, vpn: int, write: bool) -> None:
+    """A load or store of the PTE of ``vpn`` in ``mm``."""
+    if rt.current is not None:
+        rt.point("store" if write else "load", mm, ("pte", vpn), write)
+
+
+def ptl_lock(mm: MmStruct) -> None:
+    """``pte_offset_map_lock()``: the page-table spinlock (one per mm in the model:
+    scenarios fit in one page table)."""
+    if rt.current is not None:
+        rt.lock("ptl", mm)
+
+
+def ptl_unlock(mm: MmStruct) -> None:
+    if rt.current is not None:
+        rt.unlock("ptl", mm)
+
+
+class VmFaultRetry(Exception):
+    """``VM_FAULT_RETRY`` of a fault under the per-VMA lock: redo it under the
+    mmap lock."""
+
+
+def handle_mm_fault_locked(m: Machine, mm: MmStruct, address: int, write: bool) -> Folio | None:
+    """A fault as ``do_user_addr_fault()`` locks it: under the per-VMA lock when
+    ``lock_vma_under_rcu()`` succeeds, retried under ``mmap_read_lock()`` on
+    ``VM_FAULT_RETRY`` or when it does not."""
+    from cowctx.mm.memory import handle_mm_fault
+
+    vma = lock_vma_under_rcu(mm, address)
+    if vma is not None:
+        local = rt.local()
+        local["vma_locked"] = True
+        try:
+            return handle_mm_fault(m, mm, address, write)
+        except VmFaultRetry:
+            pass
+        finally:
+            local["vma_locked"] = False
+            rt.unlock("vma_lock", vma, "read")
+    mmap_read_lock(mm)
+    try:
+        return handle_mm_fault(m, mm, address, write)
+    finally:
+        mmap_read_unlock(mm)
+
+
+def anon_prepare_lock(mm: MmStruct) -> bool:
+    """``vmf_anon_prepare()``: under the per-VMA lock, ``__anon_vma_prepare()``
+    needs the mmap lock too (it looks at the neighbours): trylock it or retry.
+    Returns whether it was taken (to be released by :func:`anon_prepare_unlock`)."""
+    if rt.current is None or not rt.local().get("vma_locked"):
+        return False
+    if not rt.trylock("mmap_lock", mm, "read"):
+        raise VmFaultRetry
+    return True
+
+
+def anon_prepare_unlock(mm: MmStruct, taken: bool) -> None:
+    if taken:
+        rt.unlock("mmap_lock", mm, "read")

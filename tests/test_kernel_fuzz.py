@@ -86,3 +86,12 @@ def test_a_disagreement_that_does_not_reproduce_is_not_a_finding(
     assert len(result.unreproduced) == 1
     assert any(d.startswith("final.objects.anon_vma.live:") for d in result.unreproduced[0][1])
     assert flaky.runs == 5 + 1  # every scenario once; the first re-run already differs
+
+
+def test_swap_variants_are_on_by_default() -> None:
+    """The CLI's --swap-every default is the library's, and it is on."""
+    from cowctx.cli.kernel import kernel_fuzz_command
+    from cowctx.linux.fuzz import SWAP_EVERY
+
+    (option,) = [p for p in kernel_fuzz_command.params if p.name == "swap_every"]
+    assert option.default == SWAP_EVERY > 0

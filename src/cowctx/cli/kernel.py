@@ -109,7 +109,7 @@ def kernel_diff_command(files: tuple[Path, ...], as_json: bool, graph_every_step
 @click.option(
     "--swap-every",
     type=click.IntRange(min=0),
-    default=0,
+    default=2,  # cowctx.linux.fuzz.SWAP_EVERY (tests/test_kernel_fuzz.py checks they agree)
     show_default=True,
     help="Make every Nth scenario private-anonymous with pageout and swap-in steps "
     "(the referee then runs it with its own swap file); 0: none.",

@@ -34,8 +34,10 @@ class ReclaimResult:
 def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> ReclaimResult:
     """``shrink_folio_list()`` for one anon folio that is to be swapped out.  With
     ``writeback_pending`` (MADV_PAGEOUT to a disk: the write is asynchronous) a folio that
-    had to be written stays, unmapped, in the swap cache; a clean swap-cache folio (its
-    slot already holds its data) is freed at once either way.
+    had to be written stays, unmapped, in the swap cache, and is clean once the write has
+    completed (the kernel referee waits for that at the end of the step, so no later step
+    meets it under writeback); a clean swap-cache folio (its slot already holds its data)
+    is freed at once either way.
 
     # Combination of add_to_swap(), try_to_unmap() (try_to_unmap_one()),
     # pageout() and __remove_mapping() for a clean swap-backed anon folio.
@@ -74,7 +76,7 @@ def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> 
         # pageout() started an asynchronous write: shrink_folio_list() finds the folio
         # under writeback and keeps it, unmapped, in the swap cache (nr_reclaimed 0);
         # the write clears its dirty bit (folio_clear_dirty_for_io())
-        folio.dirty = False
+        folio.dirty = folio.anon_pg_dirty = False
         return ReclaimResult(False, unmapped)
     delete_from_swap_cache(m, folio)  # __remove_mapping(): frees the folio
     return ReclaimResult(True, unmapped)

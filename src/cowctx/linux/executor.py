@@ -27,6 +27,7 @@ from cowctx.linux.swap import (
     SwapError,
     SwapFile,
     damon_state,
+    drain_lru_batches,
     pages_for,
     remove_stale_swapfiles,
     swap_unavailable_reason,
@@ -81,6 +82,11 @@ class ModelOnlyStep(ValueError):
 
 class KernelRunError(RuntimeError):
     """The run failed; the message names the step."""
+
+
+class TraceLost(KernelRunError):
+    """The trace buffer dropped events (anon_vma traffic of other processes on the machine
+    can fill it): the counts are not exact, the run may be repeated."""
 
 
 def kernel_unavailable_reason() -> str | None:
@@ -184,6 +190,12 @@ class _Run:
         self.file_fd: dict[str, int] = {}
         self.graph_reader: KernelGraphReader | None = None
         self.graph_every_step = False
+        self.swap_on = False
+        self.home_cpu: set[int] = set()
+        self.all_cpus: list[int] = []
+        """The CPU the run is pinned to, and every CPU (drained after a swap pageout)."""
+        self.writeback_polls = 0
+        """kpageflags polls spent waiting for swap writes (see run_step)."""
 
     def read_graph(self) -> dict[str, Any]:
         """The live anon_vma graph now (linux/graph.py), objects named by birth step."""
@@ -235,8 +247,22 @@ class _Run:
             args = action.args
             if action.file is not None:  # the worker's descriptor of that file
                 args = (*args[:4], self.file_fd[action.file], *args[5:])
+            # With swap, MADV_PAGEOUT returns with its swap writes in flight; the step
+            # ends when they have completed (PG_writeback clear on every page it may have
+            # written) and every CPU's LRU batches are drained (swap.drain_lru_batches),
+            # so the next step finds each folio written out and clean in the swap cache,
+            # with no reference left in a batch: nothing a scenario cannot fix.  The
+            # model's MADV_PAGEOUT ends the same way (mm/madvise.py do_madvise).
+            pageout = self.swap_on and step.op == "madvise" and step.advice == "pageout"
+            pfns = pagemap.read_range_pfns(proc.pid, step.page, step.pages) if pageout else []
             r = proc.call(what, OP_SYSCALL, i, nr=action.nr, args=args)
             time_ns = r.time_ns
+            if pageout:
+                try:
+                    self.writeback_polls += pagemap.wait_writeback(pfns)
+                except pagemap.WritebackTimeout as exc:
+                    raise KernelRunError(f"{what}: {exc}") from exc
+                drain_lru_batches([*self.all_cpus, *sorted(self.home_cpu)], self.home_cpu)
             if -4095 <= r.ret < 0:
                 err = _errno_name(r.ret)
             elif action.nr == SYS_MMAP and r.ret != args[0]:
@@ -373,6 +399,7 @@ class KernelSession:
         problems: list[str] = []
         try:
             if swap is not None:
+                run.swap_on = True
                 try:
                     swap.enable()
                 except (SwapError, OSError) as exc:
@@ -382,11 +409,14 @@ class KernelSession:
                         swap.remove()
                     self.swap_unavailable = f"cannot switch a swap file on: {exc}"
                     swap = None
+                    run.swap_on = False
             # One CPU for the controller and every worker (they inherit it): the
             # per-CPU LRU batches then hold no folio another CPU added, so
             # lru_add_drain() in MADV_PAGEOUT and in CoW reuse sees them all, as
             # the model does; on several CPUs the outcome depends on scheduling.
             os.sched_setaffinity(0, {min(affinity)})
+            run.home_cpu = {min(affinity)}
+            run.all_cpus = sorted(set(range(os.cpu_count() or 1)) - run.home_cpu)
             set_child_subreaper(True)
             run.file_fd, file_fds = _make_files(scenario)
             run.add(WorkerProcess.spawn(self.binary, "p0", file_fds))
@@ -411,11 +441,17 @@ class KernelSession:
             trace.set_tracing(False)
             lost = trace.lost_events() - lost_before
             if lost:
-                raise KernelRunError(f"the trace buffer dropped {lost} events: counts not exact")
+                raise TraceLost(f"the trace buffer dropped {lost} events: counts not exact")
             kernel_info: dict[str, Any] = {
                 **_kernel_info(),
                 "trace_instance": trace.name,
-                "swap": {"pages": swap.pages, "damon": damon_state()} if swap else None,
+                "swap": {
+                    "pages": swap.pages,
+                    "damon": damon_state(),
+                    "writeback_polls": run.writeback_polls,
+                }
+                if swap
+                else None,
             }
             if self.want_swap and self.swap_unavailable:
                 kernel_info["swap_unavailable"] = self.swap_unavailable
@@ -502,6 +538,7 @@ __all__ = [
     "KernelSession",
     "KernelUnavailable",
     "ModelOnlyStep",
+    "TraceLost",
     "kernel_unavailable_reason",
     "run_on_kernel",
 ]

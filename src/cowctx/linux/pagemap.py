@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ PM_MMAP_EXCLUSIVE = 1 << 56
 """pagemap bit 56: the page is mapped exactly once (also for file pages)."""
 PM_PFN_MASK = (1 << 55) - 1
 
+KPF_WRITEBACK = 8
 KPF_COMPOUND_HEAD = 15
 KPF_COMPOUND_TAIL = 16
 KPF_ANON = 12
@@ -153,6 +155,54 @@ def read_window_pages(pid: int, maps: Sequence[MapLine], phys: PhysReader) -> li
     finally:
         os.close(fd)
     return out
+
+
+def read_range_pfns(pid: int, page: int, pages: int) -> list[int]:
+    """PFNs of the present pages of `pid` in window pages [page, page + pages)."""
+    out = []
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        vaddr = WINDOW_BASE + page * PAGE_SIZE
+        raw = os.pread(fd, 8 * pages, (vaddr // PAGE_SIZE) * 8)
+        for entry in struct.unpack(f"<{len(raw) // 8}Q", raw):
+            if entry & PM_PRESENT and entry & PM_PFN_MASK:
+                out.append(entry & PM_PFN_MASK)
+    finally:
+        os.close(fd)
+    return out
+
+
+class WritebackTimeout(RuntimeError):
+    """Swap writes did not complete in time; the message names the PFNs."""
+
+
+def wait_writeback(pfns: Iterable[int], timeout_s: float = 10.0) -> int:
+    """Wait until no page of `pfns` is under writeback (kpageflags bit 8, PG_writeback);
+    returns how many polls it took.  A page freed meanwhile has no PG_writeback either."""
+    pending = sorted(set(pfns))
+    if not pending:
+        return 0
+    fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    deadline = time.monotonic() + timeout_s
+    polls = 0
+    try:
+        while True:
+            polls += 1
+            pending = [
+                pfn
+                for pfn in pending
+                if struct.unpack("<Q", os.pread(fd, 8, pfn * 8))[0] >> KPF_WRITEBACK & 1
+            ]
+            if not pending:
+                return polls
+            if time.monotonic() > deadline:
+                raise WritebackTimeout(
+                    f"PFNs {', '.join(map(str, pending[:8]))} still under writeback "
+                    f"after {timeout_s:.0f} s"
+                )
+            time.sleep(0.0002)
+    finally:
+        os.close(fd)
 
 
 PM_SWAP_TYPE_BITS = 5

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import uuid
 from pathlib import Path
@@ -185,3 +186,32 @@ def damon_state() -> list[dict[str, str]]:
             continue
         out.append({"kdamond": kd.name, "state": state, "actions": ",".join(actions)})
     return out
+
+
+MADV_COLD = 20
+"""include/uapi/asm-generic/mman-common.h (Python's mmap module does not name it)."""
+
+
+def drain_lru_batches(cpus: list[int], home: set[int]) -> None:
+    """``lru_add_drain()`` on each CPU of ``cpus``, then back to ``home``.
+
+    Why: a swap write that completes after its folio went back on the LRU moves it to the
+    tail (``folio_end_writeback()`` → ``folio_rotate_reclaimable()``), into the
+    ``lru_move_tail`` batch of the CPU that took the completion interrupt, which keeps a
+    reference until that CPU drains.  Whether that happens depends on the interrupt and on
+    other tasks, and the reference makes a later reclaim keep the folio, a later write copy
+    it.  So after a MADV_PAGEOUT with swap the referee drains every CPU: MADV_COLD on a page
+    of its own (``madvise_cold()`` starts with ``lru_add_drain()``; the page is never
+    touched, so nothing else happens), run on each CPU in turn.
+    """
+    area = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        for cpu in cpus:
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError:  # not a CPU we may run on (offline, cpuset)
+                continue
+            area.madvise(MADV_COLD)
+    finally:
+        os.sched_setaffinity(0, home)
+        area.close()

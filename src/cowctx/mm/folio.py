@@ -26,6 +26,7 @@ class Folio:
     __slots__ = (
         "anon",
         "anon_exclusive",
+        "anon_pg_dirty",
         "content",
         "dirty",
         "freed",
@@ -55,6 +56,11 @@ class Folio:
         last unmap does not free the folio then, its holder does."""
         self.lazyfree = False
         self.dirty = False
+        self.anon_pg_dirty = False
+        """PG_dirty of an anon folio as the kernel keeps it: set when the folio leaves the
+        swap cache (``folio_free_swap()``), cleared by MADV_FREE and by the swap write.
+        A store dirties only the PTE, so plain written anon folios are not PG_dirty;
+        ``dirty`` above counts those too (reclaim's "must it be written again")."""
         """PG_dirty of a page-cache folio: written since it was read in.  A clean
         shmem folio holds only zeroes, so reclaim may drop it from the cache."""
         """MADV_FREE'd: not swap-backed; reclaim discards it unless a PTE was

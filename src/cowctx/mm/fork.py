@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from cowctx.mm import locking as lk
 from cowctx.mm.constants import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK
+from cowctx.mm.lru import lru_add_drain
 from cowctx.mm.memory import copy_page_range, zap_pte_range
 from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
 
@@ -66,7 +67,9 @@ def copy_process(m: Machine, parent: TaskStruct, comm: str, pid: int) -> TaskStr
 
 def exit_mmap(m: Machine, mm: MmStruct) -> None:
     """``exit_mmap()``: zap every PTE, then ``free_pgtables()`` unlinks every VMA's
-    anon state in ascending order, then the VMAs are freed."""
+    anon state in ascending order, then the VMAs are freed.  It starts with
+    ``lru_add_drain()`` (mm/lru.py)."""
+    lru_add_drain(m)
     vmas = mm.vmas()
     held = lk.mmap_write_lock(mm)
     try:

@@ -31,6 +31,7 @@ from cowctx.mm.content import ContentSource
 from cowctx.mm.file import File
 from cowctx.mm.folio import ZERO_PFN, Folio, pte_pfn, pte_present
 from cowctx.mm.ksm import Ksm
+from cowctx.mm.lru import CpuFbatches
 from cowctx.mm.memory import handle_mm_fault
 from cowctx.mm.mm_types import MmStruct, TaskStruct, VmAreaStruct
 from cowctx.mm.swap import SwapSpace
@@ -64,6 +65,8 @@ class Machine:
         """Whether reclaim may swap anon folios out (the reference machine has no
         swap, so MADV_PAGEOUT leaves anon folios alone); the ``reclaim`` client
         always uses the model's swap."""
+        self.fbatches = CpuFbatches()
+        """The per-CPU LRU batches of the machine's one CPU (mm/lru.py)."""
         self.ksm = Ksm(self)
         self.rmap: AnonRmap = rmap(self)
 

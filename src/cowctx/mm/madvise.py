@@ -47,6 +47,7 @@ from cowctx.mm.folio import (
     pte_present,
     swp_offset,
 )
+from cowctx.mm.lru import folio_add_lru, folio_mark_lazyfree, lru_add_drain
 from cowctx.mm.memory import folio_remove_rmap_pte, zap_pte_range
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 from cowctx.mm.swap import folio_free_swap, free_swap_and_cache
@@ -72,7 +73,24 @@ _FLAG_ADVICE = frozenset(
 
 def do_madvise(m: Machine, mm: MmStruct, start: int, len_in: int, behavior: int) -> None:
     """``do_madvise()``: holes in the range are skipped and reported as ENOMEM at
-    the end; a per-VMA error stops the walk at once (earlier VMAs keep the advice)."""
+    the end; a per-VMA error stops the walk at once (earlier VMAs keep the advice).
+
+    With swap, a MADV_PAGEOUT call (whatever its outcome) ends with every LRU batch
+    drained: not the kernel's doing but the kernel referee's, which waits for the swap
+    writes and then drains every CPU (linux/swap.py ``drain_lru_batches``; on the kernel a
+    write completing after the folio went back on the LRU would leave a reference in a
+    batch of whichever CPU took the interrupt).  Machines with swap run only where the
+    referee's swap file is on, or in the model-only ``reclaim`` client."""
+    if behavior == MADV_PAGEOUT and m.swap_enabled:
+        try:
+            _do_madvise(m, mm, start, len_in, behavior)
+        finally:
+            lru_add_drain(m)
+        return
+    _do_madvise(m, mm, start, len_in, behavior)
+
+
+def _do_madvise(m: Machine, mm: MmStruct, start: int, len_in: int, behavior: int) -> None:
     if behavior not in _VALID:
         raise SyscallError("EINVAL", "unknown advice")
     if start & ~PAGE_MASK:
@@ -168,9 +186,13 @@ def madvise_update_vma(
 
 
 def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) -> None:
-    """``madvise_free_pte_range()``: clean the PTEs and mark the folios lazily
-    freeable; a folio in the swap cache is only touched when this is its only
-    mapping (then its swap is freed).  Nothing visible changes until reclaim."""
+    """``madvise_free_single_vma()`` → ``madvise_free_pte_range()``: drain the CPU's
+    batches (``lru_add_drain()``), then clean the PTEs and queue the folios for
+    ``lru_lazyfree`` (``folio_mark_lazyfree()``, mm/lru.py: they turn lazily freeable
+    only when the batch drains); a folio in the swap cache or PG_dirty (it left the swap
+    cache) is only touched when this is its only mapping (then its swap is freed and it
+    is cleaned).  Nothing visible changes until reclaim."""
+    lru_add_drain(m)
     pgd = vma.vm_mm.pgd
     for vpn, pte in list(vma.vm_mm.iter_ptes(start, end)):
         if is_swap_pte(pte):
@@ -180,11 +202,16 @@ def madvise_free_pte_range(m: Machine, vma: VmAreaStruct, start: int, end: int) 
         if not pte_present(pte) or pte_pfn(pte) == ZERO_PFN:
             continue
         folio = m.mem_map[pte_pfn(pte)]
-        if folio.swapcache is not None and (folio.mapcount != 1 or not folio_free_swap(m, folio)):
-            continue
+        if folio.swapcache is not None or folio.anon_pg_dirty:
+            # only a folio mapped here alone; its swap is freed, then PG_dirty cleared
+            if folio.mapcount != 1:
+                continue
+            if folio.swapcache is not None and not folio_free_swap(m, folio):
+                continue
+            folio.anon_pg_dirty = False  # folio_clear_dirty()
         pgd[vpn] = pte_mkclean(pte_mkold(pte))
-        if folio.anon and not folio.ksm and folio.swapcache is None:
-            folio.lazyfree = True  # folio_mark_lazyfree()
+        if not folio.ksm:
+            folio_mark_lazyfree(m, folio)
 
 
 def vma_ksm_compatible(vma: VmAreaStruct) -> bool:
@@ -198,13 +225,16 @@ def madvise_cold_or_pageout(
 ) -> None:
     """``madvise_cold_or_pageout_pte_range()`` + ``reclaim_pages()``.
 
-    Folios mapped more than once and the zero page are skipped.  COLD only
-    clears the accessed bit.  PAGEOUT reclaims at once: an anon folio needs
-    swap (the machine may have none: then it stays mapped) unless MADV_FREE made
-    it lazily freeable; a shmem page-cache folio is unmapped and, with no swap to
-    write it to, stays in the cache if dirty, and is dropped if clean (it holds
-    only zeroes).
+    ``madvise_cold()`` and ``madvise_pageout()`` start with ``lru_add_drain()`` (mm/lru.py:
+    a MADV_FREE'd folio waiting in ``lru_lazyfree`` turns lazily freeable here).  Folios
+    mapped more than once and the zero page are skipped.  COLD only clears the accessed
+    bit.  PAGEOUT reclaims at once (a folio it keeps is put back through ``lru_add``,
+    ``folio_putback_lru()``): an anon folio needs swap (the machine may have none: then
+    it stays mapped) unless MADV_FREE made it lazily freeable; a shmem page-cache folio
+    is unmapped and, with no swap to write it to, stays in the cache if dirty, and is
+    dropped if clean (it holds only zeroes).
     """
+    lru_add_drain(m)
     mm = vma.vm_mm
     pgd = mm.pgd
     stat = dict.fromkeys(VMSCAN_COUNTERS, 0)
@@ -232,10 +262,13 @@ def madvise_cold_or_pageout(
                     stat["nr_unmap_fail"] += 1
                     stat["nr_activate_anon"] += 1
             elif m.swap_enabled:
-                # add_to_swap(), try_to_unmap(), pageout(): kept under writeback, but a
-                # zero-filled folio is only marked in the swap device's zeromap, with no
-                # I/O, and freed at once: since Linux kernel commit 0ca0c24e3211 ("mm:
-                # store zero pages to be swapped out in a bitmap") (in v6.12)
+                # add_to_swap(), try_to_unmap(), pageout(): shrink_folio_list() finds the
+                # folio under writeback and keeps it; the write then completes (the referee
+                # waits for it at the end of the step), leaving the folio clean in the swap
+                # cache (docs/kernel-referee.md, "Writeback").  A zero-filled folio is only
+                # marked in the swap device's zeromap, with no I/O, and freed at once:
+                # since Linux kernel commit 0ca0c24e3211 ("mm: store zero pages to be
+                # swapped out in a bitmap") (in v6.12)
                 writeback = folio.content != ZERO_CONTENT
                 if m.reclaim_folio(folio, writeback_pending=writeback):
                     stat["nr_reclaimed"] += 1
@@ -255,6 +288,8 @@ def madvise_cold_or_pageout(
                 stat["nr_reclaimed"] += 1
             else:  # shmem is swap-backed: activated as anon
                 stat["nr_activate_anon"] += 1
+        if not folio.freed:  # reclaim_folio_list(): folio_putback_lru()
+            folio_add_lru(m, folio)
     if stat["nr_scanned"]:  # trace_mm_vmscan_reclaim_pages() in reclaim_folio_list()
         for key, n in stat.items():
             m.ledger.vmscan[key] += n

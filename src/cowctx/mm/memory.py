@@ -36,6 +36,7 @@ from cowctx.mm.folio import (
     pte_write,
     swp_offset,
 )
+from cowctx.mm.lru import folio_add_lru, folio_ref_count, folio_test_lru, lru_add_drain
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct, is_cow_mapping, linear_page_index
 from cowctx.mm.swap import (
     delete_from_swap_cache,
@@ -147,6 +148,7 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
         if rt.current is not None and _pte_changed(m, mm, vpn, None, folio):
             return handle_mm_fault(m, mm, address, write)
         folio_add_new_anon_rmap(m, folio, vma, address)
+        folio_add_lru(m, folio)  # folio_add_lru_vma()
         mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
         lk.ptl_unlock(mm)
         return folio
@@ -170,6 +172,7 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
     source = _file_folio(m, vma, address)
     folio = m.alloc_folio(source.content)
     folio_add_new_anon_rmap(m, folio, vma, address)
+    folio_add_lru(m, folio)  # set_pte_range(): folio_add_lru_vma()
     mm.pgd[vpn] = pfn_pte(folio.pfn, _PRESENT_WRITE_YOUNG_DIRTY)
     return folio
 
@@ -227,14 +230,25 @@ def do_fault_around(m: Machine, vma: VmAreaStruct, address: int) -> None:
 
 
 def wp_can_reuse_anon_folio(m: Machine, folio: Folio, vma: VmAreaStruct) -> bool:
-    """``wp_can_reuse_anon_folio()`` for a small folio: reuse iff we hold the only
-    reference (a swap-cache reference is dropped first if the slot has no other
-    user); on success the folio moves to ``vma``'s anon rmap anchor."""
-    if folio.ksm:
+    """``wp_can_reuse_anon_folio()`` for a small folio: reuse iff the faulting mapping
+    holds the only reference; on success the folio moves to ``vma``'s anon rmap anchor.
+
+    The order is the kernel's: a folio not on the LRU (waiting in ``lru_add``) makes it
+    ``lru_add_drain()``, which moves every batch of the CPU; then more references than
+    the mapping and the swap cache (another mapping, a batch such as ``lru_lazyfree``)
+    give up before the swap cache is touched; only then is the swap-cache reference
+    dropped, if no swap entry still uses the slot (``folio_free_swap()``).  Refcount
+    reuse since commit 09854ba94c6a ("mm: do_wp_page() simplification") (v5.9).
+    """
+    if folio.ksm or folio_ref_count(m, folio) > 3:
+        return False
+    if not folio_test_lru(m, folio):
+        lru_add_drain(m)
+    if folio_ref_count(m, folio) > 1 + (folio.swapcache is not None):
         return False
     if folio.swapcache is not None:
         folio_free_swap(m, folio)
-    if folio.mapcount != 1 or folio.swapcache is not None:
+    if folio_ref_count(m, folio) != 1:
         return False
     m.rmap.folio_move_anon_rmap(folio, vma)
     return True
@@ -275,6 +289,7 @@ def wp_page_copy(
     if rt.current is not None and _pte_changed(m, mm, vpn, orig, new):
         return handle_mm_fault(m, mm, address, True)  # type: ignore[return-value]
     folio_add_new_anon_rmap(m, new, vma, address)
+    folio_add_lru(m, new)  # folio_add_lru_vma()
     bits = PTE_PRESENT | PTE_YOUNG if unshare else _PRESENT_WRITE_YOUNG_DIRTY
     mm.pgd[vpn] = pfn_pte(new.pfn, bits)
     if old is not None:

@@ -19,6 +19,7 @@ from cowctx.mm.folio import (
     pte_swp_exclusive,
     swp_offset,
 )
+from cowctx.mm.lru import folio_add_lru, folio_test_lru, lru_add_drain
 from cowctx.mm.mm_types import VmAreaStruct
 
 if TYPE_CHECKING:
@@ -76,12 +77,14 @@ def swap_duplicate(m: Machine, slot: int) -> None:
 
 
 def folio_free_swap(m: Machine, folio: Folio) -> bool:
-    """``folio_free_swap()``: leave the swap cache if no swap PTE still needs the slot."""
+    """``folio_free_swap()``: leave the swap cache if no swap PTE still needs the slot; the
+    folio's data now lives only in memory, so it is marked dirty (``folio_set_dirty()``)."""
     slot = folio.swapcache
     if slot is None or m.swap.swap_map[slot] != 0:
         return False
     m.swap.cache.pop(slot)
     folio.swapcache = None
+    folio.anon_pg_dirty = True
     _maybe_free_slot(m, slot)
     return True
 
@@ -98,16 +101,24 @@ def free_swap_and_cache(m: Machine, slot: int) -> None:
 
 
 def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: bool) -> None:
-    """``do_swap_page()`` (order-0, no KSM copy, no writeback in flight)."""
+    """``do_swap_page()`` (order-0, no KSM copy, no writeback in flight: the referee waits
+    for every swap write to complete).  A write that finds the folio off the LRU (waiting
+    in ``lru_add``) drains the CPU's batches first, so that the refcount test of
+    ``should_try_to_free_swap()`` sees only the swap cache (commit c145e0b47c77 ("mm:
+    streamline COW logic in do_swap_page()") (v5.19))."""
     swap = m.swap
     slot = swp_offset(pte)
     folio = swap.cache.get(slot)
-    if folio is None:  # swapin: a fresh folio into the swap cache
+    if folio is None:  # swapin: a fresh folio into the swap cache (and lru_add)
         folio = m.alloc_folio(swap.data[slot])
         add_to_swap_cache(m, folio, slot)
+        folio_add_lru(m, folio)
+    if write and not folio.ksm and not folio_test_lru(m, folio):
+        lru_add_drain(m)
     exclusive = pte_swp_exclusive(pte)
     swap.swap_map[slot] -= 1  # swap_free()
-    if write and not folio.ksm and folio.mapcount == 0:  # should_try_to_free_swap()
+    # should_try_to_free_swap(): our reference and the swap cache's are the only ones
+    if write and not folio.ksm and folio.mapcount == 0 and not m.fbatches.refs(folio):
         folio_free_swap(m, folio)
     if not folio.ksm and (exclusive or (folio.mapcount == 0 and folio.swapcache is None)):
         exclusive = True

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cowctx.metrics.ledger import WALK_UNITS
+from cowctx.metrics.ledger import WALK_UNITS, Ledger
 from cowctx.mm.constants import PAGE_SHIFT, vm_flags_perms
 from cowctx.mm.folio import ZERO_PFN, pte_pfn, pte_present
 from cowctx.scenario.schema import WINDOW_BASE, WINDOW_PAGES
@@ -226,6 +226,35 @@ class ScenarioResult:
         return out
 
 
+def ledger_locks(ledger: Ledger) -> list[dict[str, Any]]:
+    """The ledger's lock records as the result's ``locks`` rows, sorted."""
+    return [
+        {
+            "lock": lock,
+            "mode": mode,
+            "op": op,
+            "site": site,
+            "acquisitions": s.acquisitions,
+            "vmas": s.vmas,
+            "objects": s.objects,
+            "max_vmas": s.max_vmas,
+            "max_objects": s.max_objects,
+        }
+        for (lock, mode, op, site), s in sorted(ledger.locks.items())
+    ]
+
+
+def ledger_walks(ledger: Ledger) -> dict[str, dict[str, int]]:
+    """The ledger's walks summed per client: the result's ``walks`` block."""
+    walks: dict[str, dict[str, int]] = {}
+    for w in ledger.walks:
+        agg = walks.setdefault(w.client, {"walks": 0, **dict.fromkeys(WALK_UNITS, 0)})
+        agg["walks"] += 1
+        for unit in WALK_UNITS:
+            agg[unit] += w.cost[unit]
+    return walks
+
+
 def build_result(run: ScenarioRun, timing: bool) -> ScenarioResult:
     """The model's result of a finished run."""
     m = run.machine
@@ -268,26 +297,8 @@ def build_result(run: ScenarioRun, timing: bool) -> ScenarioResult:
                 folio = m.mem_map[pfn]
                 rows.append(RawPage(page, pfn, folio.mapcount, folio.anon))
         raw.append((name, rows))
-    locks = [
-        {
-            "lock": lock,
-            "mode": mode,
-            "op": op,
-            "site": site,
-            "acquisitions": s.acquisitions,
-            "vmas": s.vmas,
-            "objects": s.objects,
-            "max_vmas": s.max_vmas,
-            "max_objects": s.max_objects,
-        }
-        for (lock, mode, op, site), s in sorted(ledger.locks.items())
-    ]
-    walks: dict[str, dict[str, int]] = {}
-    for w in ledger.walks:
-        agg = walks.setdefault(w.client, {"walks": 0, **dict.fromkeys(WALK_UNITS, 0)})
-        agg["walks"] += 1
-        for unit in WALK_UNITS:
-            agg[unit] += w.cost[unit]
+    locks = ledger_locks(ledger)
+    walks = ledger_walks(ledger)
     return ScenarioResult(
         scenario=run.scenario.name,
         design=run.design,

@@ -30,7 +30,6 @@ from typing import Any
 
 from cowctx.designs import make_machine
 from cowctx.linux.tracefs import KINDS
-from cowctx.metrics.ledger import WALK_UNITS
 from cowctx.mm.clone import clone_vm
 from cowctx.mm.constants import (
     MADV_BY_NAME,
@@ -54,7 +53,14 @@ from cowctx.mm.madvise_more import ADVICES, do_madvise_more
 from cowctx.mm.mlock import MCL_FUTURE, do_mlock, do_mlockall, do_munlock
 from cowctx.mm.mm_types import TaskStruct
 from cowctx.mm.stack import expand_stack
-from cowctx.scenario.results import Counts, FinalState, OracleReport, ScenarioResult
+from cowctx.scenario.results import (
+    Counts,
+    FinalState,
+    OracleReport,
+    ScenarioResult,
+    ledger_locks,
+    ledger_walks,
+)
 from cowctx.trace import fdtable
 from cowctx.trace import syscalls as sc
 from cowctx.trace.events import FAULT_WRITE, Record, Recording, signed_arg
@@ -512,26 +518,8 @@ class Replay:
         """The run as the model's result type (SCENARIO.md's shape, no steps, maps or
         pages: a recording has no scenario window); what ``cowctx compare`` reads."""
         ledger = self.m.ledger
-        locks = [
-            {
-                "lock": lock,
-                "mode": mode,
-                "op": op,
-                "site": site,
-                "acquisitions": s.acquisitions,
-                "vmas": s.vmas,
-                "objects": s.objects,
-                "max_vmas": s.max_vmas,
-                "max_objects": s.max_objects,
-            }
-            for (lock, mode, op, site), s in sorted(ledger.locks.items())
-        ]
-        walks: dict[str, dict[str, int]] = {}
-        for w in ledger.walks:
-            agg = walks.setdefault(w.client, {"walks": 0, **dict.fromkeys(WALK_UNITS, 0)})
-            agg["walks"] += 1
-            for unit in WALK_UNITS:
-                agg[unit] += w.cost[unit]
+        locks = ledger_locks(ledger)
+        walks = ledger_walks(ledger)
         return ScenarioResult(
             scenario=" ".join(self.header["command"]),
             design=self.design,

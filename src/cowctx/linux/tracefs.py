@@ -195,10 +195,8 @@ def remove_stale_instances(root: Path) -> list[str]:
     for d in (root / "instances").glob(INSTANCE_PREFIX + "*"):
         if instance_owner_alive(d.name):
             continue
-        with contextlib.suppress(OSError):
-            _write(d / "tracing_on", "0")
-            _write(d / "set_event", "")
-            d.rmdir()
+        with contextlib.suppress(TraceError):
+            tear_down_instance(d, [])
             removed.append(d.name)
     return removed
 
@@ -235,6 +233,20 @@ def lost_events(instance: Path) -> int:
 
 REMOVE_TIMEOUT = 5.0
 """Seconds to keep retrying the rmdir of an instance whose readers are still leaving."""
+
+
+def tear_down_instance(path: Path, events: Iterable[str]) -> None:
+    """Tracing off, every event of the instance disabled (``set_event`` emptied, and
+    each of ``events``, ``"system/name"``, by its own switch), the pid filter cleared,
+    then the directory removed (:func:`remove_instance_dir`).  Errors on the way are
+    ignored: what matters is that nothing stays enabled or behind."""
+    writes = [("tracing_on", "0"), ("set_event", "")]
+    writes += [(f"events/{event}/enable", "0") for event in events]
+    writes.append(("set_event_pid", ""))
+    for name, text in writes:
+        with contextlib.suppress(OSError):
+            write_file(path / name, text)
+    remove_instance_dir(path)
 
 
 def remove_instance_dir(path: Path) -> None:
@@ -380,17 +392,8 @@ class TraceInstance:
             self._pipe = None
         if not self.created:
             return
-        p = self.path
-        with contextlib.suppress(OSError):
-            _write(p / "tracing_on", "0")
-        with contextlib.suppress(OSError):
-            _write(p / "set_event", "")  # every event of the instance, whoever enabled it
-        for ev in EVENTS:
-            with contextlib.suppress(OSError):
-                _write(p / "events" / "kmem" / ev / "enable", "0")
-        with contextlib.suppress(OSError):
-            _write(p / "events" / VMSCAN_EVENT[0] / VMSCAN_EVENT[1] / "enable", "0")
-        remove_instance_dir(p)
+        events = [f"kmem/{ev}" for ev in EVENTS] + ["/".join(VMSCAN_EVENT)]
+        tear_down_instance(self.path, events)
         self.created = False
 
     def __enter__(self) -> TraceInstance:

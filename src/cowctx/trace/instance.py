@@ -8,7 +8,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from cowctx.linux.tracefs import TraceError, lost_events, remove_instance_dir
+from cowctx.linux.tracefs import TraceError, lost_events, tear_down_instance
 from cowctx.linux.tracefs import write_file as _write
 
 
@@ -87,13 +87,5 @@ class Instance:
             self.pipe = None
         if not self.created:
             return
-        p = self.path
-        with contextlib.suppress(OSError):
-            _write(p / "tracing_on", "0")
-        for event in self.events:
-            with contextlib.suppress(OSError):
-                _write(p / "events" / event / "enable", "0")
-        with contextlib.suppress(OSError):
-            _write(p / "set_event_pid", "")
-        remove_instance_dir(p)
+        tear_down_instance(self.path, self.events)
         self.created = False

@@ -197,3 +197,14 @@ def test_madvise_free_skips_a_shared_pg_dirty_folio() -> None:
     run = run_swap(alone)  # mapped once: cleaned, lazily freeable, discarded
     assert not swapped(run, "p0", 10) and pfn_at(run, "p0", 10) is None
     assert run.machine.ledger.vmscan["nr_reclaimed"] == 1
+
+
+def test_migration_keeps_pg_dirty() -> None:
+    """folio_migrate_flags() moves PG_dirty to the new folio: a shared folio that left
+    the swap cache and was migrated is still skipped by MADV_FREE after the fork."""
+    steps = steps_of(KF / "madvise-free-skips-shared-dirty-folio.yaml")
+    fork = next(i for i, s in enumerate(steps) if s["op"] == "fork")
+    migrated = [*steps[: fork + 1], {"op": "migrate", "page": 10}, *steps[fork + 1 :]]
+    run = run_swap(migrated)
+    assert swapped(run, "p0", 10)
+    assert run.machine.ledger.vmscan["nr_reclaimed"] == 0

@@ -89,7 +89,9 @@ def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateR
         node.folio = new
     else:
         m.rmap.folio_migrate(new, folio)
-    new.lazyfree, new.dirty = folio.lazyfree, folio.dirty  # folio_migrate_flags()
+    # folio_migrate_flags(): PG_dirty (anon_pg_dirty) and the lazyfree state go with it
+    new.lazyfree, new.dirty = folio.lazyfree, folio.dirty
+    new.anon_pg_dirty = folio.anon_pg_dirty
     if folio.swapcache is not None:  # folio_migrate_mapping(): the swap cache follows
         new.swapcache, folio.swapcache = folio.swapcache, None
         m.swap.cache[new.swapcache] = new

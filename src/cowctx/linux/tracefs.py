@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import re
 import signal
@@ -218,6 +217,23 @@ def write_file(path: Path, text: str) -> None:
 _write = write_file
 
 
+def read_pipe_lines(pipe: int, partial: bytes, chunk: int) -> tuple[list[str], bytes]:
+    """The complete lines a non-blocking ``trace_pipe`` holds now, after ``partial``
+    (the unfinished line of the last read); returns them and the new unfinished line."""
+    chunks = [partial]
+    while True:
+        try:
+            data = os.read(pipe, chunk)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    raw = b"".join(chunks)
+    cut = raw.rfind(b"\n") + 1
+    return raw[:cut].decode(errors="replace").splitlines(), raw[cut:]
+
+
 def lost_events(instance: Path) -> int:
     """Events an instance's ring buffers dropped, over every CPU (with overwrite=0
     the writer loses them, so the counters are meaningful)."""
@@ -337,24 +353,9 @@ class TraceInstance:
         """Every event recorded since the last drain, in timestamp order."""
         if self._pipe is None:
             return []
-        chunks = [self._partial]
-        while True:
-            try:
-                data = os.read(self._pipe, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError as exc:  # pragma: no cover - EINTR is retried by Python
-                if exc.errno == errno.EAGAIN:
-                    break
-                raise
-            if not data:
-                break
-            chunks.append(data)
-        raw = b"".join(chunks)
-        cut = raw.rfind(b"\n") + 1
-        self._partial = raw[cut:]
+        lines, self._partial = read_pipe_lines(self._pipe, self._partial, 1 << 16)
         events = []
-        for line in raw[:cut].decode(errors="replace").splitlines():
+        for line in lines:
             ev = parse_line(line)
             if ev is not None:
                 events.append(ev)

@@ -8,7 +8,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from cowctx.linux.tracefs import TraceError, lost_events, tear_down_instance
+from cowctx.linux.tracefs import TraceError, lost_events, read_pipe_lines, tear_down_instance
 from cowctx.linux.tracefs import write_file as _write
 
 
@@ -62,19 +62,8 @@ class Instance:
         """Complete lines available now."""
         if self.pipe is None:
             return []
-        chunks = [self._partial]
-        while True:
-            try:
-                data = os.read(self.pipe, 1 << 20)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        raw = b"".join(chunks)
-        cut = raw.rfind(b"\n") + 1
-        self._partial = raw[cut:]
-        return raw[:cut].decode(errors="replace").splitlines()
+        lines, self._partial = read_pipe_lines(self.pipe, self._partial, 1 << 20)
+        return lines
 
     def lost(self) -> int:
         return lost_events(self.path)

@@ -142,7 +142,7 @@ def _fuzzing_cowctx(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, list[
     proc = subprocess.Popen(
         [COWCTX, "kernel-fuzz", "--seed", "5", "--scenarios", "100000", "--out", str(tmp_path)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp_path / "stderr", "wb"),  # noqa: SIM115 - the child owns it
     )
     root = tracefs_root()
     deadline = time.monotonic() + 60
@@ -177,7 +177,7 @@ def test_signal_removes_the_instance_and_the_workers(sig: int, tmp_path: Path) -
     proc.send_signal(sig)
     code = proc.wait(timeout=60)
     # click turns Ctrl-C into "Aborted!" and exit 1; SIGTERM/SIGHUP exit 128 + signal
-    assert code == (1 if sig == signal.SIGINT else 128 + sig), code
+    assert code == (1 if sig == signal.SIGINT else 128 + sig), (tmp_path / "stderr").read_text()
     assert not (tracefs_root() / "instances" / name).exists(), f"{name} left behind"
     assert _gone(workers) == []
 

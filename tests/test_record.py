@@ -159,9 +159,12 @@ def test_chromium_headless_replays_exactly(tmp_path: Path) -> None:
     )
     assert rec.header["flags"] == []
     r = replay(rec, "anon_vma")
+    if not r["agree"]:  # keep the evidence: the recording differs run to run
+        kept = tmp_path / "chromium.trace"
+        traceformat.write(kept, rec)
+        pytest.fail(f"replay disagrees ({r['first_difference']}); the recording is in {kept}")
     assert r["kernel"]["anon_vma"]["allocated"] > 1000
     assert r["replay"]["ops"]["clone_vm"] > 50  # threads
-    assert r["agree"] is True, r["first_difference"]
 
 
 def test_cli_record_writes_a_replayable_file(tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ def clone_vm(m: Machine, parent: TaskStruct, comm: str) -> TaskStruct:
     """``copy_mm()`` with CLONE_VM: ``mmget()`` of the parent's mm, nothing copied;
     the mm goes when its last user exits or execs (``mmput``)."""
     assert parent.mm is not None and not parent.exit_state
-    pid = m._next_pid
-    m._next_pid += 1
+    pid = m.alloc_pid()
     child = TaskStruct(pid, comm, parent.mm, parent)
     parent.mm.mm_users += 1
     parent.children.append(child)

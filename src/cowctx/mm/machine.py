@@ -153,10 +153,16 @@ class Machine:
 
     # --- tasks ------------------------------------------------------------------------
 
+    def alloc_pid(self) -> int:
+        """``alloc_pid()``: each pid once, taken in one step (no scheduling point
+        between the read and the increment, so concurrent forks get distinct pids)."""
+        pid = self._next_pid
+        self._next_pid += 1
+        return pid
+
     def spawn(self, comm: str) -> TaskStruct:
         """A new process with an empty address space (as after exec)."""
-        task = TaskStruct(self._next_pid, comm, None, None)
-        self._next_pid += 1
+        task = TaskStruct(self.alloc_pid(), comm, None, None)
         with self.operation("exec"):
             task.mm = self.mm_alloc()
             task.mm.owner = task
@@ -164,10 +170,13 @@ class Machine:
         return task
 
     def fork(self, parent: TaskStruct, comm: str) -> TaskStruct:
-        """``fork()``: the child gets a copy of the parent's mm (``dup_mmap``)."""
+        """``fork()``: the child gets a copy of the parent's mm (``dup_mmap``).
+        The pid is taken first (the kernel's ``alloc_pid()`` comes after
+        ``copy_mm()``, but the model's fork cannot fail, so the order shows
+        only in which pid a concurrent fork gets)."""
+        pid = self.alloc_pid()
         with self.operation("fork"):
-            child = _fork.copy_process(self, parent, comm, self._next_pid)
-        self._next_pid += 1
+            child = _fork.copy_process(self, parent, comm, pid)
         self.tasks[child.pid] = child
         return child
 

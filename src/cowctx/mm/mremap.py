@@ -301,11 +301,13 @@ def move_page_tables(
     mm = vma.vm_mm
     pgd = mm.pgd
     shift = (new_addr - old_addr) >> PAGE_SHIFT
-    moved = list(mm.iter_ptes(old_addr, old_addr + length))
-    if not moved:
-        m.rmap.drop_rmap_locks(vma, need_rmap_locks)
+    if not any(True for _ in mm.iter_ptes(old_addr, old_addr + length)):
+        m.rmap.drop_rmap_locks(vma, need_rmap_locks)  # get_old_pmd() found no table
         return
     lk.ptl_lock(mm)  # move_ptes(): the old and the new page table's locks
+    # ptep_get_and_clear() under the lock: a walker's migration or swap entry
+    # stored before we took it is what moves.
+    moved = list(mm.iter_ptes(old_addr, old_addr + length))
     active = rt.current is not None
     for vpn, _ in moved:  # ptep_get_and_clear() the whole range, then set_ptes()
         if active:

@@ -17,6 +17,7 @@ from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, make_migration_entry, migration_entry_to_pte
 from cowctx.mm.ksm import folio_stable_node
+from cowctx.mm.memory import folio_put_unmapped
 from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.rmap.walk import page_vma_mapped_walk, pvmw_done, rmap_walk
 
@@ -95,16 +96,19 @@ def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateR
     if folio.swapcache is not None:  # folio_migrate_mapping(): the swap cache follows
         new.swapcache, folio.swapcache = folio.swapcache, None
         m.swap.cache[new.swapcache] = new
+    new.pinned += 1  # migration's reference on dst, put after remove_migration_ptes()
     remapped = remove_migration_ptes(m, folio, new, len(unmapped))
     if folio.ksm:
         folio.mapcount = 0
     folio.anon = folio.ksm = False  # the old folio's rmap state moved to `new`
     m.free_folio(folio)
-    if rt.current is not None and not remapped and not new.mapcount and new.swapcache is None:
-        # every migration entry was zapped by a racing munmap or exit: the last
-        # reference goes with migration's own.  (Sequentially an entry the walk
-        # missed is the oracle's to find and repair: check_migrate().)
-        m.free_folio(new)
+    new.pinned -= 1
+    if rt.current is not None:
+        # a racing munmap or exit zapped the entries, or unmapped dst once it was
+        # mapped again: the last reference goes with migration's own.
+        # (Sequentially an entry the walk missed is the oracle's to find and
+        # repair: check_migrate().)
+        folio_put_unmapped(m, new)
     return MigrateResult(new, unmapped, remapped)
 
 

@@ -43,6 +43,15 @@ def reclaim_folio(m: Machine, folio: Folio, writeback_pending: bool = False) -> 
     # pageout() and __remove_mapping() for a clean swap-backed anon folio.
     """
     assert folio.anon and not folio.ksm, folio
+    if not rt.trylock("folio_lock", folio):  # migration has it: keep it on the LRU
+        return ReclaimResult(False)
+    try:
+        return _shrink_locked_folio(m, folio, writeback_pending)
+    finally:
+        rt.unlock("folio_lock", folio)
+
+
+def _shrink_locked_folio(m: Machine, folio: Folio, writeback_pending: bool) -> ReclaimResult:
     # add_to_swap() marks the folio dirty: a new swap slot must be written
     needs_write = folio.swapcache is None or folio.dirty
     if folio.swapcache is None:

@@ -75,6 +75,12 @@ def folio_add_new_anon_rmap(m: Machine, folio: Folio, vma: VmAreaStruct, address
 def folio_remove_rmap_pte(m: Machine, folio: Folio) -> None:
     """``folio_remove_rmap_pte()`` plus the folio_put that frees an unused anon folio."""
     folio.mapcount -= 1
+    folio_put_unmapped(m, folio)
+
+
+def folio_put_unmapped(m: Machine, folio: Folio) -> None:
+    """The ``folio_put()`` that frees an anon folio nobody maps or holds: freed, or
+    dropped from the swap cache once no swap entry refers to it."""
     if folio.mapcount == 0 and folio.anon and not folio.pinned:
         if folio.swapcache is None:
             m.free_folio(folio)

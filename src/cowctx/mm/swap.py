@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import PAGE_SHIFT, VM_WRITE
 from cowctx.mm.folio import (
     PTE_DIRTY,
@@ -20,7 +22,7 @@ from cowctx.mm.folio import (
     swp_offset,
 )
 from cowctx.mm.lru import folio_add_lru, folio_test_lru, lru_add_drain
-from cowctx.mm.mm_types import VmAreaStruct
+from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 
 if TYPE_CHECKING:
     from cowctx.mm.machine import Machine
@@ -95,8 +97,13 @@ def free_swap_and_cache(m: Machine, slot: int) -> None:
     swap.swap_map[slot] -= 1
     if swap.swap_map[slot] == 0:
         folio = swap.cache.get(slot)
-        if folio is not None and folio.mapcount == 0:
-            delete_from_swap_cache(m, folio)  # __try_to_reclaim_swap()
+        # __try_to_reclaim_swap(): folio_trylock() fails while reclaim or
+        # migration has the folio, which then deal with the swap cache themselves;
+        # under the lock folio_free_swap() re-checks folio_test_swapcache()
+        if folio is not None and folio.mapcount == 0 and rt.trylock("folio_lock", folio):
+            if folio.swapcache == slot and folio.mapcount == 0:
+                delete_from_swap_cache(m, folio)
+            rt.unlock("folio_lock", folio)
         _maybe_free_slot(m, slot)
 
 
@@ -113,6 +120,10 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
         folio = m.alloc_folio(swap.data[slot])
         add_to_swap_cache(m, folio, slot)
         folio_add_lru(m, folio)
+    mm = vma.vm_mm
+    vpn = address >> PAGE_SHIFT
+    if rt.current is not None and not _swapin_locked(mm, vpn, pte, folio, slot):
+        return  # the fault is retried
     if write and not folio.ksm and not folio_test_lru(m, folio):
         lru_add_drain(m)
     exclusive = pte_swp_exclusive(pte)
@@ -134,8 +145,29 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
         folio.mapcount += 1
         if exclusive:
             folio.anon_exclusive = True
-    vma.vm_mm.pgd[address >> PAGE_SHIFT] = pfn_pte(
+    if rt.current is not None:
+        lk.pte(mm, vpn, True)
+    mm.pgd[vpn] = pfn_pte(
         folio.pfn,
         PTE_PRESENT | PTE_YOUNG | (PTE_WRITE | (PTE_DIRTY if write else 0) if writable else 0),
     )
     _maybe_free_slot(m, slot)
+    if rt.current is not None:
+        lk.ptl_unlock(mm)
+        rt.unlock("folio_lock", folio)
+
+
+def _swapin_locked(mm: MmStruct, vpn: int, pte: int, folio: Folio, slot: int) -> bool:
+    """``folio_lock_or_retry()``, then under the PTL the re-checks of
+    ``do_swap_page()``: the folio is still the swap cache's for this entry
+    (migration or reclaim may have moved or dropped it meanwhile) and the PTE is
+    still the swap entry (``pte_same()``).  False: both locks dropped, retry.
+    Explorer only: sequentially nothing can change in between."""
+    rt.lock("folio_lock", folio)
+    lk.ptl_lock(mm)
+    lk.pte(mm, vpn, False)
+    if folio.swapcache == slot and mm.pgd.get(vpn) == pte:
+        return True
+    lk.ptl_unlock(mm)
+    rt.unlock("folio_lock", folio)
+    return False

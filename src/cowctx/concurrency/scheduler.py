@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from greenlet import GreenletExit, greenlet
 
@@ -59,6 +60,18 @@ class Event:
         return format_label(self.raw_label)
 
 
+class MappingProbe(Protocol):
+    """The page tables as the walk tracking asks about them, between samples."""
+
+    def maps(self, pfn: int, mm_id: int, address: int) -> bool:
+        """A present PTE of a live ``mm_id`` maps ``pfn`` at ``address``."""
+        ...
+
+    def mm_maps(self, pfn: int, mm_id: int) -> bool:
+        """A present PTE of a live ``mm_id`` maps ``pfn`` somewhere."""
+        ...
+
+
 @dataclass
 class Walk:
     """An rmap walk in progress: what it must find, what it found."""
@@ -75,6 +88,15 @@ class Walk:
     def update(self, now: set[tuple[int, int]]) -> None:
         self.alive &= now | self.visited
         self.mms &= {mm for mm, _ in now} | {mm for mm, _ in self.visited}
+
+    def update_probe(self, probe: MappingProbe) -> None:
+        """:meth:`update` asking only about what the walk still tracks (the same
+        sets as from a full scan of the page tables)."""
+        pfn, visited = self.pfn, self.visited
+        self.alive = {x for x in self.alive if x in visited or probe.maps(pfn, x[0], x[1])}
+        if self.mms:
+            seen = {mm for mm, _ in visited}
+            self.mms = {mm for mm in self.mms if mm in seen or probe.mm_maps(pfn, mm)}
 
     def missed(self) -> list[str]:
         out = [f"mm#{mm} at {address:#x}" for mm, address in sorted(self.alive - self.visited)]
@@ -117,9 +139,14 @@ class Execution:
         self,
         threads: Sequence[tuple[str, Callable[[], object]]],
         mappings_of: Callable[[int], set[tuple[int, int]]] | None = None,
+        probe: MappingProbe | None = None,
     ) -> None:
+        """``mappings_of(pfn)``: every (mm_id, address) mapping ``pfn`` now (walk
+        tracking; None: none); ``probe``: the same, asked one mapping at a time
+        (faster when given)."""
         self.threads = [Thread(i, name, body) for i, (name, body) in enumerate(threads)]
         self.mappings_of = mappings_of
+        self.probe = probe
         self.trace: list[Event] = []
         self.violations: list[tuple[str, str]] = []
         self.locks: dict[tuple[str, int], LockState] = {}
@@ -273,9 +300,15 @@ class Execution:
         # page tables are sampled only between PTL critical sections: a walker
         # (which takes the PTL to look) cannot see the states inside one
         assert self.mappings_of is not None
+        probe = self.probe
         for t in self.threads:
             w = t.walk
-            if w is not None:  # its own unmaps are of mappings it visited
+            if w is None:
+                continue
+            # its own unmaps are of mappings it visited
+            if probe is not None:
+                w.update_probe(probe)
+            else:
                 w.update(self.mappings_of(w.pfn))
 
     @staticmethod
@@ -370,10 +403,18 @@ class Execution:
             )
 
     def _lock_state(self, kind: str, obj: object) -> LockState:
-        key = (kind, self.oid(obj))
+        o = self._oids.get(id(obj))
+        if o is None:
+            o = self.oid(obj)
+        key = (kind, o)
         state = self.locks.get(key)
         if state is None:
-            state = self.locks[key] = LockState(KINDS[kind], f"{kind} of {rt.describe(obj)}")
+            state = self.locks[key] = LockState(
+                KINDS[kind],
+                f"{kind} of {rt.describe(obj)}",
+                lock_key=("lock", kind, o),
+                unlocked_key=("unlocked", kind, o),
+            )
         return state
 
     def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
@@ -393,8 +434,8 @@ class Execution:
                     )
                     break
         op = ("down_read" if mode == "read" else "lock") + ("_trylock" if try_only else "")
-        label = f"{op} {state.label}"
-        key = ("lock", kind, self.oid(obj))
+        label = state.op_label(op)
+        key = state.lock_key
         if not try_only:
             t.pending, t.label = [(key, mode != "read")], label
             t.ready = lambda: state.can_take(t.tid, mode)
@@ -403,7 +444,7 @@ class Execution:
             self._yield()
         else:
             # a trylock's result also depends on releases: see unlock()
-            self._park([(key, True), (("unlocked", kind, self.oid(obj)), False)], label)
+            self._park([(key, True), (state.unlocked_key, False)], label)
         if not state.can_take(t.tid, mode):
             assert try_only
             return False
@@ -423,7 +464,7 @@ class Execution:
         # A release is dependent only on trylocks: a blocking acquisition races
         # with the previous acquisition (that is the reordering that matters),
         # as in Nidhugg and the source-DPOR paper's treatment of locks.
-        self._park([(("unlocked", kind, self.oid(obj)), True)], f"unlock {state.label}")
+        self._park([(state.unlocked_key, True)], state.op_label("unlock"))
         if not state.release(t.tid, mode):
             self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
             return

@@ -15,8 +15,8 @@ from cowctx.concurrency.scheduler import Execution
 from cowctx.oracle.oracle import check_machine
 from cowctx.scenario.loader import load_scenario
 from cowctx.scenario.runner import run_scenario
-from tests.test_races import TABLE as RACE_TABLE
 from tests.concurrency_programs import PROGRAMS, ToyProgram
+from tests.test_races import TABLE as RACE_TABLE
 
 
 @functools.cache

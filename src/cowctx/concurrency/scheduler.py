@@ -45,7 +45,7 @@ def format_label(label: Label) -> str:
 class Event:
     """One step of one thread, as executed."""
 
-    __slots__ = ("tid", "accesses", "raw_label")
+    __slots__ = ("accesses", "raw_label", "tid")
 
     def __init__(self, tid: int, accesses: list[Access], raw_label: Label) -> None:
         self.tid = tid

@@ -193,8 +193,8 @@ class Execution:
         """
         self.main = greenlet.getcurrent()
         self._choose = choose
-        for t in self.threads:
-            t.glet = greenlet(self._body(t), parent=self.main)
+        for th in self.threads:
+            th.glet = greenlet(self._body(th), parent=self.main)
         prev, rt.current = rt.current, self
         try:
             t = self._next(first=True)
@@ -228,7 +228,7 @@ class Execution:
             if any(not t.done for t in threads):
                 self.violation("deadlock", self._cycle())
             return None
-        tid = self._choose(self, enabled)
+        tid = self._choose(self, enabled)  # type: ignore[misc]
         t = threads[tid]
         self.trace.append(Event(tid, t.pending, t.label))
         self._pte_store = t.pte_store

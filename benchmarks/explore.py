@@ -19,6 +19,7 @@ RACES = ROOT / "scenarios" / "races"
 SWITCH = {
     "anon-vma-prepare-lock.yaml": ("revert_prepare_lock", 2),
     "anon-vma-root-recheck.yaml": ("revert_root_recheck", 2),
+    "fork-vma-lock.yaml": ("revert_fork_vma_lock", 2),
     "mremap-rmap-locks.yaml": ("revert_mremap_rmap_locks", 2),
     "vma-adjust-lock.yaml": ("revert_vma_adjust_lock", 2),
 }

@@ -23,6 +23,7 @@ from cowctx.mm.errors import AccessFault, SyscallError
 from cowctx.mm.folio import (
     PTE_PFN_SHIFT,
     PTE_PRESENT,
+    PTE_WRITE,
     Folio,
     is_migration_entry,
     pte_pfn,
@@ -72,11 +73,13 @@ class ScenarioProgram:
         threads = [
             (name, self._body(run, name, steps)) for name, steps in self.scenario.threads.items()
         ]
-        return Execution(
+        ex = Execution(
             threads,
             mappings_of=lambda pfn: mappings_of(run.machine, pfn),
             probe=_Probe(run.machine),
         )
+        ex.threads[0].local["tlb"] = setup_tlb(run.machine)
+        return ex
 
     def _body(self, run: ScenarioRun, name: str, steps: list[S.Step]) -> Callable[[], None]:
         out = self.outcomes[name]
@@ -139,6 +142,21 @@ def _folio_put(m: Machine, folio: Folio) -> None:
         m.free_folio(folio)
     elif m.swap.swap_map[folio.swapcache] == 0:
         delete_from_swap_cache(m, folio)
+
+
+def setup_tlb(m: Machine) -> set[tuple[int, int, int]]:
+    """The TLB of the CPU that ran the set-up, which the scenario's first thread
+    (the main thread) goes on running on: a writable translation of every
+    writable PTE, as (mm_id, vpn, pfn) (:func:`cowctx.mm.locking.user_store`).
+    A TLB may hold any translation that was valid; holding them all only
+    matters while a PTE is stale (fork), and lets a store go where the CPU's
+    entry points."""
+    out = set()
+    for mm in m.live_mms():
+        for vpn, pte in mm.pgd.items():
+            if pte & PTE_PRESENT and pte & PTE_WRITE:
+                out.add((mm.mm_id, vpn, pte >> PTE_PFN_SHIFT))
+    return out
 
 
 def mappings_of(m: Machine, pfn: int) -> set[tuple[int, int]]:

@@ -379,6 +379,17 @@ class Execution:
                 "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
             )
 
+    def points(self, kind: str, accesses: list[tuple[object, object, bool]]) -> None:
+        t = self._me()
+        if t is None:
+            return
+        pending: list[Access] = []
+        for obj, fld, write in accesses:
+            o = self.oid(obj)
+            pending += [((o, fld), write), (self._objkeys[o], False)]
+        obj, fld, _ = accesses[0]
+        self._park(pending, (kind, obj, fld))
+
     def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
         verb = "store" if write else "load"
         o = self.oid(obj)

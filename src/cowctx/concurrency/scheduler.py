@@ -388,7 +388,9 @@ class Execution:
             o = self.oid(obj)
             pending += [((o, fld), write), (self._objkeys[o], False)]
         obj, fld, _ = accesses[0]
-        self._park(pending, (kind, obj, fld))
+        t.pending, t.label = pending, (kind, obj, fld)
+        t.pte_store = any(w and isinstance(f, tuple) for _, f, w in accesses)
+        self._yield()
 
     def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
         verb = "store" if write else "load"

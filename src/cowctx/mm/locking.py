@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowctx.concurrency import runtime as rt
-
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import PTE_DIRTY, PTE_PRESENT, PTE_WRITE, PTE_YOUNG, pte_pfn
 
@@ -196,7 +195,6 @@ def user_store(m: Machine, mm: MmStruct, address: int) -> Folio | None:
     of the parent process when forking") (v6.5) no fault of the parent can run
     meanwhile, so a stale store lands in a page that is either still its own or
     shared with the child, never in one a CoW has already copied."""
-    from cowctx.mm.memory import handle_mm_fault
 
     vpn = address >> PAGE_SHIFT
     local = rt.local()

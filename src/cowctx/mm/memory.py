@@ -186,14 +186,21 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
     return folio
 
 
-def _pte_changed(m: Machine, mm: MmStruct, vpn: int, orig: int | None, new: Folio) -> bool:
+def _pte_changed(
+    m: Machine, mm: MmStruct, vpn: int, orig: int | None, new: Folio, copied: Folio | None = None
+) -> bool:
     """Take the PTL and re-check the PTE the fault started from (``pte_none()`` /
     ``pte_same()`` under ``pte_offset_map_lock()``): if another thread changed it,
-    drop the new folio and the lock (the fault is retried).  Explorer only."""
+    drop the new folio and the lock (the fault is retried).  Explorer only.
+    ``copied``: the folio ``new`` is a copy of, whose content the install step
+    compares (``rt.copied()``, the ``lost_write`` check)."""
     lk.ptl_lock(mm)
     lk.pte(mm, vpn, False)
     if mm.pgd.get(vpn) == orig:
-        lk.pte(mm, vpn, True)
+        if copied is None:
+            lk.pte(mm, vpn, True)
+        else:
+            rt.points("store", [(mm, ("pte", vpn), True), (copied, "content", False)])
         return False
     lk.ptl_unlock(mm)
     m.free_folio(new)
@@ -313,7 +320,7 @@ def wp_page_copy(
             rt.point("load", old, "content")
         new.content = old.content
     if rt.current is not None:
-        if _pte_changed(m, mm, vpn, orig, new):
+        if _pte_changed(m, mm, vpn, orig, new, old):
             return handle_mm_fault(m, mm, address, True)  # type: ignore[return-value]
         if old is not None:  # the PTE is the one the copy was made for
             rt.copied(old, new, f"wp_page_copy() in mm#{mm.mm_id} at {address:#x}")

@@ -27,6 +27,13 @@ Access = tuple[Hashable, bool]
 """(key, write)."""
 
 RCU_KEY = ("rcu",)
+_LOCK_OPS = {
+    (True, False): "down_read",
+    (True, True): "down_read_trylock",
+    (False, False): "lock",
+    (False, True): "lock_trylock",
+}
+"""A lock step's verb by (read mode, trylock)."""
 _STOP = object()
 """A thread tells main that no thread can run any more."""
 
@@ -228,12 +235,13 @@ class Execution:
             if any(not t.done for t in threads):
                 self.violation("deadlock", self._cycle())
             return None
-        tid = self._choose(self, enabled)  # type: ignore[misc]
-        t = threads[tid]
-        self.trace.append(Event(tid, t.pending, t.label))
-        self._pte_store = t.pte_store
-        if self._pte_store:  # only point() sets it; other parks leave it False
+        t = threads[self._choose(self, enabled)]  # type: ignore[misc]
+        self.trace.append(Event(t.tid, t.pending, t.label))
+        if t.pte_store:  # only point() and points() set it; other parks leave it False
+            self._pte_store = True
             t.pte_store = False
+        else:
+            self._pte_store = False
         if t.ready is not None:
             t.ready, t.waiting, t.waits_on = None, "", None
         self.running = t
@@ -431,8 +439,8 @@ class Execution:
         return state
 
     def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return True
         state = self._lock_state(kind, obj)
         lk = state.kind
@@ -446,8 +454,7 @@ class Execution:
                         "lock_order", f"{t.name}: {state.label} taken while holding {held.label}"
                     )
                     break
-        op = ("down_read" if mode == "read" else "lock") + ("_trylock" if try_only else "")
-        label = state.op_label(op)
+        label = state.op_label(_LOCK_OPS[mode == "read", try_only])
         key = state.lock_key
         if not try_only:
             t.pending, t.label = [(key, mode != "read")], label
@@ -470,8 +477,8 @@ class Execution:
         return True
 
     def unlock(self, kind: str, obj: object, mode: str) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
         state = self._lock_state(kind, obj)
         # A release is dependent only on trylocks: a blocking acquisition races

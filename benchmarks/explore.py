@@ -17,8 +17,9 @@ from cowctx.scenario.loader import load_scenario, parse_scenario
 ROOT = Path(__file__).resolve().parent.parent
 RACES = ROOT / "scenarios" / "races"
 SWITCH = {
-    "anon-vma-prepare-lock.yaml": ("revert_prepare_lock", 3),
+    "anon-vma-prepare-lock.yaml": ("revert_prepare_lock", 2),
     "anon-vma-root-recheck.yaml": ("revert_root_recheck", 2),
+    "fork-vma-lock.yaml": ("revert_fork_vma_lock", 2),
     "mremap-rmap-locks.yaml": ("revert_mremap_rmap_locks", 2),
     "vma-adjust-lock.yaml": ("revert_vma_adjust_lock", 2),
 }

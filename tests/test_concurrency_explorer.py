@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import functools
+import types
+from pathlib import Path
 
 import pytest
 
 from cowctx.concurrency import explorer
 from cowctx.concurrency.explorer import explore, random_walks, run_schedule
+from cowctx.concurrency.program import ScenarioProgram, final_state
+from cowctx.concurrency.scheduler import Execution
+from cowctx.oracle.oracle import check_machine
+from cowctx.scenario.loader import load_scenario
+from cowctx.scenario.runner import run_scenario
 from tests.concurrency_programs import PROGRAMS, ToyProgram
+from tests.test_races import TABLE as RACE_TABLE
 
 
 @functools.cache
@@ -98,3 +106,81 @@ def test_deterministic_counts() -> None:
     a, _ = _both("inc-two-vars", 2)
     b, _ = _both("inc-two-vars", 2)
     assert (a.executions, a.pruned) == (b.executions, b.pruned)
+
+
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+RACE_SWITCH = {name: switch for name, (switch, _, _) in RACE_TABLE.items()}
+# every program of scenarios/races (with its fix reverted) and scenarios/concurrent
+SCENARIO_PROGRAMS = [
+    (p, f"anon_vma[{RACE_SWITCH[p.name]}]" if p.name in RACE_SWITCH else "anon_vma")
+    for p in sorted((SCENARIOS / "races").glob("*.yaml"))
+    + sorted((SCENARIOS / "concurrent").glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("path", "design"), SCENARIO_PROGRAMS, ids=lambda x: getattr(x, "stem", x))
+def test_dpor_matches_naive_on_the_scenarios(path: Path, design: str) -> None:
+    """On the model's own programs too: at bound 1 DPOR reaches every final state
+    and violation that naive enumeration reaches, and nothing else."""
+    scenario = load_scenario(path)
+    p = ScenarioProgram(scenario, design)
+    d = explore(p, p.names, bound=1)
+    n = explore(ScenarioProgram(scenario, design), p.names, bound=1, naive=True)
+    assert d.final_states == n.final_states
+    assert set(d.violations) == set(n.violations)
+    assert d.executions < n.executions
+
+
+def test_there_are_twenty_programs_with_the_scenarios() -> None:
+    assert len(PROGRAMS) + len(SCENARIO_PROGRAMS) >= 20
+    assert len(SCENARIO_PROGRAMS) >= 9
+
+
+@pytest.mark.parametrize(("path", "design"), SCENARIO_PROGRAMS, ids=lambda x: getattr(x, "stem", x))
+def test_program_setup_is_run_scenario(path: Path, design: str) -> None:
+    """The explorer's lean set-up builds the machine run_scenario builds."""
+    scenario = load_scenario(path)
+    p = ScenarioProgram(scenario, design)
+    lean = p.setup()
+    full = run_scenario(scenario, design, check=False)
+    assert final_state(lean, {}) == final_state(full, {})
+    assert [str(v) for v in check_machine(lean.machine)] == [
+        str(v) for v in check_machine(full.machine)
+    ]
+
+
+def test_the_walk_probe_is_a_full_scan() -> None:
+    """Walk tracking asks the page tables one mapping at a time (program._Probe);
+    it must keep exactly what a full scan (mappings_of) keeps, and a broken probe
+    must change what the walk finds."""
+    scenario = load_scenario(SCENARIOS / "races" / "mremap-rmap-locks.yaml")
+    p = ScenarioProgram(scenario, "anon_vma[revert_mremap_rmap_locks]")
+    with_probe = explore(p, p.names, bound=2)
+    real_start = ScenarioProgram.start
+
+    def scan_only(self: ScenarioProgram) -> Execution:
+        ex = real_start(self)
+        ex.probe = None
+        return ex
+
+    q = ScenarioProgram(scenario, "anon_vma[revert_mremap_rmap_locks]")
+    q.start = types.MethodType(scan_only, q)  # type: ignore[method-assign]
+    scanned = explore(q, q.names, bound=2)
+    assert set(with_probe.violations) == set(scanned.violations) != set()
+    assert with_probe.final_states == scanned.final_states
+
+    class Blind:
+        def maps(self, pfn: int, mm_id: int, address: int) -> bool:
+            return True
+
+        def mm_maps(self, pfn: int, mm_id: int) -> bool:
+            return True
+
+    def blind(self: ScenarioProgram) -> Execution:
+        ex = real_start(self)
+        ex.probe = Blind()
+        return ex
+
+    b = ScenarioProgram(scenario, "anon_vma[revert_mremap_rmap_locks]")
+    b.start = types.MethodType(blind, b)  # type: ignore[method-assign]
+    assert set(explore(b, b.names, bound=2).violations) != set(scanned.violations)

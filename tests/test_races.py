@@ -21,8 +21,9 @@ RACES = Path(__file__).parent.parent / "scenarios" / "races"
 
 # file -> (switch, the violation kinds it must produce, preemption bound)
 TABLE = {
-    "anon-vma-prepare-lock.yaml": ("revert_prepare_lock", {"unlocked_write"}, 3),
+    "anon-vma-prepare-lock.yaml": ("revert_prepare_lock", {"unlocked_write"}, 2),
     "anon-vma-root-recheck.yaml": ("revert_root_recheck", {"uaf", "bad_unlock"}, 2),
+    "fork-vma-lock.yaml": ("revert_fork_vma_lock", {"lost_write"}, 2),
     "mremap-rmap-locks.yaml": ("revert_mremap_rmap_locks", {"missed"}, 2),
     "vma-adjust-lock.yaml": ("revert_vma_adjust_lock", {"missed", "stale"}, 2),
 }

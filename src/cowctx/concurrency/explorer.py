@@ -344,7 +344,8 @@ class _Uniform:
         self.rng = rng
 
     def __call__(self, ex: Execution, enabled: list[int]) -> int:
-        return enabled[self.rng.randrange(len(enabled))]
+        # randrange(n) is _randbelow(n) after argument checks: the same draws
+        return enabled[self.rng._randbelow(len(enabled))]  # type: ignore[attr-defined]
 
 
 class _Pct:

@@ -52,6 +52,18 @@ class LockState:
     readers: dict[int, int] = field(default_factory=dict)
     """Thread id -> read holds."""
     writer: int | None = None
+    lock_key: tuple[str, str, int] = ("lock", "", 0)
+    """The dependence key of acquisitions (``("lock", kind, oid)``)."""
+    unlocked_key: tuple[str, str, int] = ("unlocked", "", 0)
+    """The dependence key of releases, read by trylocks."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Step labels by operation (``lock``, ``down_read_trylock``, ...), made once."""
+
+    def op_label(self, op: str) -> str:
+        label = self.labels.get(op)
+        if label is None:
+            label = self.labels[op] = f"{op} {self.label}"
+        return label
 
     def can_take(self, tid: int, mode: str) -> bool:
         if mode == "read":

@@ -16,15 +16,25 @@ from cowctx.clients.migrate import migrate_pages
 from cowctx.clients.reclaim import reclaim_folio
 from cowctx.clients.referenced import folio_referenced
 from cowctx.concurrency.scheduler import Execution
+from cowctx.designs import get_design, make_machine
 from cowctx.mm import locking as lk
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.errors import AccessFault, SyscallError
-from cowctx.mm.folio import is_migration_entry, pte_pfn, pte_present
+from cowctx.mm.folio import (
+    PTE_PFN_SHIFT,
+    PTE_PRESENT,
+    PTE_WRITE,
+    Folio,
+    is_migration_entry,
+    pte_pfn,
+    pte_present,
+)
 from cowctx.mm.machine import Machine
+from cowctx.mm.swap import delete_from_swap_cache
 from cowctx.oracle.oracle import check_machine
 from cowctx.scenario import schema as S
 from cowctx.scenario.lower import ClientCall, lower
-from cowctx.scenario.runner import ScenarioRun, run_scenario, run_step
+from cowctx.scenario.runner import ScenarioRun, run_step
 
 
 class ScenarioProgram:
@@ -38,15 +48,38 @@ class ScenarioProgram:
         self.names = list(scenario.threads)
         self.run: ScenarioRun | None = None
         self.outcomes: dict[str, list[str]] = {}
+        self._factory = get_design(design)
+        """Resolved once: ``anon_vma[revert_...]`` builds a class per lookup."""
+
+    def setup(self) -> ScenarioRun:
+        """The scenario's ``steps`` on a fresh machine: what
+        :func:`~cowctx.scenario.runner.run_scenario` does with ``check=False``,
+        without the per-step records (object counts, vmscan) nobody reads here.
+        Re-run for every execution (tests/test_concurrency_explorer.py checks it
+        gives the same machine as ``run_scenario``)."""
+        machine = make_machine(self._factory)
+        procs = {"p0": machine.spawn("p0")}
+        for name, spec in self.scenario.files.items():
+            machine.create_file(name, spec.pages)
+        run = ScenarioRun(self.scenario, self.design, machine, procs, checked=False)
+        for step in self.scenario.steps:
+            run_step(run, step)
+        return run
 
     def start(self) -> Execution:
-        run = run_scenario(self.scenario, self.design, check=False)
+        run = self.setup()
         self.run = run
         self.outcomes = {name: [] for name in self.names}
         threads = [
             (name, self._body(run, name, steps)) for name, steps in self.scenario.threads.items()
         ]
-        return Execution(threads, mappings_of=lambda pfn: mappings_of(run.machine, pfn))
+        ex = Execution(
+            threads,
+            mappings_of=lambda pfn: mappings_of(run.machine, pfn),
+            probe=_Probe(run.machine),
+        )
+        ex.threads[0].local["tlb"] = setup_tlb(run.machine)
+        return ex
 
     def _body(self, run: ScenarioRun, name: str, steps: list[S.Step]) -> Callable[[], None]:
         out = self.outcomes[name]
@@ -79,6 +112,10 @@ def _thread_step(run: ScenarioRun, step: S.Step) -> str | None:
     folio = m.folio_at(task, action.addr)
     if folio is None or not folio.anon or not folio.mapcount:
         return "ENOENT"
+    # The caller's reference, taken with the look-up (under the PTL, as
+    # follow_page(FOLL_GET) / folio_isolate_lru() do): the client runs on a
+    # folio that a racing munmap or exit may unmap but cannot free under it.
+    folio.pinned += 1
     try:
         if action.client == "migrate":
             migrate_pages(m, folio)
@@ -90,17 +127,76 @@ def _thread_step(run: ScenarioRun, step: S.Step) -> str | None:
             folio_referenced(m, folio)
     except (SyscallError, AccessFault) as err:
         return err.errno
+    finally:
+        _folio_put(m, folio)
     return None
+
+
+def _folio_put(m: Machine, folio: Folio) -> None:
+    """Drop the caller's reference: the last one frees an unmapped anon folio, as
+    ``folio_remove_rmap_pte()`` does for the last mapping (:mod:`cowctx.mm.memory`)."""
+    folio.pinned -= 1
+    if folio.pinned or folio.freed or folio.mapcount or not folio.anon:
+        return
+    if folio.swapcache is None:
+        m.free_folio(folio)
+    elif m.swap.swap_map[folio.swapcache] == 0:
+        delete_from_swap_cache(m, folio)
+
+
+def setup_tlb(m: Machine) -> set[tuple[int, int, int]]:
+    """The TLB of the CPU that ran the set-up, which the scenario's first thread
+    (the main thread) goes on running on: a writable translation of every
+    writable PTE, as (mm_id, vpn, pfn) (:func:`cowctx.mm.locking.user_store`).
+    A TLB may hold any translation that was valid; holding them all only
+    matters while a PTE is stale (fork), and lets a store go where the CPU's
+    entry points."""
+    out = set()
+    for mm in m.live_mms():
+        for vpn, pte in mm.pgd.items():
+            if pte & PTE_PRESENT and pte & PTE_WRITE:
+                out.add((mm.mm_id, vpn, pte >> PTE_PFN_SHIFT))
+    return out
 
 
 def mappings_of(m: Machine, pfn: int) -> set[tuple[int, int]]:
     """(mm_id, address) of every present PTE mapping ``pfn`` now."""
     out = set()
+    # pte_present(pte) and pte_pfn(pte) == pfn, inlined: sampled after every
+    # PTE store while a walk runs
     for mm in m.live_mms():
         for vpn, pte in mm.pgd.items():
-            if pte_present(pte) and pte_pfn(pte) == pfn:
+            if pte & PTE_PRESENT and pte >> PTE_PFN_SHIFT == pfn:
                 out.add((mm.mm_id, vpn << PAGE_SHIFT))
     return out
+
+
+class _Probe:
+    """:class:`~cowctx.concurrency.scheduler.MappingProbe` over a machine's page
+    tables: what :func:`mappings_of` says, one mapping at a time."""
+
+    def __init__(self, m: Machine) -> None:
+        self.m = m
+
+    def _pgd(self, mm_id: int) -> dict[int, int] | None:
+        for task in self.m.tasks.values():
+            mm = task.mm
+            if not task.exit_state and mm is not None and mm.mm_id == mm_id:
+                return mm.pgd
+        return None
+
+    def maps(self, pfn: int, mm_id: int, address: int) -> bool:
+        pgd = self._pgd(mm_id)
+        if pgd is None:
+            return False
+        pte = pgd.get(address >> PAGE_SHIFT)
+        return pte is not None and bool(pte & PTE_PRESENT) and pte >> PTE_PFN_SHIFT == pfn
+
+    def mm_maps(self, pfn: int, mm_id: int) -> bool:
+        pgd = self._pgd(mm_id)
+        return pgd is not None and any(
+            pte & PTE_PRESENT and pte >> PTE_PFN_SHIFT == pfn for pte in pgd.values()
+        )
 
 
 class _Found:

@@ -30,6 +30,27 @@ def point(kind: str, obj: object, field: object, write: bool = False) -> None:
         ex.point(kind, obj, field, write)
 
 
+def points(kind: str, accesses: list[tuple[object, object, bool]]) -> None:
+    """One scheduling point that makes several accesses ``(obj, field, write)``
+    (the first names the step), e.g. the MMU's store: the PTE and the page."""
+    ex = current
+    if ex is not None:
+        ex.points(kind, accesses)
+
+
+def copied(src: object, dst: object, where: str) -> None:
+    """``dst`` now replaces ``src`` (``wp_page_copy()`` installs its copy): a store
+    to ``src`` since its content was copied is lost to the mapping (``lost_write``)."""
+    ex = current
+    if ex is not None and getattr(src, "content", None) != getattr(dst, "content", None):
+        who = ex.running.name if ex.running is not None else "?"
+        ex.violation(
+            "lost_write",
+            f"{who}: {where}: {describe(src)} was written after its content was copied "
+            f"to {describe(dst)}, which replaces it: the write is lost",
+        )
+
+
 def lock(kind: str, obj: object, mode: str = "write") -> None:
     """Take a lock of kernel kind ``kind`` (see :mod:`cowctx.concurrency.locks`)
     that lives in ``obj``; ``mode`` ``read`` or ``write`` (rwsems), ``write`` else."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from greenlet import GreenletExit, greenlet
 
@@ -26,6 +27,15 @@ Access = tuple[Hashable, bool]
 """(key, write)."""
 
 RCU_KEY = ("rcu",)
+_LOCK_OPS = {
+    (True, False): "down_read",
+    (True, True): "down_read_trylock",
+    (False, False): "lock",
+    (False, True): "lock_trylock",
+}
+"""A lock step's verb by (read mode, trylock)."""
+_STOP = object()
+"""A thread tells main that no thread can run any more."""
 
 
 Label = str | tuple[str, object, object]
@@ -39,17 +49,34 @@ def format_label(label: Label) -> str:
     return f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}"
 
 
-@dataclass
 class Event:
     """One step of one thread, as executed."""
 
-    tid: int
-    accesses: list[Access]
-    raw_label: Label
+    __slots__ = ("accesses", "raw_label", "tid")
+
+    def __init__(self, tid: int, accesses: list[Access], raw_label: Label) -> None:
+        self.tid = tid
+        self.accesses = accesses
+        self.raw_label = raw_label
+
+    def __repr__(self) -> str:
+        return f"Event({self.tid}, {self.accesses!r}, {self.label!r})"
 
     @property
     def label(self) -> str:
         return format_label(self.raw_label)
+
+
+class MappingProbe(Protocol):
+    """The page tables as the walk tracking asks about them, between samples."""
+
+    def maps(self, pfn: int, mm_id: int, address: int) -> bool:
+        """A present PTE of a live ``mm_id`` maps ``pfn`` at ``address``."""
+        ...
+
+    def mm_maps(self, pfn: int, mm_id: int) -> bool:
+        """A present PTE of a live ``mm_id`` maps ``pfn`` somewhere."""
+        ...
 
 
 @dataclass
@@ -68,6 +95,15 @@ class Walk:
     def update(self, now: set[tuple[int, int]]) -> None:
         self.alive &= now | self.visited
         self.mms &= {mm for mm, _ in now} | {mm for mm, _ in self.visited}
+
+    def update_probe(self, probe: MappingProbe) -> None:
+        """:meth:`update` asking only about what the walk still tracks (the same
+        sets as from a full scan of the page tables)."""
+        pfn, visited = self.pfn, self.visited
+        self.alive = {x for x in self.alive if x in visited or probe.maps(pfn, x[0], x[1])}
+        if self.mms:
+            seen = {mm for mm, _ in visited}
+            self.mms = {mm for mm in self.mms if mm in seen or probe.mm_maps(pfn, mm)}
 
     def missed(self) -> list[str]:
         out = [f"mm#{mm} at {address:#x}" for mm, address in sorted(self.alive - self.visited)]
@@ -95,6 +131,8 @@ class Thread:
     held: list[tuple[LockState, str]] = field(default_factory=list)
     walk: Walk | None = None
     local: dict[str, object] = field(default_factory=dict)
+    pte_store: bool = False
+    """The pending step stores a PTE (see :meth:`Execution._after`)."""
 
 
 class Deadlock(Exception):
@@ -108,9 +146,14 @@ class Execution:
         self,
         threads: Sequence[tuple[str, Callable[[], object]]],
         mappings_of: Callable[[int], set[tuple[int, int]]] | None = None,
+        probe: MappingProbe | None = None,
     ) -> None:
+        """``mappings_of(pfn)``: every (mm_id, address) mapping ``pfn`` now (walk
+        tracking; None: none); ``probe``: the same, asked one mapping at a time
+        (faster when given)."""
         self.threads = [Thread(i, name, body) for i, (name, body) in enumerate(threads)]
         self.mappings_of = mappings_of
+        self.probe = probe
         self.trace: list[Event] = []
         self.violations: list[tuple[str, str]] = []
         self.locks: dict[tuple[str, int], LockState] = {}
@@ -121,8 +164,13 @@ class Execution:
         self.dying = False
         self.ptl_holds = 0
         self._maps_dirty = False
+        self._pte_store = False
+        """The step that runs stores a PTE."""
+        self._choose: Callable[[Execution, list[int]], int] | None = None
         self._oids: dict[int, int] = {}
         self._seen: list[object] = []
+        self._objkeys: list[tuple[str, int]] = []
+        """``("obj", oid)`` for each oid: built once, not at every access."""
 
     def oid(self, obj: object) -> int:
         """A name for ``obj`` that is the same in every execution of the same
@@ -132,6 +180,7 @@ class Execution:
         if n is None:
             n = self._oids[id(obj)] = len(self._seen)
             self._seen.append(obj)  # keeps id(obj) from being reused
+            self._objkeys.append(("obj", n))
         return n
 
     # --- driving ----------------------------------------------------------------------
@@ -141,31 +190,76 @@ class Execution:
 
     def run(self, choose: Callable[[Execution, list[int]], int]) -> None:
         """Run to the end: ``choose(self, enabled)`` picks each step's thread; it may
-        raise to abandon the execution (the explorer prunes so)."""
+        raise to abandon the execution (the explorer prunes so).
+
+        The choice after a step is made where the step ends: in the thread that
+        parks (:meth:`_yield`), which goes on without a switch when it is chosen
+        again and switches straight to the chosen thread otherwise; the main
+        greenlet only starts the first step and takes over when a thread ends.
+        The order of choices, steps and after-step work is that of a loop in main.
+        """
         self.main = greenlet.getcurrent()
-        for t in self.threads:
-            t.glet = greenlet(self._body(t), parent=self.main)
+        self._choose = choose
+        for th in self.threads:
+            th.glet = greenlet(self._body(th), parent=self.main)
         prev, rt.current = rt.current, self
         try:
-            while True:
-                enabled = self.enabled()
-                if not enabled:
-                    if any(not t.done for t in self.threads):
-                        self.violation("deadlock", self._cycle())
+            t = self._next(first=True)
+            while t is not None:
+                signal = t.glet.switch()  # type: ignore[union-attr]
+                # back in main: a thread ended (None), or one hands over
+                if isinstance(signal, BaseException):
+                    raise signal
+                if signal is _STOP:
                     break
-                tid = choose(self, enabled)
-                t = self.threads[tid]
-                event = Event(tid, t.pending, t.label)
-                self.trace.append(event)
-                t.ready, t.waiting, t.waits_on = None, "", None
-                self.running = t
-                assert t.glet is not None
-                t.glet.switch()
-                self.running = None
-                self._after(event)
+                t = self._next()
         finally:
             self._kill()
             rt.current = prev
+
+    def _next(self, first: bool = False) -> Thread | None:
+        """End the running step (RCU callbacks due, page-table sampling for the
+        walks), then choose the next step: the thread that runs it, now
+        ``running``, or None when no thread can run (a deadlock if any is not done)."""
+        self.running = None
+        if not first:
+            if self.rcu.callbacks:
+                self._run_callbacks(self.trace[-1])
+            if self._pte_store:
+                self._maps_dirty = True
+            if self._maps_dirty and not self.ptl_holds and self.mappings_of is not None:
+                self._sample_walks()
+        threads = self.threads
+        enabled = [t.tid for t in threads if not t.done and (t.ready is None or t.ready())]
+        if not enabled:
+            if any(not t.done for t in threads):
+                self.violation("deadlock", self._cycle())
+            return None
+        t = threads[self._choose(self, enabled)]  # type: ignore[misc]
+        self.trace.append(Event(t.tid, t.pending, t.label))
+        if t.pte_store:  # only point() and points() set it; other parks leave it False
+            self._pte_store = True
+            t.pte_store = False
+        else:
+            self._pte_store = False
+        if t.ready is not None:
+            t.ready, t.waiting, t.waits_on = None, "", None
+        self.running = t
+        return t
+
+    def _yield(self) -> None:
+        """The running thread parks (its pending step set): the step it ran is
+        over.  Returns when this thread is chosen to run its pending step."""
+        me = self.running
+        try:
+            t = self._next()
+        except BaseException as exc:  # the chooser abandons the execution
+            self.main.switch(exc)  # type: ignore[union-attr]
+            raise  # pragma: no cover - main never switches back
+        if t is None:
+            self.main.switch(_STOP)  # type: ignore[union-attr]
+        elif t is not me:
+            t.glet.switch()  # type: ignore[union-attr]
 
     def _body(self, t: Thread) -> Callable[[], None]:
         def body() -> None:
@@ -192,24 +286,38 @@ class Execution:
     def _park(self, accesses: list[Access], label: Label) -> None:
         t = self.running
         assert t is not None and self.main is not None
-        t.pending, t.label = accesses, label
-        self.main.switch()
+        t.pending, t.label, t.pte_store = accesses, label, False
+        self._yield()
 
     def _after(self, event: Event) -> None:
+        """What the scheduler does after each step (inlined in :meth:`run`)."""
         if self.rcu.callbacks:
-            for obj, callback in self.rcu.due():
-                event.accesses.append((("obj", self.oid(obj)), True))
-                callback()
+            self._run_callbacks(event)
         if not self._maps_dirty:
             self._maps_dirty = self._pte_stores(event)
         if self.mappings_of is not None and not self.ptl_holds and self._maps_dirty:
-            self._maps_dirty = False
-            # page tables are sampled only between PTL critical sections: a walker
-            # (which takes the PTL to look) cannot see the states inside one
-            for t in self.threads:
-                w = t.walk
-                if w is not None:  # its own unmaps are of mappings it visited
-                    w.update(self.mappings_of(w.pfn))
+            self._sample_walks()
+
+    def _run_callbacks(self, event: Event) -> None:
+        for obj, callback in self.rcu.due():
+            event.accesses.append((("obj", self.oid(obj)), True))
+            callback()
+
+    def _sample_walks(self) -> None:
+        self._maps_dirty = False
+        # page tables are sampled only between PTL critical sections: a walker
+        # (which takes the PTL to look) cannot see the states inside one
+        assert self.mappings_of is not None
+        probe = self.probe
+        for t in self.threads:
+            w = t.walk
+            if w is None:
+                continue
+            # its own unmaps are of mappings it visited
+            if probe is not None:
+                w.update_probe(probe)
+            else:
+                w.update(self.mappings_of(w.pfn))
 
     @staticmethod
     def _pte_stores(event: Event) -> bool:
@@ -257,22 +365,47 @@ class Execution:
         return None if self.dying else self.running
 
     def point(self, kind: str, obj: object, fld: object, write: bool) -> None:
-        t = self._me()
-        if t is None:
+        # _access() and _park() inlined: this is the explorer's hottest function
+        t = self.running
+        if t is None or self.dying:
             return
-        self._access(obj, fld, write, [])
+        o = self._oids.get(id(obj))
+        if o is None:
+            o = self.oid(obj)
+        # every field access also reads ("obj", o): whole-object writes (free,
+        # reuse) are dependent with all of them
+        t.pending = [((o, fld), write), (self._objkeys[o], False)]
+        t.label = ("store" if write else "load", obj, fld)
+        # a PTE store (fld ("pte", vpn)): the page tables are sampled after it
+        t.pte_store = write and isinstance(fld, tuple)
+        self._yield()
+        if not self.slab.freed:
+            return
         cache = self.slab.is_freed(obj)  # checked when the access happens
         if cache is not None:
             self.violation(
                 "uaf", f"{t.name}: {kind} {rt.describe(obj)}.{fld} after kmem_cache_free({cache})"
             )
 
+    def points(self, kind: str, accesses: list[tuple[object, object, bool]]) -> None:
+        t = self._me()
+        if t is None:
+            return
+        pending: list[Access] = []
+        for obj, fld, write in accesses:
+            o = self.oid(obj)
+            pending += [((o, fld), write), (self._objkeys[o], False)]
+        obj, fld, _ = accesses[0]
+        t.pending, t.label = pending, (kind, obj, fld)
+        t.pte_store = any(w and isinstance(f, tuple) for _, f, w in accesses)
+        self._yield()
+
     def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
         verb = "store" if write else "load"
         o = self.oid(obj)
         # every field access also reads ("obj", o): whole-object writes (free,
         # reuse) are dependent with all of them
-        self._park([((o, fld), write), (("obj", o), False), *extra], (verb, obj, fld))
+        self._park([((o, fld), write), (self._objkeys[o], False), *extra], (verb, obj, fld))
 
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         t = self._me()
@@ -291,15 +424,23 @@ class Execution:
             )
 
     def _lock_state(self, kind: str, obj: object) -> LockState:
-        key = (kind, self.oid(obj))
+        o = self._oids.get(id(obj))
+        if o is None:
+            o = self.oid(obj)
+        key = (kind, o)
         state = self.locks.get(key)
         if state is None:
-            state = self.locks[key] = LockState(KINDS[kind], f"{kind} of {rt.describe(obj)}")
+            state = self.locks[key] = LockState(
+                KINDS[kind],
+                f"{kind} of {rt.describe(obj)}",
+                lock_key=("lock", kind, o),
+                unlocked_key=("unlocked", kind, o),
+            )
         return state
 
     def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return True
         state = self._lock_state(kind, obj)
         lk = state.kind
@@ -313,19 +454,17 @@ class Execution:
                         "lock_order", f"{t.name}: {state.label} taken while holding {held.label}"
                     )
                     break
-        op = ("down_read" if mode == "read" else "lock") + ("_trylock" if try_only else "")
-        label = f"{op} {state.label}"
-        key = ("lock", kind, self.oid(obj))
+        label = state.op_label(_LOCK_OPS[mode == "read", try_only])
+        key = state.lock_key
         if not try_only:
             t.pending, t.label = [(key, mode != "read")], label
             t.ready = lambda: state.can_take(t.tid, mode)
             t.waiting = state.label
             t.waits_on = state.holders
-            assert self.main is not None
-            self.main.switch()
+            self._yield()
         else:
             # a trylock's result also depends on releases: see unlock()
-            self._park([(key, True), (("unlocked", kind, self.oid(obj)), False)], label)
+            self._park([(key, True), (state.unlocked_key, False)], label)
         if not state.can_take(t.tid, mode):
             assert try_only
             return False
@@ -338,14 +477,14 @@ class Execution:
         return True
 
     def unlock(self, kind: str, obj: object, mode: str) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
         state = self._lock_state(kind, obj)
         # A release is dependent only on trylocks: a blocking acquisition races
         # with the previous acquisition (that is the reordering that matters),
         # as in Nidhugg and the source-DPOR paper's treatment of locks.
-        self._park([(("unlocked", kind, self.oid(obj)), True)], f"unlock {state.label}")
+        self._park([(state.unlocked_key, True)], state.op_label("unlock"))
         if not state.release(t.tid, mode):
             self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
             return
@@ -386,8 +525,7 @@ class Execution:
         t.ready = lambda: self.rcu.completed(gp)
         t.waiting = "a grace period"
         t.waits_on = lambda: self.rcu.blocking(gp)
-        assert self.main is not None
-        self.main.switch()
+        self._yield()
 
     def call_rcu(self, obj: object, callback: Callable[[], None]) -> None:
         t = self._me()
@@ -443,8 +581,7 @@ class Execution:
         t.ready = ready
         t.waiting = f"{kind} {rt.describe(obj)}.{fld}"
         t.waits_on = lambda: []
-        assert self.main is not None
-        self.main.switch()
+        self._yield()
 
     def walk_begin(self, folio: object) -> None:
         t = self._me()

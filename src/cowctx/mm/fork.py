@@ -30,6 +30,7 @@ def dup_mmap(m: Machine, mm: MmStruct, oldmm: MmStruct) -> None:
     try:
         _dup_mmap(m, mm, oldmm)
     finally:
+        lk.flush_tlb_mm(oldmm)  # the PTEs copy_page_range() write-protected
         lk.mmap_write_unlock(oldmm, held)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowctx.concurrency import runtime as rt
+from cowctx.mm.constants import PAGE_SHIFT
+from cowctx.mm.folio import PTE_DIRTY, PTE_PRESENT, PTE_WRITE, PTE_YOUNG, pte_pfn
 
 if TYPE_CHECKING:
     from cowctx.mm.folio import Folio
@@ -156,3 +158,76 @@ def anon_prepare_lock(mm: MmStruct) -> bool:
 def anon_prepare_unlock(mm: MmStruct, taken: bool) -> None:
     if taken:
         rt.unlock("mmap_lock", mm, "read")
+
+
+def tlb_defer_flush(mm: MmStruct, vpn: int, pfn: int) -> None:
+    """Fork write-protected the parent's writable PTE of ``vpn`` and flushes the
+    TLB only at the end of ``dup_mmap()``: until then a CPU that wrote to ``pfn``
+    there may write through its old entry."""
+    if mm.tlb_stale is None:
+        mm.tlb_stale = {}
+    mm.tlb_stale[vpn] = pfn
+
+
+def flush_tlb_mm(mm: MmStruct) -> None:
+    """``flush_tlb_mm()``: no CPU keeps a stale entry of ``mm`` any more."""
+    stale = mm.tlb_stale
+    if rt.current is None or not stale:
+        return
+    rt.points("flush_tlb_mm", [(mm, ("pte", vpn), True) for vpn in sorted(stale)])
+    mm.tlb_stale = None
+
+
+USER_STORE_RETRIES = 64
+
+
+def user_store(m: Machine, mm: MmStruct, address: int) -> Folio | None:
+    """A user store to ``address`` as the MMU does it, under the explorer: through
+    a present writable PTE (setting its accessed and dirty bits), or through this
+    CPU's TLB entry for a PTE that fork write-protected and has not flushed yet;
+    else the fault handler runs and the store is tried again, as the faulting
+    instruction is.  Returns the folio the store goes to (the caller stores).
+
+    The thread's TLB holds the translations it stored through; an entry is stale
+    only while ``mm.tlb_stale`` names it and the PTE still maps that page (every
+    other change of a PTE flushes it: ``ptep_clear_flush()``, ``flush_tlb_range()``,
+    the unmap and migration batches).  Since commit fb49c455323f ("fork: lock VMAs
+    of the parent process when forking") (v6.5) no fault of the parent can run
+    meanwhile, so a stale store lands in a page that is either still its own or
+    shared with the child, never in one a CoW has already copied."""
+
+    vpn = address >> PAGE_SHIFT
+    local = rt.local()
+    tlb = local.get("tlb")
+    if tlb is None:
+        tlb = local["tlb"] = set()
+    assert isinstance(tlb, set)
+    pgd = mm.pgd
+    mem_map = m.mem_map
+    for _ in range(USER_STORE_RETRIES):
+        pte = pgd.get(vpn)
+        target = None
+        if pte is not None and pte & PTE_PRESENT:
+            pfn = pte_pfn(pte)
+            stale = mm.tlb_stale
+            if pte & PTE_WRITE or (
+                stale is not None and stale.get(vpn) == pfn and (mm.mm_id, vpn, pfn) in tlb
+            ):
+                target = mem_map.get(pfn)
+        # the step: the PTE (the walk, and the accessed/dirty bits) and the page
+        accesses: list[tuple[object, object, bool]] = [(mm, ("pte", vpn), True)]
+        if target is not None:
+            accesses.append((target, "content", True))
+        rt.points("user store", accesses)
+        pte = pgd.get(vpn)
+        if pte is not None and pte & PTE_PRESENT:
+            pfn = pte_pfn(pte)
+            if pte & PTE_WRITE:
+                pgd[vpn] = pte | PTE_YOUNG | PTE_DIRTY
+                tlb.add((mm.mm_id, vpn, pfn))
+                return mem_map[pfn]
+            stale = mm.tlb_stale
+            if stale is not None and stale.get(vpn) == pfn and (mm.mm_id, vpn, pfn) in tlb:
+                return mem_map[pfn]  # through the stale TLB entry
+        handle_mm_fault_locked(m, mm, address, True)
+    raise AssertionError(f"store to {address:#x} still faults after {USER_STORE_RETRIES} faults")

@@ -309,6 +309,8 @@ class Machine:
             for _ in range(pages):
                 if rt.current is None:
                     folio = handle_mm_fault(self, mm, addr, write)
+                elif write:  # the MMU first; it faults when it must
+                    folio = _lk.user_store(self, mm, addr)
                 else:
                     folio = _lk.handle_mm_fault_locked(self, mm, addr, write)
                 if folio is not None:

@@ -133,11 +133,20 @@ def handle_mm_fault(m: Machine, mm: MmStruct, address: int, write: bool) -> Foli
             return handle_mm_fault(m, mm, address, write)
         do_swap_page(m, vma, address, pte, write)
         return handle_mm_fault(m, mm, address, write)
+    if rt.current is not None:
+        # handle_pte_fault(): the rest runs under the PTL, on the PTE it read
+        # (pte_same()); another thread changed it: the access is retried
+        lk.ptl_lock(mm)
+        lk.pte(mm, vpn, False)
+        if pgd.get(vpn) != pte:
+            lk.ptl_unlock(mm)
+            return handle_mm_fault(m, mm, address, write)
     if write and not pte_write(pte):
         return do_wp_page(m, vma, address, pte)
     if rt.current is not None:
         lk.pte(mm, vpn, True)
     pgd[vpn] = pte | (PTE_YOUNG | PTE_DIRTY if write else PTE_YOUNG)
+    lk.ptl_unlock(mm)
     pfn = pte_pfn(pte)
     return None if pfn == ZERO_PFN else mem_map[pfn]
 
@@ -183,14 +192,21 @@ def do_pte_missing(m: Machine, vma: VmAreaStruct, address: int, write: bool) -> 
     return folio
 
 
-def _pte_changed(m: Machine, mm: MmStruct, vpn: int, orig: int | None, new: Folio) -> bool:
+def _pte_changed(
+    m: Machine, mm: MmStruct, vpn: int, orig: int | None, new: Folio, copied: Folio | None = None
+) -> bool:
     """Take the PTL and re-check the PTE the fault started from (``pte_none()`` /
     ``pte_same()`` under ``pte_offset_map_lock()``): if another thread changed it,
-    drop the new folio and the lock (the fault is retried).  Explorer only."""
+    drop the new folio and the lock (the fault is retried).  Explorer only.
+    ``copied``: the folio ``new`` is a copy of, whose content the install step
+    compares (``rt.copied()``, the ``lost_write`` check)."""
     lk.ptl_lock(mm)
     lk.pte(mm, vpn, False)
     if mm.pgd.get(vpn) == orig:
-        lk.pte(mm, vpn, True)
+        if copied is None:
+            lk.pte(mm, vpn, True)
+        else:
+            rt.points("store", [(mm, ("pte", vpn), True), (copied, "content", False)])
         return False
     lk.ptl_unlock(mm)
     m.free_folio(new)
@@ -261,7 +277,9 @@ def wp_can_reuse_anon_folio(m: Machine, folio: Folio, vma: VmAreaStruct) -> bool
 
 
 def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio | None:
-    """``do_wp_page()``: a write to a present, write-protected PTE."""
+    """``do_wp_page()``: a write to a present, write-protected PTE.  Under the
+    explorer it is entered with the PTL held (handle_mm_fault()) and drops it
+    before ``wp_page_copy()``, which takes it again, as the kernel does."""
     mm = vma.vm_mm
     vpn = address >> PAGE_SHIFT
     pfn = pte_pfn(pte)
@@ -270,6 +288,7 @@ def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio |
         lk.pte(mm, vpn, True)
     if vma.vm_flags & (VM_SHARED | VM_MAYSHARE):  # wp_page_shared(): no copy
         mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
+        lk.ptl_unlock(mm)
         return folio
     if (
         folio is not None
@@ -278,22 +297,39 @@ def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio |
     ):
         folio.anon_exclusive = True  # wp_page_reuse()
         mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
+        lk.ptl_unlock(mm)
         return folio
-    return wp_page_copy(m, vma, address, folio)
+    lk.ptl_unlock(mm)  # pte_unmap_unlock() before wp_page_copy()
+    return wp_page_copy(m, vma, address, folio, orig=pte)
 
 
 def wp_page_copy(
-    m: Machine, vma: VmAreaStruct, address: int, old: Folio | None, unshare: bool = False
+    m: Machine,
+    vma: VmAreaStruct,
+    address: int,
+    old: Folio | None,
+    unshare: bool = False,
+    orig: int | None = None,
 ) -> Folio:
     """``wp_page_copy()``: break CoW into a new exclusive anon folio (mapped
-    read-only for an unsharing fault, FAULT_FLAG_UNSHARE)."""
+    read-only for an unsharing fault, FAULT_FLAG_UNSHARE).  ``orig`` is
+    ``vmf->orig_pte``, the PTE the fault decided on (the one at ``address`` now
+    when not given): the copy is installed only if the PTE is still that one."""
     vmf_anon_prepare(m, vma)
     mm = vma.vm_mm
     vpn = address >> PAGE_SHIFT
-    orig = mm.pgd.get(vpn)
-    new = m.alloc_folio(0 if old is None else old.content)
-    if rt.current is not None and _pte_changed(m, mm, vpn, orig, new):
-        return handle_mm_fault(m, mm, address, True)  # type: ignore[return-value]
+    if orig is None:
+        orig = mm.pgd.get(vpn)
+    new = m.alloc_folio(0)
+    if old is not None:  # __wp_page_copy_user(), before the PTL is taken
+        if rt.current is not None:
+            rt.point("load", old, "content")
+        new.content = old.content
+    if rt.current is not None:
+        if _pte_changed(m, mm, vpn, orig, new, old):
+            return handle_mm_fault(m, mm, address, True)  # type: ignore[return-value]
+        if old is not None:  # the PTE is the one the copy was made for
+            rt.copied(old, new, f"wp_page_copy() in mm#{mm.mm_id} at {address:#x}")
     folio_add_new_anon_rmap(m, new, vma, address)
     folio_add_lru(m, new)  # folio_add_lru_vma()
     bits = PTE_PRESENT | PTE_YOUNG if unshare else _PRESENT_WRITE_YOUNG_DIRTY
@@ -364,6 +400,8 @@ def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) ->
             if cow and pte_write(pte):
                 pte &= ~PTE_WRITE
                 src_pgd[vpn] = pte
+                if rt.current is not None:  # ptep_set_wrprotect(): no flush until dup_mmap's end
+                    lk.tlb_defer_flush(src_vma.vm_mm, vpn, pfn)
             dst_pgd[vpn] = pte & ~child_clear
         elif is_swap_pte(pte):
             swap_duplicate(m, swp_offset(pte))

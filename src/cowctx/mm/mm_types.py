@@ -126,6 +126,7 @@ class MmStruct:
         "pgd",
         "start_brk",
         "task_size",
+        "tlb_stale",
         "vmacache",
     )
 
@@ -141,6 +142,10 @@ class MmStruct:
         self.mm_users = 1
         self.owner: TaskStruct | None = None
         self.vmacache: VmAreaStruct | None = None
+        self.tlb_stale: dict[int, int] | None = None
+        """vpn -> pfn of PTEs fork write-protected without a TLB flush yet (until
+        ``flush_tlb_mm()`` at the end of ``dup_mmap()``): a CPU that wrote there may
+        still write through its old writable entry.  Explorer only."""
 
     # --- VMA tree (the maple tree's role) -------------------------------------------
 

@@ -55,6 +55,25 @@ def test_lock_order_against_rmap_c() -> None:
     assert kinds(t=good) == {}
 
 
+def test_a_fault_under_the_vma_read_lock_may_lock_a_folio_a_writer_may_not() -> None:
+    """vma_start_read() stands in for the fault's mmap lock (do_swap_page()'s
+    folio_lock_or_retry()); the order's vma_start_write comes after folio_lock."""
+
+    def locked(mode: str) -> Callable[[], None]:
+        def t() -> None:
+            rt.lock("vma_lock", A, mode)
+            rt.lock("folio_lock", B)
+            rt.unlock("folio_lock", B)
+            rt.unlock("vma_lock", A, mode)
+
+        return t
+
+    assert kinds(fault=locked("read")) == {}
+    assert kinds(writer=locked("write")) == {
+        "lock_order": ["writer: folio_lock of B taken while holding vma_lock of A"]
+    }
+
+
 def test_a_trylock_against_the_order_is_allowed() -> None:
     def t() -> None:
         rt.lock("ptl", A)

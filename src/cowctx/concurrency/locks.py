@@ -43,6 +43,17 @@ KINDS: dict[str, LockKind] = {
 ``spinlock``: any other spinlock (innermost)."""
 
 
+def held_rank(kind: LockKind, mode: str) -> int:
+    """The rank a held lock has in the order: the per-VMA lock held for reading
+    (``vma_start_read()`` in ``lock_vma_under_rcu()``) stands in for the mmap
+    lock of a fault, so a fault under it may take what one under ``mmap_read_lock()``
+    may (``folio_lock_or_retry()`` in ``do_swap_page()``); the order's
+    ``vma_start_write`` is the write side."""
+    if kind.name == "vma_lock" and mode == "read":
+        return KINDS["mmap_lock"].rank
+    return kind.rank
+
+
 @dataclass
 class LockState:
     """One lock instance: who holds it, in which mode."""

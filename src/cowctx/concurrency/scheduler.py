@@ -19,7 +19,7 @@ from typing import Protocol
 from greenlet import GreenletExit, greenlet
 
 from cowctx.concurrency import runtime as rt
-from cowctx.concurrency.locks import KINDS, LockState
+from cowctx.concurrency.locks import KINDS, LockState, held_rank
 from cowctx.concurrency.rcu import GracePeriod, Rcu
 from cowctx.concurrency.slab import Slab
 
@@ -448,8 +448,8 @@ class Execution:
             if lk.sleeps and (t.spin or self.rcu.in_reader(t.tid)):
                 where = "under a spinlock" if t.spin else "in an RCU read-side section"
                 self.violation("sleep_in_atomic", f"{t.name}: {state.label} ({mode}) {where}")
-            for held, _ in t.held:
-                if held.kind.rank > lk.rank:
+            for held, held_mode in t.held:
+                if held_rank(held.kind, held_mode) > lk.rank:
                     self.violation(
                         "lock_order", f"{t.name}: {state.label} taken while holding {held.label}"
                     )

@@ -131,6 +131,8 @@ class Machine:
     # --- VMAs and mms -----------------------------------------------------------------
 
     def mm_alloc(self) -> MmStruct:
+        if rt.current is not None:  # the mm_struct cache: ids in allocation order
+            rt.point("store", self, "mm_id", True)
         mm = self.rmap.mm_type(self._next_mm_id)
         self._next_mm_id += 1
         self.rmap.mm_init(mm)
@@ -155,7 +157,10 @@ class Machine:
 
     def alloc_pid(self) -> int:
         """``alloc_pid()``: each pid once, taken in one step (no scheduling point
-        between the read and the increment, so concurrent forks get distinct pids)."""
+        between the read and the increment, so concurrent forks get distinct pids;
+        the point makes two allocations dependent: which child gets which pid)."""
+        if rt.current is not None:
+            rt.point("store", self, "pid", True)
         pid = self._next_pid
         self._next_pid += 1
         return pid

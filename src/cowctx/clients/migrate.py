@@ -17,7 +17,7 @@ from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, make_migration_entry, migration_entry_to_pte
 from cowctx.mm.ksm import folio_stable_node
-from cowctx.mm.memory import folio_put_unmapped
+from cowctx.mm.memory import folio_get, folio_put, folio_put_unmapped, folio_ref_add
 from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.rmap.walk import page_vma_mapped_walk, pvmw_done, rmap_walk
 
@@ -65,17 +65,15 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
         return True
 
     rt.lock("folio_lock", folio)
-    folio.pinned += 1  # isolated: migration's own reference
+    folio_get(folio)  # isolated: migration's own reference
     rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_migrate_one, done=lambda f: f.mapcount == 0)
     rt.walk_end(complete=folio.mapcount > 0)  # unmapped everywhere: nothing was missed
     try:
         return _migrate_rest(m, folio, unmapped)
     finally:
-        folio.pinned -= 1
         rt.unlock("folio_lock", folio)
-        if not folio.pinned and folio.anon and not folio.mapcount and folio.swapcache is None:
-            m.free_folio(folio)  # folio_put(): unmapped by a racing munmap meanwhile
+        folio_put(m, folio)  # the last reference if a racing munmap unmapped it meanwhile
 
 
 def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateResult:
@@ -96,13 +94,13 @@ def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateR
     if folio.swapcache is not None:  # folio_migrate_mapping(): the swap cache follows
         new.swapcache, folio.swapcache = folio.swapcache, None
         m.swap.cache[new.swapcache] = new
-    new.pinned += 1  # migration's reference on dst, put after remove_migration_ptes()
+    folio_get(new)  # migration's reference on dst, put after remove_migration_ptes()
     remapped = remove_migration_ptes(m, folio, new, len(unmapped))
     if folio.ksm:
         folio.mapcount = 0
     folio.anon = folio.ksm = False  # the old folio's rmap state moved to `new`
     m.free_folio(folio)
-    new.pinned -= 1
+    folio_ref_add(new, -1)
     if rt.current is not None:
         # a racing munmap or exit zapped the entries, or unmapped dst once it was
         # mapped again: the last reference goes with migration's own.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, swp_entry_to_pte
+from cowctx.mm.memory import folio_ref_add
 from cowctx.mm.mm_types import VmAreaStruct
 from cowctx.mm.swap import add_to_swap_cache, delete_from_swap_cache
 from cowctx.rmap.walk import page_vma_mapped_walk, pvmw_done, rmap_walk
@@ -73,11 +74,11 @@ def _shrink_locked_folio(m: Machine, folio: Folio, writeback_pending: bool) -> R
             pvmw_done(vma, address)
         return True
 
-    folio.pinned += 1  # isolated from the LRU: reclaim's own reference
+    folio_ref_add(folio, 1)  # isolated from the LRU: reclaim's own reference
     rt.walk_begin(folio)
     rmap_walk(m, folio, record, try_to_unmap_one, done=lambda f: f.mapcount == 0)
     rt.walk_end(complete=folio.mapcount > 0)  # unmapped everywhere: nothing was missed
-    folio.pinned -= 1
+    folio_ref_add(folio, -1)
     if folio.mapcount:  # still mapped: activate_locked, the folio stays
         return ReclaimResult(False, unmapped)
     folio.anon_exclusive = False

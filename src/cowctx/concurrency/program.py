@@ -15,22 +15,21 @@ from collections.abc import Callable
 from cowctx.clients.migrate import migrate_pages
 from cowctx.clients.reclaim import reclaim_folio
 from cowctx.clients.referenced import folio_referenced
+from cowctx.concurrency import runtime as rt
 from cowctx.concurrency.scheduler import Execution
 from cowctx.designs import get_design, make_machine
-from cowctx.mm import locking as lk
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.errors import AccessFault, SyscallError
 from cowctx.mm.folio import (
     PTE_PFN_SHIFT,
     PTE_PRESENT,
     PTE_WRITE,
-    Folio,
     is_migration_entry,
     pte_pfn,
     pte_present,
 )
 from cowctx.mm.machine import Machine
-from cowctx.mm.swap import delete_from_swap_cache
+from cowctx.mm.memory import folio_put
 from cowctx.oracle.oracle import check_machine
 from cowctx.scenario import schema as S
 from cowctx.scenario.lower import ClientCall, lower
@@ -108,14 +107,19 @@ def _thread_step(run: ScenarioRun, step: S.Step) -> str | None:
     task = run.procs[step.proc]
     if task.exit_state or task.mm is None:
         return "ESRCH"
-    lk.pte(task.mm, action.addr >> PAGE_SHIFT, False)  # the client looks the folio up
+    # One step: the look-up and the caller's reference (under the PTL, as
+    # follow_page(FOLL_GET) / folio_isolate_lru() do): the client runs on a
+    # folio that a racing munmap or exit may unmap but cannot free under it.
+    # The step names the PTE and the count of the folio it maps now.
+    seen = m.folio_at(task, action.addr)
+    pte_key = ("pte", action.addr >> PAGE_SHIFT)
+    rt.points("load", [(task.mm, pte_key, False)] + ([(seen, "refcount", True)] if seen else []))
+    if task.exit_state or task.mm is None:
+        return "ESRCH"
     folio = m.folio_at(task, action.addr)
     if folio is None or not folio.anon or not folio.mapcount:
         return "ENOENT"
-    # The caller's reference, taken with the look-up (under the PTL, as
-    # follow_page(FOLL_GET) / folio_isolate_lru() do): the client runs on a
-    # folio that a racing munmap or exit may unmap but cannot free under it.
-    folio.pinned += 1
+    folio.pinned += 1  # folio_get(), in the look-up's step
     try:
         if action.client == "migrate":
             migrate_pages(m, folio)
@@ -128,20 +132,8 @@ def _thread_step(run: ScenarioRun, step: S.Step) -> str | None:
     except (SyscallError, AccessFault) as err:
         return err.errno
     finally:
-        _folio_put(m, folio)
+        folio_put(m, folio)
     return None
-
-
-def _folio_put(m: Machine, folio: Folio) -> None:
-    """Drop the caller's reference: the last one frees an unmapped anon folio, as
-    ``folio_remove_rmap_pte()`` does for the last mapping (:mod:`cowctx.mm.memory`)."""
-    folio.pinned -= 1
-    if folio.pinned or folio.freed or folio.mapcount or not folio.anon:
-        return
-    if folio.swapcache is None:
-        m.free_folio(folio)
-    elif m.swap.swap_map[folio.swapcache] == 0:
-        delete_from_swap_cache(m, folio)
 
 
 def setup_tlb(m: Machine) -> set[tuple[int, int, int]]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
 from cowctx.mm.folio import Folio
 
 if TYPE_CHECKING:
@@ -103,5 +104,9 @@ def lru_add_drain(m: Machine) -> None:
 
 def folio_ref_count(m: Machine, folio: Folio) -> int:
     """``folio_ref_count()`` as the model knows it: one per mapping, one for the swap
-    cache, one per batch holding the folio (no GUP pins, no other holders)."""
-    return folio.mapcount + (folio.swapcache is not None) + m.fbatches.refs(folio)
+    cache, one per batch holding the folio, one per holder that took its own
+    (``Folio.pinned``: migration's and reclaim's isolation, ``wp_page_copy()``'s
+    reference on the old folio); no GUP pins."""
+    if rt.current is not None:
+        rt.point("load", folio, "refcount")
+    return folio.mapcount + (folio.swapcache is not None) + m.fbatches.refs(folio) + folio.pinned

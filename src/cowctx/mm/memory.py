@@ -78,10 +78,30 @@ def folio_remove_rmap_pte(m: Machine, folio: Folio) -> None:
     folio_put_unmapped(m, folio)
 
 
+def folio_ref_add(folio: Folio, delta: int) -> None:
+    """``folio_ref_add()``/``folio_ref_sub()`` of a reference a holder takes for
+    itself (``Folio.pinned``): an atomic store to the refcount, which every
+    ``folio_ref_count()`` reads (a point: a reuse check races with it)."""
+    if rt.current is not None:
+        rt.point("store", folio, "refcount", True)
+    folio.pinned += delta
+
+
+def folio_get(folio: Folio) -> None:
+    folio_ref_add(folio, 1)
+
+
+def folio_put(m: Machine, folio: Folio) -> None:
+    """``folio_put()`` of a holder's reference: the last reference frees an
+    unmapped anon folio."""
+    folio_ref_add(folio, -1)
+    folio_put_unmapped(m, folio)
+
+
 def folio_put_unmapped(m: Machine, folio: Folio) -> None:
     """The ``folio_put()`` that frees an anon folio nobody maps or holds: freed, or
     dropped from the swap cache once no swap entry refers to it."""
-    if folio.mapcount == 0 and folio.anon and not folio.pinned:
+    if folio.mapcount == 0 and folio.anon and not folio.pinned and not folio.freed:
         if folio.swapcache is None:
             m.free_folio(folio)
         elif m.swap.swap_map[folio.swapcache] == 0:
@@ -268,12 +288,17 @@ def wp_can_reuse_anon_folio(m: Machine, folio: Folio, vma: VmAreaStruct) -> bool
         lru_add_drain(m)
     if folio_ref_count(m, folio) > 1 + (folio.swapcache is not None):
         return False
-    if folio.swapcache is not None:
-        folio_free_swap(m, folio)
-    if folio_ref_count(m, folio) != 1:
+    if not rt.trylock("folio_lock", folio):  # migration or reclaim has it
         return False
-    m.rmap.folio_move_anon_rmap(folio, vma)
-    return True
+    try:
+        if folio.swapcache is not None:
+            folio_free_swap(m, folio)
+        if folio_ref_count(m, folio) != 1:
+            return False
+        m.rmap.folio_move_anon_rmap(folio, vma)
+        return True
+    finally:
+        rt.unlock("folio_lock", folio)
 
 
 def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio | None:
@@ -299,8 +324,10 @@ def do_wp_page(m: Machine, vma: VmAreaStruct, address: int, pte: int) -> Folio |
         mm.pgd[vpn] = pte | PTE_WRITE | PTE_YOUNG | PTE_DIRTY
         lk.ptl_unlock(mm)
         return folio
+    if folio is not None:
+        folio_get(folio)  # vmf->page's reference, put by wp_page_copy()
     lk.ptl_unlock(mm)  # pte_unmap_unlock() before wp_page_copy()
-    return wp_page_copy(m, vma, address, folio, orig=pte)
+    return wp_page_copy(m, vma, address, folio, orig=pte, ref=folio is not None)
 
 
 def wp_page_copy(
@@ -310,11 +337,16 @@ def wp_page_copy(
     old: Folio | None,
     unshare: bool = False,
     orig: int | None = None,
+    ref: bool = False,
 ) -> Folio:
     """``wp_page_copy()``: break CoW into a new exclusive anon folio (mapped
     read-only for an unsharing fault, FAULT_FLAG_UNSHARE).  ``orig`` is
     ``vmf->orig_pte``, the PTE the fault decided on (the one at ``address`` now
-    when not given): the copy is installed only if the PTE is still that one."""
+    when not given): the copy is installed only if the PTE is still that one.
+    ``ref``: the caller took a reference on ``old`` (``do_wp_page()``'s
+    ``folio_get()``), dropped here once the copy is installed or abandoned: until
+    then ``old`` cannot be freed, and another mapper's ``wp_can_reuse_anon_folio()``
+    sees it as shared."""
     vmf_anon_prepare(m, vma)
     mm = vma.vm_mm
     vpn = address >> PAGE_SHIFT
@@ -327,6 +359,8 @@ def wp_page_copy(
         new.content = old.content
     if rt.current is not None:
         if _pte_changed(m, mm, vpn, orig, new, old):
+            if ref and old is not None:
+                folio_put(m, old)
             return handle_mm_fault(m, mm, address, True)  # type: ignore[return-value]
         if old is not None:  # the PTE is the one the copy was made for
             rt.copied(old, new, f"wp_page_copy() in mm#{mm.mm_id} at {address:#x}")
@@ -337,6 +371,8 @@ def wp_page_copy(
     if old is not None:
         folio_remove_rmap_pte(m, old)
     lk.ptl_unlock(mm)
+    if ref and old is not None:
+        folio_put(m, old)
     return new
 
 
@@ -347,11 +383,14 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
     lk.ptl_lock(mm)
     active = rt.current is not None
     for vpn, pte in list(mm.iter_ptes(start, end)):
-        if active:
-            lk.pte(mm, vpn, True)
+        pfn = pte_pfn(pte) if pte_present(pte) else ZERO_PFN
+        if active:  # the PTE, and the folio's count when it maps one
+            if pfn != ZERO_PFN:
+                rt.points("store", [(mm, ("pte", vpn), True), (mem_map[pfn], "refcount", True)])
+            else:
+                lk.pte(mm, vpn, True)
         del pgd[vpn]
         if pte_present(pte):
-            pfn = pte_pfn(pte)
             if pfn != ZERO_PFN:
                 folio_remove_rmap_pte(m, mem_map[pfn])
         elif is_swap_pte(pte):

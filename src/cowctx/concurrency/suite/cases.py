@@ -230,16 +230,21 @@ def _op(op: str, **fields: Any) -> Callable[[Shape, str], dict[str, Any]]:
     return step
 
 
-def _mremap_move(shape: Shape, actor: str) -> dict[str, Any]:
-    return {
-        "op": "mremap",
-        "proc": actor,
-        "page": shape.base + 2,
-        "pages": 2,
-        "new_pages": 2,
-        "flags": ["maymove", "fixed"],
-        "new_page": 40,
-    }
+def _move(page: int, pages: int, to: int) -> Callable[[Shape, str], dict[str, Any]]:
+    """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) of ``pages`` at ``base + page`` to ``to``."""
+
+    def step(shape: Shape, actor: str) -> dict[str, Any]:
+        return {
+            "op": "mremap",
+            "proc": actor,
+            "page": shape.base + page,
+            "pages": pages,
+            "new_pages": pages,
+            "flags": ["maymove", "fixed"],
+            "new_page": to,
+        }
+
+    return step
 
 
 WRITERS: tuple[Writer, ...] = (
@@ -257,8 +262,15 @@ WRITERS: tuple[Writer, ...] = (
     ),
     Writer(
         "mremap-move",
-        "mremap moves the VMA's second half away (split, move_ptes())",
-        _simple(_mremap_move),
+        "mremap moves the VMA's second half to a free place (split, a new VMA, move_ptes())",
+        _simple(_move(2, 2, 40)),
+    ),
+    Writer(
+        "mremap-move-merge",
+        "mremap moves the VMA's second half next to its page 1, moved before: the "
+        "destination merges with a VMA of lower pgoff, which the rmap walk visits first "
+        "(copy_vma()'s need_rmap_locks)",
+        _simple(_move(2, 2, 40), prep=lambda shape, a: [_move(1, 1, 39)(shape, a)]),
     ),
     Writer(
         "mremap-grow",

@@ -200,7 +200,7 @@ def test_matrix_cells_and_totals() -> None:
     assert md[2] == "| a    | clean    | missed,stale* |"
     assert md[3] == "| b    | stale* ~ | error         |"
     html = matrix_html(results, links={("a", "d2"): [("0-missed", "s/a.json")]})
-    assert "<a href='s/a.json'>0-missed</a>" in html
+    assert "<a href='s/a.json' title='0-missed'>0</a>" in html
 
 
 def test_suite_input_errors_exit_2() -> None:

@@ -106,7 +106,8 @@ def matrix_html(
     command: str | None = None,
 ) -> str:
     """The report's stabilisation section.  ``links``: per cell, (label, href)
-    of its schedule files; ``swimlanes``: per cell, (kind, detail, SVG) of the
+    of its files (shown by the label's part before its first ``-``: the schedule's
+    number, or ``scenario``); ``swimlanes``: per cell, (kind, detail, SVG) of the
     violations to draw; ``command``: how to reproduce the matrix."""
     links = links or {}
     swimlanes = swimlanes or {}
@@ -121,7 +122,7 @@ def matrix_html(
         + "</tr>"
     )
     for case in cases:
-        row = [f"<td>{html.escape(case)}</td>"]
+        row = [f"<td style='white-space:nowrap'>{html.escape(case)}</td>"]
         for d in designs:
             r = cells.get((case, d))
             if r is None:
@@ -132,11 +133,13 @@ def matrix_html(
             if (case, d) in swimlanes:
                 text = f"<a href='#{anchor}'>{text}</a>"
             files = " ".join(
-                f"<a href='{html.escape(href)}'>{html.escape(label)}</a>"
+                f"<a href='{html.escape(href)}' title='{html.escape(label)}'>"
+                f"{html.escape(label.split('-', 1)[0])}</a>"
                 for label, href in links.get((case, d), [])
             )
-            style = "" if r["verdict"] == "clean" else " style='background:#fde8e8'"
-            row.append(f"<td{style}>{text}{' ' + files if files else ''}</td>")
+            style = "text-align:left" + ("" if r["verdict"] == "clean" else ";background:#fde8e8")
+            note = f" <span class='note'>{files}</span>" if files else ""
+            row.append(f"<td style='{style}'>{text}{note}</td>")
         out.append("<tr>" + "".join(row) + "</tr>")
     out.append("</table>")
     tot = totals(results)

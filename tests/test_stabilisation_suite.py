@@ -16,7 +16,13 @@ from click.testing import CliRunner
 from cowctx.cli import main
 from cowctx.concurrency.suite import stabilisation_suite
 from cowctx.concurrency.suite.cases import SHAPES, WALKERS, WRITERS, slug
-from cowctx.concurrency.suite.run import Options, _in_order, run_suite, strip_wall_clock
+from cowctx.concurrency.suite.run import (
+    Options,
+    _in_order,
+    run_case,
+    run_suite,
+    strip_wall_clock,
+)
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.report.stabilisation import matrix_html, matrix_markdown, totals, verdict
 from cowctx.scenario import schema as S
@@ -86,10 +92,11 @@ def _slice() -> list[Any]:
 
 
 def test_results_are_the_same_on_one_process_a_pool_and_dask() -> None:
+    """With PCT split into parts (20 runs as 7 + 7 + 6), each a job of its own."""
     from distributed import LocalCluster
 
     cases = _slice()
-    options = Options(bound=2, pct=20, seed=3)
+    options = Options(bound=2, pct=20, seed=3, pct_chunk=7)
     one = list(run_suite("stabilisation", cases, SOUND, options, jobs=1))
     assert [(r["case"], r["design"]) for r in one] == [(c.name, d) for c in cases for d in SOUND]
     two = list(run_suite("stabilisation", cases, SOUND, options, jobs=2))
@@ -105,6 +112,13 @@ def test_results_are_the_same_on_one_process_a_pool_and_dask() -> None:
     assert canon == [json.dumps(strip_wall_clock(r), sort_keys=True) for r in two]
     assert canon == [json.dumps(strip_wall_clock(r), sort_keys=True) for r in dask]
     assert all(r["explore"]["executions"] > 1 and r["pct"]["executions"] == 20 for r in one)
+    assert all(r["pct"]["parts"] == 3 for r in one)
+    # the same in one piece, by run_case, but for the PCT seeds of the parts
+    whole = run_case("stabilisation", cases[0], "anon_vma", Options(bound=2, pct=20, seed=3))
+    assert whole["pct"]["executions"] == 20 and "parts" not in whole["pct"]
+    assert strip_wall_clock(whole)["explore"] == strip_wall_clock(one[0])["explore"]
+    again = run_case("stabilisation", cases[0], "anon_vma", options)  # the parts in turn
+    assert json.dumps(strip_wall_clock(again), sort_keys=True) == canon[0]
 
 
 def test_results_come_in_submission_order_whatever_finishes_first() -> None:
@@ -116,7 +130,10 @@ def test_results_come_in_submission_order_whatever_finishes_first() -> None:
     def finishing() -> Iterator[Future[dict[str, Any]]]:
         yield from (futures[2], futures[0], futures[3], futures[1])
 
-    out = _in_order(futures, finishing(), lambda done, total, r: seen.append(r["i"]))
+    def progress(done: int, total: int, r: Any) -> None:
+        seen.append(r["i"])
+
+    out = _in_order(futures, finishing(), progress)
     assert [r["i"] for r in out] == [0, 1, 2, 3]
     assert seen == [2, 0, 3, 1]
 

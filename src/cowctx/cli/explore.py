@@ -77,6 +77,13 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
     help="With --suite: only the cases whose name (or scenario name) matches; repeatable.",
 )
 @click.option(
+    "--pct-chunk",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --suite --pct: split each case's PCT runs into jobs of this many (part k "
+    "seeded (seed << 20) + k).",
+)
+@click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
@@ -106,6 +113,7 @@ def explore_command(
     replay: Path | None,
     suite: str | None,
     case_globs: tuple[str, ...],
+    pct_chunk: int | None,
     jobs: int | None,
     dask_address: str | None,
     html_path: Path | None,
@@ -137,6 +145,7 @@ def explore_command(
             design,
             bound=bound,
             pct_runs=pct_runs,
+            pct_chunk=pct_chunk,
             depth=depth,
             seed=seed,
             max_executions=max_executions,
@@ -149,6 +158,7 @@ def explore_command(
         return
     for what, given in {
         "--case": bool(case_globs),
+        "--pct-chunk": pct_chunk is not None,
         "--jobs": jobs is not None,
         "--dask": dask_address is not None,
     }.items():
@@ -333,6 +343,7 @@ def _explore_suite(
     *,
     bound: int,
     pct_runs: int | None,
+    pct_chunk: int | None,
     depth: int,
     seed: int,
     max_executions: int | None,
@@ -350,7 +361,7 @@ def _explore_suite(
     from fnmatch import fnmatchcase
 
     from cowctx.concurrency.suite import SUITES
-    from cowctx.concurrency.suite.run import Options, run_suite, shortest_violations
+    from cowctx.concurrency.suite.run import Options, PctPart, run_suite, shortest_violations
     from cowctx.report.stabilisation import matrix_markdown, verdict
 
     if suite not in SUITES:
@@ -377,10 +388,18 @@ def _explore_suite(
         depth=depth,
         seed=seed,
         max_executions=max_executions,
+        pct_chunk=pct_chunk,
     )
     by_name = {c.name: c for c in cases}
 
-    def progress(done: int, total: int, r: dict[str, Any]) -> None:
+    def progress(done: int, total: int, r: dict[str, Any] | PctPart) -> None:
+        if isinstance(r, PctPart):
+            runs = r.report.executions if r.report is not None else 0
+            what = f"{r.case} on {r.design}: PCT part {r.part}"
+            click.echo(
+                f"[{done}/{total}] {what}: {r.error or 'done'} ({runs} executions)", err=True
+            )
+            return
         runs = sum(r.get(b, {}).get("executions", 0) for b in ("explore", "pct"))
         click.echo(
             f"[{done}/{total}] {r['case']} on {r['design']}: {verdict(r)} ({runs} executions)",

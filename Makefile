@@ -47,9 +47,12 @@ fuzz: setup
 	$(COVERAGE) run --append $(COVSRC) $(BIN)/cowctx fuzz --design anon_vma --steps 100000 --seed 2 --chunk 500
 	$(COVERAGE) run --append $(COVSRC) $(BIN)/cowctx run --design cow_context_poc scenarios/poc/*.yaml >/dev/null
 	$(COVERAGE) report $(COVDATA) --include='src/cowctx/designs/*,src/cowctx/mm/vma.py' --show-missing
+	@echo "the stabilisation race suite, every case on anon_vma and the PoC, bound 2 (matrix: $(VENV)/stabilisation.md; exit 1 = violations found)"
+	$(BIN)/cowctx explore --suite stabilisation --design anon_vma,cow_context_poc --max-executions 50000 --schedules $(VENV)/stabilisation --html $(VENV)/stabilisation.html > $(VENV)/stabilisation.md || test $$? -eq 1
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/stabilisation.py
 
 # every workload at 1x and 10x in its own process (about an hour here)
 bench-workloads: setup

@@ -30,9 +30,12 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
 
 
 @click.command("explore")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path), required=False)
 @design_option("anon_vma")
-@json_option("One JSON object per design, with an `explore` block.")
+@json_option(
+    "One JSON object per design, with an `explore` block (with --suite: one per case and "
+    "design, docs/stabilisation.md)."
+)
 @click.option("--naive", is_flag=True, help="Enumerate every interleaving (checks the DPOR).")
 @click.option("--bound", type=int, default=2, show_default=True, help="Preemption bound; -1: none.")
 @click.option("--random", "random_runs", type=int, default=None, help="N seeded random schedules.")
@@ -60,9 +63,42 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
     default=None,
     help="Re-run exactly the schedule in this file (from --schedules).",
 )
+@click.option(
+    "--suite",
+    default=None,
+    metavar="NAME",
+    help="Explore every case of a generated race suite instead of FILE: 'stabilisation'.",
+)
+@click.option(
+    "--case",
+    "case_globs",
+    multiple=True,
+    metavar="GLOB",
+    help="With --suite: only the cases whose name (or scenario name) matches; repeatable.",
+)
+@click.option(
+    "--pct-chunk",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --suite --pct: split each case's PCT runs into jobs of this many (part k "
+    "seeded (seed << 20) + k).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --suite: local worker processes (default: one per CPU; 1: this process).",
+)
+@click.option(
+    "--dask",
+    "dask_address",
+    default=None,
+    metavar="ADDRESS",
+    help="With --suite: run the jobs on this Dask scheduler instead of local processes.",
+)
 @html_option()
 def explore_command(
-    file: Path,
+    file: Path | None,
     design: str,
     as_json: bool,
     naive: bool,
@@ -75,16 +111,63 @@ def explore_command(
     schedule_dir: Path | None,
     trace_dir: Path | None,
     replay: Path | None,
+    suite: str | None,
+    case_globs: tuple[str, ...],
+    pct_chunk: int | None,
+    jobs: int | None,
+    dask_address: str | None,
     html_path: Path | None,
 ) -> None:
     """Explore the interleavings of FILE's `threads` (after its `steps`): source-DPOR
     with sleep sets under a preemption bound (default), every interleaving
     (--naive), seeded random or PCT schedules, or one saved schedule (--replay).
-    Exits 1 when a violation is found."""
+    With --suite instead of FILE: every case of that suite on every design, as a
+    matrix (docs/stabilisation.md).  Exits 1 when a violation is found."""
     from cowctx.concurrency.explorer import explore, random_walks, run_schedule
     from cowctx.concurrency.program import ScenarioProgram
     from cowctx.concurrency.swimlane import text_swimlane
 
+    if suite is not None:
+        refused = {
+            "FILE": file is not None,
+            "--naive": naive,
+            "--random": random_runs is not None,
+            "--replay": replay is not None,
+            "--trace": trace_dir is not None,
+        }
+        for what, given in refused.items():
+            if given:
+                click.echo(f"error: --suite: {what} applies to one scenario file only", err=True)
+                sys.exit(EXIT_BAD_INPUT)
+        _explore_suite(
+            suite,
+            case_globs,
+            design,
+            bound=bound,
+            pct_runs=pct_runs,
+            pct_chunk=pct_chunk,
+            depth=depth,
+            seed=seed,
+            max_executions=max_executions,
+            jobs=jobs,
+            dask_address=dask_address,
+            as_json=as_json,
+            schedule_dir=schedule_dir,
+            html_path=html_path,
+        )
+        return
+    for what, given in {
+        "--case": bool(case_globs),
+        "--pct-chunk": pct_chunk is not None,
+        "--jobs": jobs is not None,
+        "--dask": dask_address is not None,
+    }.items():
+        if given:
+            click.echo(f"error: {what} applies to --suite only", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    if file is None:
+        click.echo("error: give a scenario FILE or --suite NAME", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     (scenario,) = load_all((file,))
     if not scenario.threads:
         click.echo(f"error: {file}: no 'threads' to explore", err=True)
@@ -125,7 +208,8 @@ def explore_command(
         block = report.to_json()
         found_any |= bool(report.violations)
         if schedule_dir is not None:
-            block["schedule_files"] = _write_schedules(schedule_dir, scenario.name, name, report)
+            found_list = [(f.kind, f.detail, f.schedule) for f in report.violations.values()]
+            block["schedule_files"] = write_schedules(schedule_dir, scenario.name, name, found_list)
         if trace_dir is not None:
             block["trace_files"] = _write_traces(trace_dir, scenario.name, name, program, report)
         if html_path is not None:
@@ -186,21 +270,25 @@ def _print(scenario: str, design: str, block: dict[str, Any]) -> None:
         click.echo(f"  swimlane written: {path}")
 
 
-def _write_schedules(directory: Path, scenario: str, design: str, report: Report) -> list[str]:
+def write_schedules(
+    directory: Path, scenario: str, design: str, found: list[tuple[str, str, list[str]]]
+) -> list[str]:
+    """``<scenario>.<design>.<i>-<kind>.json`` per (kind, detail, schedule), in
+    (kind, detail) order: each a file ``--replay`` re-runs."""
     from cowctx.files import write_atomically
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, found in enumerate(sorted(report.violations.values(), key=lambda f: (f.kind, f.detail))):
+    for i, (kind, detail, schedule) in enumerate(sorted(found, key=lambda f: (f[0], f[1]))):
         safe = design.replace("[", "-").replace("]", "").replace(",", "-")
-        path = directory / f"{scenario}.{safe}.{i}-{found.kind}.json"
+        path = directory / f"{scenario}.{safe}.{i}-{kind}.json"
         doc = {
             "format": SCHEDULE_FORMAT,
             "scenario": scenario,
             "design": design,
-            "kind": found.kind,
-            "detail": found.detail,
-            "schedule": found.schedule,
+            "kind": kind,
+            "detail": detail,
+            "schedule": schedule,
         }
         write_atomically(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
         paths.append(str(path))
@@ -246,3 +334,150 @@ def _read_schedule(path: Path, scenario: str, design: str) -> tuple[list[str], s
         click.echo(f"error: {path}: field 'schedule': not a list of thread names", err=True)
         sys.exit(EXIT_BAD_INPUT)
     return sched, str(doc.get("design", design))
+
+
+def _explore_suite(
+    suite: str,
+    case_globs: tuple[str, ...],
+    design: str,
+    *,
+    bound: int,
+    pct_runs: int | None,
+    pct_chunk: int | None,
+    depth: int,
+    seed: int,
+    max_executions: int | None,
+    jobs: int | None,
+    dask_address: str | None,
+    as_json: bool,
+    schedule_dir: Path | None,
+    html_path: Path | None,
+) -> None:
+    """``--suite``: every selected case × design (case-major), the results in that
+    order whatever runs them; the matrix as text, or JSON Lines (one object per
+    case and design); each violation's shortest schedule, with the case as a
+    scenario file beside it, in ``schedule_dir``.  Exits 1 when a job found a
+    violation or raised."""
+    from fnmatch import fnmatchcase
+
+    from cowctx.concurrency.suite import SUITES
+    from cowctx.concurrency.suite.run import Options, PctPart, run_suite, shortest_violations
+    from cowctx.report.stabilisation import matrix_markdown, verdict
+
+    if suite not in SUITES:
+        click.echo(
+            f"error: --suite: unknown suite {suite!r} (known: {', '.join(SUITES)})", err=True
+        )
+        sys.exit(EXIT_BAD_INPUT)
+    cases = SUITES[suite]()
+    if case_globs:
+        cases = [
+            c
+            for c in cases
+            if any(fnmatchcase(c.name, g) or fnmatchcase(c.scenario.name, g) for g in case_globs)
+        ]
+        if not cases:
+            click.echo(
+                f"error: --case: no case of {suite!r} matches {' '.join(case_globs)}", err=True
+            )
+            sys.exit(EXIT_BAD_INPUT)
+    designs = parse_designs(design)
+    options = Options(
+        bound=None if bound < 0 else bound,
+        pct=pct_runs,
+        depth=depth,
+        seed=seed,
+        max_executions=max_executions,
+        pct_chunk=pct_chunk,
+    )
+    by_name = {c.name: c for c in cases}
+
+    def progress(done: int, total: int, r: dict[str, Any] | PctPart) -> None:
+        if isinstance(r, PctPart):
+            runs = r.report.executions if r.report is not None else 0
+            what = f"{r.case} on {r.design}: PCT part {r.part}"
+            click.echo(
+                f"[{done}/{total}] {what}: {r.error or 'done'} ({runs} executions)", err=True
+            )
+            return
+        runs = sum(r.get(b, {}).get("executions", 0) for b in ("explore", "pct"))
+        click.echo(
+            f"[{done}/{total}] {r['case']} on {r['design']}: {verdict(r)} ({runs} executions)",
+            err=True,
+        )
+
+    results = []
+    for r in run_suite(
+        suite, cases, designs, options, jobs=jobs, dask_address=dask_address, progress=progress
+    ):
+        found = shortest_violations(r)
+        if schedule_dir is not None and found:
+            case = by_name[r["case"]]
+            r["schedule_files"] = [
+                _write_case(schedule_dir, case.scenario),
+                *write_schedules(schedule_dir, case.scenario.name, r["design"], found),
+            ]
+        if as_json:
+            click.echo(json.dumps(r, sort_keys=True))
+        results.append(r)
+    if not as_json:
+        click.echo(matrix_markdown(results))
+    if html_path is not None:
+        _suite_report(html_path, suite, designs, results, by_name)
+        click.echo(f"report written to {html_path}", err=as_json)
+    failed = any(r["verdict"] != "clean" for r in results)
+    sys.exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+def _write_case(directory: Path, scenario: Scenario) -> str:
+    """The case as a scenario file, ``<scenario>.yaml``: what ``--replay`` runs."""
+    import yaml
+
+    from cowctx.files import write_atomically
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{scenario.name}.yaml"
+    doc = scenario.model_dump(mode="json", exclude_defaults=True)
+    doc["format"] = scenario.format
+    write_atomically(path, yaml.safe_dump(doc, sort_keys=False, width=100))
+    return str(path)
+
+
+def _suite_report(
+    html_path: Path,
+    suite: str,
+    designs: list[str],
+    results: list[dict[str, Any]],
+    by_name: dict[str, Any],
+) -> None:
+    """The report with the matrix section: links to the schedule files, and the
+    shortest violation of each cell as a swimlane."""
+    import os
+
+    from cowctx.concurrency.program import ScenarioProgram
+    from cowctx.concurrency.suite.run import shortest_violations
+    from cowctx.concurrency.swimlane import svg_swimlane
+    from cowctx.report.html import write_report
+    from cowctx.report.stabilisation import matrix_html
+
+    base = html_path.resolve().parent
+    links: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    lanes: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for r in results:
+        cell = (r["case"], r["design"])
+        files = r.get("schedule_files", [])
+        links[cell] = [
+            (
+                "scenario" if f.endswith(".yaml") else Path(f).stem.rsplit(".", 1)[-1],
+                os.path.relpath(Path(f).resolve(), base),
+            )
+            for f in files
+        ]
+        found = shortest_violations(r)
+        if found:
+            kind, detail, schedule = min(found, key=lambda f: (len(f[2]), f[0], f[1]))
+            program = ScenarioProgram(by_name[r["case"]].scenario, r["design"])
+            lanes[cell] = [(kind, detail, svg_swimlane(program, schedule, detail))]
+    command = f"cowctx explore --suite {suite} --design '{','.join(designs)}'"
+    section = matrix_html(results, links=links, swimlanes=lanes, command=command)
+    write_report(html_path, [], sections=[section])

@@ -181,7 +181,11 @@ def render_report(
     sweeps: list[SweepResult] | None = None,
     title: str = "cowctx: anon_vma and CoW context side by side",
     explorations: list[Exploration] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
+    """The whole report; ``sections`` are further HTML sections (each starting
+    with its ``<h2>``, e.g. :func:`cowctx.report.stabilisation.matrix_html`),
+    placed before the glossary."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
@@ -208,6 +212,7 @@ def render_report(
         parts.append(_sweep(s))
     if explorations:
         parts.append(_explorations(explorations))
+    parts.extend(sections or [])
     parts.append("<h2>What each number counts</h2><dl>")
     for term, text in GLOSSARY.items():
         parts.append(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>")
@@ -220,6 +225,9 @@ def write_report(
     comparisons: list[Comparison],
     sweeps: list[SweepResult] | None = None,
     explorations: list[Exploration] | None = None,
+    sections: list[str] | None = None,
 ) -> None:
     """Write the report atomically (a temporary file renamed over ``path``)."""
-    write_atomically(path, render_report(comparisons, sweeps, explorations=explorations))
+    write_atomically(
+        path, render_report(comparisons, sweeps, explorations=explorations, sections=sections)
+    )

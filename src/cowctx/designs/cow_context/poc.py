@@ -775,9 +775,12 @@ class CowContextPoc(CowContextRmap):
         if self.stab.stab_rwsem:
             rt.lock("cow_context", ctx, "read")
             self.ledger.unlock(self._lock("cow_context.rwsem", "read", "cow_context_walk"))
-        else:
-            rt.wait_until("seqcount", ctx, "seq", lambda: ctx.seq % 2 == 0)
-            rt.point("load", ctx, "seq")
+        else:  # read_seqcount_begin(): spin while odd, return an even count
+            while True:
+                rt.wait_until("seqcount", ctx, "seq", lambda: ctx.seq % 2 == 0)
+                rt.point("load", ctx, "seq")
+                if ctx.seq % 2 == 0:
+                    break
         if isinstance(reached, list):
             reached.append((ctx, ctx.seq))
 

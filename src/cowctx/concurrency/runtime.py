@@ -167,6 +167,22 @@ def walk_skip_mm(mm_id: int) -> None:
         w.mms.discard(mm_id)
 
 
+def walk_unmapping(mm_id: int, covered: Callable[[int], bool]) -> None:
+    """The walk looked ``mm_id``'s VMAs up in its VMA tree (lockless, as the
+    CoW context PoC does): a mapping at an address no VMA covers any more is
+    being torn down by a munmap that already cleared the range
+    (``vms_complete_munmap_vmas()`` zaps after ``vma_iter_clear_gfp()``), so a
+    walk that finds VMAs through the tree need not find it."""
+    ex = current
+    if ex is not None and ex.running is not None and ex.running.walk is not None:
+        w = ex.running.walk
+        w.alive = {(mm, a) for mm, a in w.alive if mm != mm_id or covered(a)}
+        now = ex.mappings_of(w.pfn) if ex.mappings_of is not None else set()
+        mine = [a for mm, a in now if mm == mm_id]
+        if mine and not any(covered(a) for a in mine):
+            w.mms.discard(mm_id)
+
+
 def walk_resample() -> None:
     """The walk read something a page-table change updates without taking the
     page-table lock (the PoC's lockless ``folio_maybe_mapped_shared()``): it may

@@ -917,6 +917,8 @@ class CowContextPoc(CowContextRmap):
         if start < 0 or end > mm.task_size:
             return True
         rt.point("load", mm, "mm_mt")
+        if rt.active():
+            rt.walk_unmapping(mm.mm_id, lambda a: bool(mm.vmas_in_range(a, a + 1)))
         for vma in mm.vmas_in_range(start, end):
             rt.point("load", vma, "range")  # READ_ONCE(vma->vm_start)
             vm_start = vma.vm_start

@@ -51,6 +51,13 @@ FOUND = {
         1,
         False,
     ),
+    "poc-dynarray-krealloc.yaml": (
+        "cow_context_poc[no_exclusive_abort]",
+        "uaf",
+        "walker: load dynarray#1.nr after kmem_cache_free(kmalloc)",
+        1,
+        False,
+    ),
     "poc-mm-teardown.yaml": (
         "cow_context_poc",
         "uaf",
@@ -67,6 +74,7 @@ FIXES = {
     "poc-unstable-vma.yaml": "",
     "poc-sleep-under-rcu.yaml": "",
     "poc-dynarray-shift.yaml": "no_exclusive_abort,dynarray_insert",
+    "poc-dynarray-krealloc.yaml": "no_exclusive_abort",
     "poc-mm-teardown.yaml": "",
 }
 LEFT: dict[tuple[str, str], set[str]] = {

@@ -41,8 +41,8 @@ KINDS: dict[str, LockKind] = {
 }
 """``vma_lock``: the per-VMA lock (``vma_start_read``/``vma_start_write``);
 ``anon_vma``: the root's ``rwsem``; ``cow_context``: the per-context rwsem of
-the ``cow_context_poc[stab_rwsem]`` scheme, where anon_vma's would be; ``ptl``: a page table's spinlock;
-``spinlock``: any other spinlock (innermost)."""
+the ``cow_context_poc[stab_rwsem]`` scheme, where anon_vma's would be;
+``ptl``: a page table's spinlock; ``spinlock``: any other spinlock (innermost)."""
 
 
 @dataclass

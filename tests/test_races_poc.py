@@ -1,8 +1,8 @@
 """The CoW context PoC's races (issue 11 item 3, docs/stabilisation.md): each file of
 scenarios/races/poc/ fails on the PoC at a preemption bound of at most 2, its
 committed schedule replays the violation, and the stabilisation schemes
-(cow_context_poc[stab_rwsem], cow_context_poc[stab_seqcount]) make it clean, or
-are shown not to."""
+(cow_context_poc[stab_rwsem], [stab_seqcount], [stab_refcount]) make it clean,
+or are shown not to."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_committed_schedule_replays(name: str) -> None:
     assert (kind, doc["detail"]) in {(v["kind"], v["detail"]) for v in out["explore"]["violations"]}
 
 
-@pytest.mark.parametrize("scheme", ["stab_rwsem", "stab_seqcount"])
+@pytest.mark.parametrize("scheme", ["stab_rwsem", "stab_seqcount", "stab_refcount"])
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_scheme_makes_the_race_file_clean(name: str, scheme: str) -> None:
     """Every schedule within 2 preemptions (naive: no dependence assumed): the
@@ -148,6 +148,7 @@ def test_the_schemes_leave_the_sequential_model_alone() -> None:
             "cow_context_poc[no_exclusive_abort,dynarray_insert]",
             "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_rwsem]",
             "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_seqcount]",
+            "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_refcount]",
         )
     }
     graphs = {d: r.machine.rmap.graph() for d, r in runs.items()}
@@ -160,6 +161,8 @@ def test_scheme_names() -> None:
     )
     with pytest.raises(KeyError, match="exclusive"):
         get_design("cow_context_poc[stab_rwsem,stab_seqcount]")
+    with pytest.raises(KeyError, match="exclusive"):
+        get_design("cow_context_poc[stab_refcount,stab_rwsem]")
     with pytest.raises(KeyError, match="stab_rwsem"):
         get_design("cow_context_poc[stab_nothing]")
 

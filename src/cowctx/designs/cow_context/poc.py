@@ -35,7 +35,8 @@ tree's ``mas_lock``, free contexts with ``kfree_rcu()`` and the mm with
 ``free_mm()`` (no grace period).  None of it changes a sequential run.
 
 ``cow_context_poc[fix,...]`` repairs the named faults (:class:`PocFixes`);
-``cow_context_poc[stab_rwsem]``/``[stab_seqcount]`` add a stabilisation scheme
+``cow_context_poc[stab_rwsem]``/``[stab_seqcount]``/``[stab_refcount]`` add a
+stabilisation scheme
 (:mod:`cowctx.designs.cow_context.stabilise`).
 """
 
@@ -128,6 +129,8 @@ class CowContextPoc(CowContextRmap):
         """(thread, context) -> depth of a scheme's write section."""
         self._forking: set[int] = set()
         """Child contexts whose fork holds the parent's write section."""
+        self._reached: dict[int, list[tuple[CowContext, int]]] = {}
+        """Thread -> the contexts its walk reached (and their counts)."""
         self._mremap: set[tuple[int, int]] = set()
         """(thread, context) of an mremap between copy_vma and drop_rmap_locks."""
 
@@ -294,6 +297,14 @@ class CowContextPoc(CowContextRmap):
         if self.stab.stab_rwsem:
             rt.lock("cow_context", ctx, "write")
             self.ledger.unlock(self._lock("cow_context.rwsem", "write", site))
+        elif self.stab.stab_refcount:
+            rt.may_sleep("waiting for the context's walkers")
+            rt.wait_until("writer", ctx, "writing", lambda: not ctx.writing)
+            rt.point("store", ctx, "writing", True)
+            ctx.writing = True
+            rt.wait_until("walkers", ctx, "walkers", lambda: ctx.walkers == 0)
+            rt.point("load", ctx, "walkers")
+            self.ledger.unlock(self._lock("cow_context.walkers", "write", site))
         else:
             rt.point("store", ctx, "seq", True)  # write_seqcount_begin()
             ctx.seq += 1
@@ -310,6 +321,9 @@ class CowContextPoc(CowContextRmap):
         del self._sections[key]
         if self.stab.stab_rwsem:
             rt.unlock("cow_context", ctx, "write")
+        elif self.stab.stab_refcount:
+            rt.point("store", ctx, "writing", True)
+            ctx.writing = False
         else:
             rt.point("store", ctx, "seq", True)  # write_seqcount_end()
             ctx.seq += 1
@@ -750,7 +764,7 @@ class CowContextPoc(CowContextRmap):
         while True:
             hold = self._lock(RCU, "read", "cow_context_walk")
             reached: list[tuple[CowContext, int]] = []
-            rt.local()["cow_context_reached"] = reached
+            self._reached[self._who()] = reached
             if self.stab.rcu_walk:
                 rt.rcu_read_lock()
             try:
@@ -771,17 +785,28 @@ class CowContextPoc(CowContextRmap):
         ``down_read()`` (rwsem) or ``read_seqcount_begin()`` (seqcount)."""
         if not self.stab.any:
             return
-        reached = rt.local().get("cow_context_reached")
+        reached = self._reached.get(self._who())
         if self.stab.stab_rwsem:
             rt.lock("cow_context", ctx, "read")
             self.ledger.unlock(self._lock("cow_context.rwsem", "read", "cow_context_walk"))
+        elif self.stab.stab_refcount:  # pin, then back off while a writer is there
+            while True:
+                rt.point("store", ctx, "walkers", True)
+                ctx.walkers += 1
+                rt.point("load", ctx, "writing")
+                if not ctx.writing:
+                    break
+                rt.point("store", ctx, "walkers", True)
+                ctx.walkers -= 1
+                rt.wait_until("writer", ctx, "writing", lambda: not ctx.writing)
+            self.ledger.unlock(self._lock("cow_context.walkers", "read", "cow_context_walk"))
         else:  # read_seqcount_begin(): spin while odd, return an even count
             while True:
                 rt.wait_until("seqcount", ctx, "seq", lambda: ctx.seq % 2 == 0)
                 rt.point("load", ctx, "seq")
                 if ctx.seq % 2 == 0:
                     break
-        if isinstance(reached, list):
+        if reached is not None:
             reached.append((ctx, ctx.seq))
 
     def _walk_finish(self, reached: list[tuple[CowContext, int]]) -> bool:
@@ -792,6 +817,10 @@ class CowContextPoc(CowContextRmap):
         if self.stab.stab_rwsem:
             for ctx, _ in reversed(reached):
                 rt.unlock("cow_context", ctx, "read")
+        elif self.stab.stab_refcount:  # children first: the parent's pin keeps them
+            for ctx, _ in reversed(reached):
+                rt.point("store", ctx, "walkers", True)
+                ctx.walkers -= 1
         elif self.stab.stab_seqcount:
             for ctx, seq in reached:
                 rt.point("load", ctx, "seq")  # read_seqcount_retry()
@@ -984,8 +1013,8 @@ def _poc_design(fixes: frozenset[str]) -> type[CowContextPoc]:
         order = PocFixes.names() + Stabilisation.names()
         name = f"cow_context_poc[{','.join(f for f in order if f in fixes)}]"
         stab = Stabilisation(**dict.fromkeys(fixes & set(Stabilisation.names()), True))
-        if stab.stab_rwsem and stab.stab_seqcount:
-            raise KeyError("cow_context_poc: stab_rwsem and stab_seqcount are exclusive")
+        if len(stab.enabled()) > 1:
+            raise KeyError(f"cow_context_poc: {', '.join(stab.enabled())} are exclusive")
         _CACHE[fixes] = type(
             "CowContextPocFixed",
             (CowContextPoc,),

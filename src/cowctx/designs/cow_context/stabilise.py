@@ -1,8 +1,8 @@
 """Stabilisation schemes for the PoC's lockless walk (issue 11, docs/stabilisation.md).
 
-``cow_context_poc[stab_rwsem]`` and ``cow_context_poc[stab_seqcount]`` are the
+``cow_context_poc[stab_rwsem]``, ``[stab_seqcount]`` and ``[stab_refcount]`` are the
 PoC's C (and any :class:`~cowctx.designs.cow_context.fixes.PocFixes` named with
-them) with one scheme added.  Both use the same *write sections*: every place a
+them) with one scheme added.  All use the same *write sections*: every place a
 context's state that a walker reads changes, on the context that owns it:
 
 - its remap tree and dynarrays (``add_new_remap()``, ``find_and_remap_existing()``,
@@ -39,6 +39,13 @@ What a walker does differs:
   context points to is freed by ``call_rcu()`` after ``drop_cow_context()``.
   The walk still holds RCU over ``rmap_one``, which may sleep: this scheme
   does not fix that.
+- **(c) walker reference count**: no RCU and no lock on the walk side.  A
+  walker pins each context it reaches by incrementing ``CowContext.walkers``
+  and then checking ``writing``; if a writer is there it backs off (decrements)
+  and waits for it.  A writer waits for the previous writer, sets ``writing``,
+  and waits (sleeping) until ``walkers`` drains to 0, then changes the context;
+  the walker's references are dropped when the walk ends.  ``rmap_one`` may
+  sleep; writers wait for every walk that reached their context.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ class Stabilisation:
     """A per-context sequence count: writers bump it around each change, the
     walker re-checks every context's count at the end and restarts the walk if
     one moved (RCU-deferred frees of dynarrays and mm_structs)."""
+    stab_refcount: bool = False
+    """A per-context walker count that writers wait to drain, without RCU."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -65,10 +74,10 @@ class Stabilisation:
 
     @property
     def any(self) -> bool:
-        return self.stab_rwsem or self.stab_seqcount
+        return self.stab_rwsem or self.stab_seqcount or self.stab_refcount
 
     @property
     def rcu_walk(self) -> bool:
         """Whether the walk runs under ``rcu_read_lock()`` (the PoC's and the
-        seqcount scheme's; not the rwsem's)."""
-        return not self.stab_rwsem
+        seqcount scheme's; not the rwsem's or the walker count's)."""
+        return not (self.stab_rwsem or self.stab_refcount)

@@ -33,6 +33,8 @@ class CowContext:
         "remaps",
         "seq",
         "unmap_lock",
+        "walkers",
+        "writing",
     )
 
     def __init__(self, ctx_id: int, mm: MmStruct) -> None:
@@ -50,6 +52,10 @@ class CowContext:
         the list head), which ``siblings.next`` still points to for RCU readers."""
         self.seq = 0
         """The per-context sequence count of the ``stab_seqcount`` scheme."""
+        self.walkers = 0
+        """Walks holding this context (the ``stab_refcount`` scheme)."""
+        self.writing = False
+        """A writer's section is open on it (the ``stab_refcount`` scheme)."""
         self.list_write_lock = LockName(f"C{ctx_id}.list_write_lock")
         self.unmap_lock = LockName(f"C{ctx_id}.concurrent_unmap_lock")
 

@@ -7,6 +7,7 @@ or are shown not to."""
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from cowctx.scenario.loader import load_scenario
 from cowctx.scenario.runner import run_scenario
 
 POC = Path(__file__).parent.parent / "scenarios" / "races" / "poc"
+CLEAN_BOUND = int(os.environ.get("COWCTX_POC_RACE_BOUND", "1"))
+"""The preemption bound of the schemes' clean checks: 1 covers every race here (each
+is found at bound 1 or 0) and keeps `make test` short; docs/stabilisation.md's
+verdicts were run with ``COWCTX_POC_RACE_BOUND=2``."""
 SCHEDULES = POC / "schedules"
 
 # file -> (design it fails on, kind, detail fragment, the smallest bound that finds it,
@@ -126,12 +131,12 @@ def test_committed_schedule_replays(name: str) -> None:
 @pytest.mark.parametrize("scheme", ["stab_rwsem", "stab_seqcount", "stab_refcount"])
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_scheme_makes_the_race_file_clean(name: str, scheme: str) -> None:
-    """Every schedule within 2 preemptions (naive: no dependence assumed): the
-    scheme leaves only what anon_vma itself shows on the file (a model limit both
-    designs share) and what :data:`LEFT` says it does not fix."""
+    """Every schedule within :data:`CLEAN_BOUND` preemptions (naive: no dependence
+    assumed): the scheme leaves only what anon_vma itself shows on the file (a model
+    limit both designs share) and what :data:`LEFT` says it does not fix."""
     fixes = ",".join(f for f in (FIXES[name], scheme) if f)
-    found = _violations(POC / name, f"cow_context_poc[{fixes}]", naive=True)
-    baseline = _violations(POC / name, "anon_vma", naive=True)
+    found = _violations(POC / name, f"cow_context_poc[{fixes}]", True, CLEAN_BOUND)
+    baseline = _violations(POC / name, "anon_vma", True, CLEAN_BOUND)
     left = {k for k, d in found - baseline}
     assert left == LEFT.get((name, scheme), set()), sorted(found - baseline)
     race_kind, fragment = FOUND[name][1], FOUND[name][2]

@@ -34,13 +34,15 @@ KINDS: dict[str, LockKind] = {
         LockKind("vma_lock", 4, True, True),
         LockKind("i_mmap_rwsem", 5, True, True),
         LockKind("anon_vma", 6, True, True),
+        LockKind("cow_context", 6, True, True),
         LockKind("ptl", 7, False, False),
         LockKind("spinlock", 8, False, False),
     )
 }
 """``vma_lock``: the per-VMA lock (``vma_start_read``/``vma_start_write``);
-``anon_vma``: the root's ``rwsem``; ``ptl``: a page table's spinlock;
-``spinlock``: any other spinlock (innermost)."""
+``anon_vma``: the root's ``rwsem``; ``cow_context``: the per-context rwsem of
+the ``cow_context_poc[stab_rwsem]`` scheme, where anon_vma's would be;
+``ptl``: a page table's spinlock; ``spinlock``: any other spinlock (innermost)."""
 
 
 def held_rank(kind: LockKind, mode: str) -> int:

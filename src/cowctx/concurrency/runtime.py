@@ -176,6 +176,47 @@ def walk_abandon() -> None:
         ex.running.walk.abandoned = True
 
 
+def walk_skip_mm(mm_id: int) -> None:
+    """The walk leaves out an mm on purpose: it is being torn down
+    (``mmget_not_zero()`` failed once ``mm_users`` reached 0) and ``exit_mmap()``
+    unmaps what it still maps, so a mapping of it the walk does not visit is
+    not missed."""
+    ex = current
+    if ex is not None and ex.running is not None and ex.running.walk is not None:
+        w = ex.running.walk
+        w.alive = {(mm, address) for mm, address in w.alive if mm != mm_id}
+        w.mms.discard(mm_id)
+
+
+def walk_unmapping(mm_id: int, covered: Callable[[int], bool]) -> None:
+    """The walk looked ``mm_id``'s VMAs up in its VMA tree (lockless, as the
+    CoW context PoC does): a mapping at an address no VMA covers any more is
+    being torn down by a munmap that already cleared the range
+    (``vms_complete_munmap_vmas()`` zaps after ``vma_iter_clear_gfp()``), so a
+    walk that finds VMAs through the tree need not find it."""
+    ex = current
+    if ex is not None and ex.running is not None and ex.running.walk is not None:
+        w = ex.running.walk
+        w.alive = {(mm, a) for mm, a in w.alive if mm != mm_id or covered(a)}
+        now = ex.mappings_of(w.pfn) if ex.mappings_of is not None else set()
+        mine = [a for mm, a in now if mm == mm_id]
+        if mine and not any(covered(a) for a in mine):
+            w.mms.discard(mm_id)
+
+
+def walk_resample() -> None:
+    """The walk read something a page-table change updates without taking the
+    page-table lock (the PoC's lockless ``folio_maybe_mapped_shared()``): it may
+    have seen the effect of a change still inside another thread's PTL section,
+    so what it must find is re-sampled now (the scheduler otherwise samples only
+    between PTL sections)."""
+    ex = current
+    if ex is not None and ex.running is not None and ex.running.walk is not None:
+        w = ex.running.walk
+        if ex.mappings_of is not None:
+            w.update(ex.mappings_of(w.pfn))
+
+
 def local() -> dict[str, object]:
     """The running thread's own variables (an empty dict when sequential)."""
     ex = current

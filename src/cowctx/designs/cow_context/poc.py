@@ -19,17 +19,33 @@ migration, so the stale context pointer ``__folio_migrate_mapping()`` leaves on
 ``-EAGAIN`` is shown by :meth:`CowContextPoc.folio_migrate_mapping_eagain`
 (tests/test_cow_context_poc.py), not by a scenario.  ``vma->anon_vma``'s
 ``DUMMY_ANON_VMA`` is stood for by the mm's own context (non-NULL is all the
-C asks of it).  Concurrency (RCU readers of in-place dynarray writes, the
-krealloc that frees an array a reader may hold) is not sequentially visible.
+C asks of it).
 
-``cow_context_poc[fix,...]`` repairs the named faults (:class:`PocFixes`).
+Concurrency: the walk and its writers call the explorer's hooks
+(:mod:`cowctx.concurrency.runtime`) where the C touches shared memory, at the
+C's granularity (docs/stabilisation.md, "The PoC at the C's granularity"):
+``cow_context_walk()`` holds ``rcu_read_lock()`` over the whole walk, rmap_one
+callbacks included; ``traverse_contexts()`` reads the children lists as RCU
+lists (``list_first_or_null_rcu()``, ``list_next_or_null_rcu()``; a context
+removed by ``list_del_rcu()`` keeps its next pointer); ``walk_context()`` reads
+``context->mm`` with ``READ_ONCE()`` and pins it with ``mmget_not_zero()``;
+``walk_context_remap()`` reads ``vm_start`` and ``vm_pgoff`` of each VMA it
+finds as two unlocked loads; writers take ``list_write_lock`` and the maple
+tree's ``mas_lock``, free contexts with ``kfree_rcu()`` and the mm with
+``free_mm()`` (no grace period).  None of it changes a sequential run.
+
+``cow_context_poc[fix,...]`` repairs the named faults (:class:`PocFixes`);
+``cow_context_poc[stab_rwsem]``/``[stab_seqcount]``/``[stab_refcount]`` add a
+stabilisation scheme
+(:mod:`cowctx.designs.cow_context.stabilise`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar, cast
 
+from cowctx.concurrency import runtime as rt
 from cowctx.designs.cow_context.fixes import PocFixes
 from cowctx.designs.cow_context.options import CowContextOptions
 from cowctx.designs.cow_context.poc_remap import (
@@ -52,6 +68,7 @@ from cowctx.designs.cow_context.rmap import (
     CowContextRmap,
     _ctxm,
 )
+from cowctx.designs.cow_context.stabilise import Stabilisation
 from cowctx.designs.cow_context.structs import CowContext
 from cowctx.metrics.ledger import LockHold, ObjectKind
 from cowctx.mm.constants import PAGE_SHIFT, VM_MAYSHARE, VM_SHARED
@@ -78,6 +95,7 @@ class CowContextPoc(CowContextRmap):
 
     name: ClassVar[str] = "cow_context_poc"
     fixes: ClassVar[PocFixes] = PocFixes()
+    stab: ClassVar[Stabilisation] = Stabilisation()
     options = CowContextOptions(file_remap_entries=True, sentinel_merge=True)
     """What the base class reads: no ``vm_anon_pgoff`` (a folio of a private
     file VMA is indexed by file offset, ``linear_page_index()``) and the
@@ -96,9 +114,25 @@ class CowContextPoc(CowContextRmap):
 
     def __init__(self, machine):
         super().__init__(machine)
-        self.dyn = Dynarrays(Kmalloc(self._kmalloc_report), self.fixes.dynarray_insert)
+        self.dyn = Dynarrays(
+            Kmalloc(self._kmalloc_report),
+            self.fixes.dynarray_insert,
+            rcu_realloc=self.stab.stab_seqcount,
+        )
         self._dontunmap: tuple[VmAreaStruct, object] | None = None
         self._adjust: dict[int, tuple[int, int, int]] = {}
+        self._mm_refs: dict[int, int] = {}
+        """mm_id -> references walkers took with ``mmget_not_zero()``."""
+        self._mmdrop_deferred: dict[int, MmStruct] = {}
+        """mms whose ``__mmdrop()`` waits for a walker's ``mmput_async()``."""
+        self._sections: dict[tuple[int, int], int] = {}
+        """(thread, context) -> depth of a scheme's write section."""
+        self._forking: set[int] = set()
+        """Child contexts whose fork holds the parent's write section."""
+        self._reached: dict[int, list[tuple[CowContext, int]]] = {}
+        """Thread -> the contexts its walk reached (and their counts)."""
+        self._mremap: set[tuple[int, int]] = set()
+        """(thread, context) of an mremap between copy_vma and drop_rmap_locks."""
 
     def _kmalloc_report(self, kind: str, count: int, nbytes: int) -> None:
         names = (
@@ -134,7 +168,8 @@ class CowContextPoc(CowContextRmap):
     def mm_init(self, mm: MmStruct) -> None:
         """``mm_init_cow_context()``: a root context with an empty ``remap_mt``."""
         super().mm_init(mm)
-        _ctxm(mm).remaps = RemapMt(self.dyn)  # type: ignore[assignment]
+        ctx = _ctxm(mm)
+        ctx.remaps = RemapMt(self.dyn, f"C{ctx.ctx_id}.remap_mt")  # type: ignore[assignment]
 
     def dup_mmap(self, mm: MmStruct, oldmm: MmStruct) -> None:
         """``dup_cow_context()``, at the end of a successful ``dup_mmap()``:
@@ -142,14 +177,156 @@ class CowContextPoc(CowContextRmap):
         children, so walks visit the newest child first."""
         child, parent = _ctxm(mm), _ctxm(oldmm)
         child.parent = parent
+        self._write_begin(parent, "dup_cow_context")
         hold = self._lock(CHILDREN_LOCK, "spin", "dup_cow_context")
+        rt.lock("spinlock", parent.list_write_lock)
+        rt.point("store", parent, "children", True)  # list_add_rcu() at the head
         parent.children.insert(0, child)
+        rt.unlock("spinlock", parent.list_write_lock)
         hold.objects = 1
         self.ledger.unlock(hold)
+        rt.point("store", parent, "refcount", True)  # get_cow_context()
         parent.refcount += 1
+        self._write_end(parent)
+        if child.ctx_id in self._forking:  # the section anon_vma_fork() opened
+            self._forking.discard(child.ctx_id)
+            self._write_end(parent)
 
-    # put_cow_context / mmput: the base class is __put_cow_context() (cascade up,
-    # delete_remaps(): RemapMt.clear() frees every dynarray) and drop_cow_context().
+    def put_cow_context(self, ctx: CowContext) -> None:
+        """``put_cow_context()`` → ``__put_cow_context()``: at refcount 0,
+        ``delete_child_from_parent()`` (``list_del_rcu()`` under the parent's
+        ``list_write_lock``; the context keeps its next pointer for readers),
+        ``delete_remaps()`` under ``rcu_read_lock()`` (each dynarray by
+        ``kfree_rcu_mightsleep()``), ``kfree_rcu()`` of the context, and cascade
+        up.  (The base class's order of ledger updates is kept.)"""
+        rt.point("store", ctx, "refcount", True)
+        ctx.refcount -= 1
+        current: CowContext | None = ctx
+        while current is not None and current.refcount == 0:
+            parent = current.parent
+            if parent is not None:
+                self._write_begin(parent, "__put_cow_context")
+                hold = self._lock(CHILDREN_LOCK, "spin", "__put_cow_context")
+                rt.lock("spinlock", parent.list_write_lock)
+                rt.point("store", parent, "children", True)
+                siblings = parent.children
+                i = siblings.index(current)
+                current.rcu_next = siblings[i + 1] if i + 1 < len(siblings) else None
+                del siblings[i]
+                rt.unlock("spinlock", parent.list_write_lock)
+                hold.objects = 1
+                self.ledger.unlock(hold)
+                self._write_end(parent)
+            rt.rcu_read_lock()
+            current.remaps.clear()  # delete_remaps()
+            rt.rcu_read_unlock()
+            self._account(current)
+            current.freed = True
+            del self.contexts[current.ctx_id]
+            self.ledger.free("cow_context")
+            rt.call_rcu(current, _kfree("cow_context", current))  # kfree_rcu()
+            if parent is not None:
+                rt.point("store", parent, "refcount", True)  # refcount_dec_and_test()
+                parent.refcount -= 1
+            current = parent
+
+    def mmput(self, mm: MmStruct) -> None:
+        """``__mmdrop()`` (kernel/fork.c): ``drop_cow_context()`` then
+        ``free_mm()``.  While a walker holds the mm (``mmget_not_zero()``),
+        the kernel's teardown waits for its ``mmput_async()``; the model runs
+        ``exit_mmap()`` at once (the machine's, like a munmap of everything) and
+        defers only this, to the walker's put, after its RCU section."""
+        if self._mm_refs.get(mm.mm_id):
+            self._mmdrop_deferred[mm.mm_id] = mm
+            return
+        self.__mmdrop(mm)
+
+    def __mmdrop(self, mm: MmStruct) -> None:
+        ctx = _ctxm(mm)
+        self._write_begin(ctx, "drop_cow_context")
+        rt.point("store", ctx, "mm", True)  # WRITE_ONCE(context->mm, NULL)
+        ctx.mm = None
+        self._write_end(ctx)
+        self.put_cow_context(ctx)
+        if self.stab.stab_seqcount:  # the scheme: the mm outlives RCU readers
+            rt.call_rcu(mm, _kfree("mm_struct", mm))
+        else:
+            rt.slab_free("mm_struct", mm, False)  # free_mm(): kmem_cache_free()
+
+    def mmget_not_zero(self, mm: MmStruct) -> bool:
+        """``mmget_not_zero()``: ``atomic_inc_not_zero(&mm->mm_users)``; fails
+        once the mm's last user has gone (``exit_mmap()`` under way)."""
+        rt.point("store", mm, "mm_users", True)
+        if mm.mm_users <= 0:
+            rt.walk_skip_mm(mm.mm_id)
+            return False
+        self._mm_refs[mm.mm_id] = self._mm_refs.get(mm.mm_id, 0) + 1
+        return True
+
+    def mmput_async(self, mm: MmStruct) -> None:
+        """``mmput_async()``: the last put schedules the teardown in a worker;
+        here a deferred ``__mmdrop()`` runs after the walk's RCU section."""
+        rt.point("store", mm, "mm_users", True)
+        left = self._mm_refs[mm.mm_id] - 1
+        if left:
+            self._mm_refs[mm.mm_id] = left
+            return
+        del self._mm_refs[mm.mm_id]
+        deferred = self._mmdrop_deferred.pop(mm.mm_id, None)
+        if deferred is not None:
+            pending = rt.local().setdefault("mmdrop", [])
+            assert isinstance(pending, list)
+            pending.append(deferred)
+
+    # --- the stabilisation schemes' write sections (stabilise.py) ---------------------
+
+    @staticmethod
+    def _who() -> int:
+        ex = rt.current
+        return ex.running.tid if ex is not None and ex.running is not None else -1
+
+    def _write_begin(self, ctx: CowContext, site: str) -> None:
+        """A scheme's write section on ``ctx`` (nothing in the PoC)."""
+        if not self.stab.any:
+            return
+        key = (self._who(), ctx.ctx_id)
+        depth = self._sections.get(key, 0)
+        self._sections[key] = depth + 1
+        if depth:
+            return
+        if self.stab.stab_rwsem:
+            rt.lock("cow_context", ctx, "write")
+            self.ledger.unlock(self._lock("cow_context.rwsem", "write", site))
+        elif self.stab.stab_refcount:
+            rt.may_sleep("waiting for the context's walkers")
+            rt.wait_until("writer", ctx, "writing", lambda: not ctx.writing)
+            rt.point("store", ctx, "writing", True)
+            ctx.writing = True
+            rt.wait_until("walkers", ctx, "walkers", lambda: ctx.walkers == 0)
+            rt.point("load", ctx, "walkers")
+            self.ledger.unlock(self._lock("cow_context.walkers", "write", site))
+        else:
+            rt.point("store", ctx, "seq", True)  # write_seqcount_begin()
+            ctx.seq += 1
+            self.ledger.unlock(self._lock("cow_context.seqcount", "write", site))
+
+    def _write_end(self, ctx: CowContext) -> None:
+        if not self.stab.any:
+            return
+        key = (self._who(), ctx.ctx_id)
+        depth = self._sections[key] - 1
+        if depth:
+            self._sections[key] = depth
+            return
+        del self._sections[key]
+        if self.stab.stab_rwsem:
+            rt.unlock("cow_context", ctx, "write")
+        elif self.stab.stab_refcount:
+            rt.point("store", ctx, "writing", True)
+            ctx.writing = False
+        else:
+            rt.point("store", ctx, "seq", True)  # write_seqcount_end()
+            ctx.seq += 1
 
     # --- should_track_remap() and the remap entry points -------------------------------
 
@@ -250,7 +427,10 @@ class CowContextPoc(CowContextRmap):
         """``store_new_remaps_entry()``: one maple-tree store under ``mas_lock``."""
         hold = self._lock(REMAP_LOCK, "spin", site)
         hold.vmas, hold.objects = 1, 1
-        self._remaps(ctx).mas_store(index, last, remaps)
+        tree = self._remaps(ctx)
+        rt.lock("spinlock", tree)  # mas_lock()
+        tree.mas_store(index, last, remaps)
+        rt.unlock("spinlock", tree)
         self.ledger.unlock(hold)
         self._account(ctx)
 
@@ -261,6 +441,15 @@ class CowContextPoc(CowContextRmap):
         holds ``old_offset`` gets ``new_offset`` instead, over the entry's whole
         range (a simple entry is re-stored over ``[index, last]``; a dynarray
         slot is overwritten in place, unsorted).  Returns whether one did."""
+        self._write_begin(ctx, "find_and_remap_existing")
+        try:
+            return self._find_and_remap_existing(ctx, pgoff, nr_pages, old_offset, new_offset)
+        finally:
+            self._write_end(ctx)
+
+    def _find_and_remap_existing(
+        self, ctx: CowContext, pgoff: int, nr_pages: int, old_offset: int, new_offset: int
+    ) -> bool:
         last = pgoff + nr_pages - 1
         tree = self._remaps(ctx)
         found = False
@@ -282,11 +471,15 @@ class CowContextPoc(CowContextRmap):
     ) -> None:
         """``find_and_unmap_existing()``: remove ``old_offset`` from every entry
         overlapping the range, whole (no split: the rest of an entry reaching
-        past the range loses it too); ``split_on_unmap`` splits first."""
+        past the range loses it too); ``split_on_unmap`` splits first.  Under
+        ``rcu_read_lock()``; the shift down is in place (``set_multi_remap()``
+        per slot) before ``shrink_remaps()`` publishes the smaller ``nr``."""
+        self._write_begin(ctx, "find_and_unmap_existing")
         last = pgoff + nr_pages - 1
         if self.fixes.split_on_unmap:
             self._split_edges(ctx, pgoff, last)
         tree = self._remaps(ctx)
+        rt.rcu_read_lock()
         for remaps, index, e_last in tree.mas_for_each(pgoff, last):
             unmapping = False
             for i in range(self.dyn.nr_remaps(remaps)):
@@ -297,6 +490,8 @@ class CowContextPoc(CowContextRmap):
                     unmapping = True
             if unmapping:
                 self.shrink_remaps(ctx, index, e_last, remaps)
+        rt.rcu_read_unlock()
+        self._write_end(ctx)
 
     def shrink_remaps(self, ctx: CowContext, index: int, last: int, remaps: Entry) -> None:
         """``shrink_remaps()``: one offset fewer (under ``concurrent_unmap_lock``):
@@ -304,16 +499,21 @@ class CowContextPoc(CowContextRmap):
         becomes empty (re-stored, and the old dynarray freed)."""
         hold = self._lock("cow_context.concurrent_unmap_lock", "spin", "shrink_remaps")
         hold.objects = 1
+        rt.lock("spinlock", ctx.unmap_lock)
         nr = self.dyn.nr_remaps(remaps)
         if nr > 2:
             assert remaps is not None and not isinstance(remaps, Simple)
             self.dyn.dynarray_shrink(remaps.arr)
+            rt.unlock("spinlock", ctx.unmap_lock)
             self.ledger.unlock(hold)
             return
         new: Entry = Simple(self.dyn.get_remap(remaps, 0)) if nr == 2 else EMPTY
+        rt.unlock("spinlock", ctx.unmap_lock)
         self.ledger.unlock(hold)
+        rt.rcu_read_unlock()  # "Now we're allocating so must drop the lock."
         self.store_new_remaps_entry(ctx, index, last, new, "shrink_remaps")
         self.dyn.free_remaps(remaps)
+        rt.rcu_read_lock()
 
     def split_remap(self, ctx: CowContext, pgoff: int, pgoff_split: int) -> None:
         """``split_remap()``: the part of the entry holding ``pgoff`` on the far
@@ -363,9 +563,11 @@ class CowContextPoc(CowContextRmap):
     def add_new_remap(self, ctx: CowContext, pgoff: int, nr_pages: int, new_offset: int) -> None:
         """``add_new_remap()``: split the entries crossing either end, then
         ``add_overlapping_remap()``."""
+        self._write_begin(ctx, "add_new_remap")
         last = pgoff + nr_pages - 1
         self._split_edges(ctx, pgoff, last)
         self.add_overlapping_remap(ctx, pgoff, last, new_offset)
+        self._write_end(ctx)
 
     # --- VMA hooks ------------------------------------------------------------------
 
@@ -378,7 +580,13 @@ class CowContextPoc(CowContextRmap):
     def anon_vma_fork(self, vma: VmAreaStruct, pvma: VmAreaStruct) -> None:
         """``dup_mmap()`` (mmap.c @ d2a01aae): ``cow_context_do_fork(tmp, mpnt)``
         for every VMA not wiped on fork, faulted or not, then the
-        ``anon_vma_fork()`` stub (the sentinel is copied)."""
+        ``anon_vma_fork()`` stub (the sentinel is copied).  A scheme opens the
+        parent's write section here, before ``copy_page_range()``, and
+        :meth:`dup_mmap` closes it once the child is on the list."""
+        child = _ctxm(vma.vm_mm)
+        if self.stab.any and child.ctx_id not in self._forking:
+            self._forking.add(child.ctx_id)
+            self._write_begin(_ctxm(pvma.vm_mm), "dup_mmap")
         self.cow_context_do_fork(vma, pvma)
         vma.anon_vma = _ctxm(vma.vm_mm) if pvma.anon_vma is not None else None
 
@@ -387,7 +595,9 @@ class CowContextPoc(CowContextRmap):
         dst.anon_vma = _ctxm(dst.vm_mm) if src.anon_vma is not None else None
 
     def vma_prepare(self, vp: VmaPrepare) -> None:
-        """(``adjust_on_change``) note each changing VMA's range and offset."""
+        """(``adjust_on_change``) note each changing VMA's range and offset.  A
+        scheme's write section from here to :meth:`vma_complete`."""
+        self._write_begin(_ctxm(vp.vma.vm_mm), "vma_prepare")
         if self.fixes.adjust_on_change:
             for vma in (vp.vma, vp.adj_next):
                 if vma is not None:
@@ -402,6 +612,12 @@ class CowContextPoc(CowContextRmap):
         for removed in (vp.remove, vp.remove2):
             if removed is not None:
                 self._merged_away.add(removed.vm_id)
+        try:
+            self._vma_complete(vp)
+        finally:
+            self._write_end(_ctxm(vp.vma.vm_mm))
+
+    def _vma_complete(self, vp: VmaPrepare) -> None:
         if not self.fixes.adjust_on_change:
             return
         for vma in (vp.vma, vp.adj_next):
@@ -418,6 +634,8 @@ class CowContextPoc(CowContextRmap):
         finds anything to track: entries are never removed.  With
         ``remove_entries`` the unmap comes first (a VMA merged away gives up
         nothing: its range now belongs to the VMA that absorbed it)."""
+        ctx = _ctxm(vma.vm_mm)
+        self._write_begin(ctx, "unlink_anon_vmas")
         merged = vma.vm_id in self._merged_away
         self._merged_away.discard(vma.vm_id)
         if self.fixes.remove_entries and not merged:
@@ -426,6 +644,7 @@ class CowContextPoc(CowContextRmap):
         vma.anon_vma = None
         if not merged:
             self.cow_context_vma_unmap(vma)  # remove_vma(): a no-op, anon_vma is NULL
+        self._write_end(ctx)
 
     def dontunmap_complete(self, vma: VmAreaStruct) -> None:
         """``dontunmap_complete()`` under the PoC's config no longer unlinks
@@ -451,12 +670,26 @@ class CowContextPoc(CowContextRmap):
         """``copy_vma()`` (vma.c @ d2a01aae): ``cow_context_do_remap(new_vma,
         vma->vm_start)`` for a new VMA only (``faulted_in_anon_vma``: not an
         unfaulted anonymous VMA); a merge at the destination makes no call
-        (``track_dest_merge`` makes it)."""
+        (``track_dest_merge`` makes it).  A scheme's write section from here to
+        :meth:`drop_rmap_locks` (the PTEs moved)."""
+        if self.stab.any:
+            ctx = _ctxm(new_vma.vm_mm)
+            self._write_begin(ctx, "copy_vma")
+            self._mremap.add((self._who(), ctx.ctx_id))
         if merged and not self.fixes.track_dest_merge:
             return
         if vma_is_anonymous(vma) and vma.anon_vma is None:
             return
         self.cow_context_do_remap(new_vma, vma.vm_start)
+
+    def drop_rmap_locks(self, vma: VmAreaStruct, need_rmap_locks: bool) -> None:
+        """``move_page_tables()`` is done: a scheme closes the section
+        :meth:`copy_vma` opened."""
+        ctx = _ctxm(vma.vm_mm)
+        key = (self._who(), ctx.ctx_id)
+        if key in self._mremap:
+            self._mremap.discard(key)
+            self._write_end(ctx)
 
     # --- merge rules (Linux 6.18 is_mergeable_anon_vma() over the sentinel) ------------
 
@@ -522,54 +755,157 @@ class CowContextPoc(CowContextRmap):
             pass
 
     def walk_steps(self, folio: Folio, rwc: RmapWalkControl) -> Iterator[tuple[str, object]]:
-        """The walk, yielding before each context visit (an explorer may
-        interleave writers there; probes within a visit are not split)."""
-        hold = self._lock(RCU, "read", "cow_context_walk")
-        try:
-            for ctx in self.traverse_contexts(cast(CowContext, folio.mapping)):
-                yield "context", ctx
-                if not self.walk_context(ctx, folio, rwc, hold):
-                    return
-        finally:
-            self.ledger.unlock(hold)
+        """The walk, yielding before each context visit.  ``cow_context_walk()``
+        holds ``rcu_read_lock()`` from the first ``folio->cow_context`` read to
+        the end, over every rmap_one callback (its "TODO: We shouldn't be
+        holding the RCU lock here").  With ``stab_seqcount`` the walk runs
+        again while a context's count moved; with ``stab_rwsem`` it holds each
+        context's rwsem for read instead of RCU."""
+        while True:
+            hold = self._lock(RCU, "read", "cow_context_walk")
+            reached: list[tuple[CowContext, int]] = []
+            self._reached[self._who()] = reached
+            if self.stab.rcu_walk:
+                rt.rcu_read_lock()
+            try:
+                rt.point("load", folio, "mapping")
+                for ctx in self.traverse_contexts(cast(CowContext, folio.mapping)):
+                    yield "context", ctx
+                    if not self.walk_context(ctx, folio, rwc, hold):
+                        break
+            finally:
+                again = self._walk_finish(reached)
+                self.ledger.unlock(hold)
+            if not again:
+                return
+            self.ledger.unlock(self._lock("cow_context.seqcount", "retry", "cow_context_walk"))
 
-    @staticmethod
-    def traverse_contexts(root: CowContext) -> Iterator[CowContext]:
+    def _walk_enter(self, ctx: CowContext) -> None:
+        """The walk reaches ``ctx`` (before reading its children or remaps):
+        ``down_read()`` (rwsem) or ``read_seqcount_begin()`` (seqcount)."""
+        if not self.stab.any:
+            return
+        reached = self._reached.get(self._who())
+        if self.stab.stab_rwsem:
+            rt.lock("cow_context", ctx, "read")
+            self.ledger.unlock(self._lock("cow_context.rwsem", "read", "cow_context_walk"))
+        elif self.stab.stab_refcount:  # pin, then back off while a writer is there
+            while True:
+                rt.point("store", ctx, "walkers", True)
+                ctx.walkers += 1
+                rt.point("load", ctx, "writing")
+                if not ctx.writing:
+                    break
+                rt.point("store", ctx, "walkers", True)
+                ctx.walkers -= 1
+                rt.wait_until("writer", ctx, "writing", lambda: not ctx.writing)
+            self.ledger.unlock(self._lock("cow_context.walkers", "read", "cow_context_walk"))
+        else:  # read_seqcount_begin(): spin while odd, return an even count
+            while True:
+                rt.wait_until("seqcount", ctx, "seq", lambda: ctx.seq % 2 == 0)
+                rt.point("load", ctx, "seq")
+                if ctx.seq % 2 == 0:
+                    break
+        if reached is not None:
+            reached.append((ctx, ctx.seq))
+
+    def _walk_finish(self, reached: list[tuple[CowContext, int]]) -> bool:
+        """End of one pass: release what :meth:`_walk_enter` took (or re-check
+        the counts: True means run again), leave RCU, then run the ``__mmdrop()``
+        a walker's ``mmput_async()`` left to a worker."""
+        again = False
+        if self.stab.stab_rwsem:
+            for ctx, _ in reversed(reached):
+                rt.unlock("cow_context", ctx, "read")
+        elif self.stab.stab_refcount:  # children first: the parent's pin keeps them
+            for ctx, _ in reversed(reached):
+                rt.point("store", ctx, "walkers", True)
+                ctx.walkers -= 1
+        elif self.stab.stab_seqcount:
+            for ctx, seq in reached:
+                rt.point("load", ctx, "seq")  # read_seqcount_retry()
+                if ctx.seq != seq:
+                    again = True
+        if self.stab.rcu_walk:
+            rt.rcu_read_unlock()
+        pending = rt.local().pop("mmdrop", None)
+        if isinstance(pending, list):
+            for mm in pending:
+                self.__mmdrop(mm)
+        return again
+
+    def traverse_contexts(self, root: CowContext) -> Iterator[CowContext]:
         """``traverse_contexts()``: the contexts in the order it calls back on
         them: the root first, then a post-order depth-first walk of its
-        descendants, first child first (the newest: children are added at the
-        head).  The caller stops at the first visit that returns false."""
+        descendants, first child first (the newest: ``list_add_rcu()`` adds at
+        the head).  Each step reads a children list once
+        (``list_first_or_null_rcu()``, ``list_next_or_null_rcu()``); a context
+        taken off its parent's list meanwhile still leads to the sibling that
+        followed it then.  The caller stops at the first visit that returns
+        false."""
+        self._walk_enter(root)
         yield root
         parent: CowContext | None = None
         curr = root
         while True:
-            if curr is not parent and curr.children:
-                curr = curr.children[0]
-                continue
+            if curr is not parent:
+                rt.point("load", curr, "children")
+                first = curr.children[0] if curr.children else None
+                if first is not None:
+                    self._walk_enter(first)
+                    curr = first
+                    continue
             if curr is root:
                 return
             yield curr
             parent = curr.parent
             assert parent is not None
+            rt.point("load", parent, "children")
             siblings = parent.children
-            i = siblings.index(curr)
-            curr = siblings[i + 1] if i + 1 < len(siblings) else parent
+            if curr in siblings:
+                i = siblings.index(curr)
+                nxt = siblings[i + 1] if i + 1 < len(siblings) else None
+            else:  # list_del_rcu() left curr->siblings.next as it was
+                nxt = curr.rcu_next
+            if nxt is not None:
+                self._walk_enter(nxt)
+                curr = nxt
+            else:
+                curr = parent
 
     def walk_context(
         self, ctx: CowContext, folio: Folio, rwc: RmapWalkControl, hold: LockHold
     ) -> bool:
-        """``walk_context()``: skip a dead context; note whether the folio is
-        exclusive, probe offset 0, and if it was and still is exclusive end the
-        whole walk (before any remap offset is probed, in *every* live context
-        visited); else gather the offsets of the entries at the folio's pgoff
-        into the 16-slot stack scratch (``GFP_ATOMIC`` beyond) and probe each."""
+        """``walk_context()``: ``READ_ONCE(context->mm)``, ``mmget_not_zero()``
+        (skip a dead context); note whether the folio is exclusive, probe offset
+        0, and if it was and still is exclusive end the whole walk (before any
+        remap offset is probed, in *every* live context visited: "TODO: race vs.
+        fork + unmap in parent"); else gather the offsets of the entries at the
+        folio's pgoff into the 16-slot stack scratch (``GFP_ATOMIC`` beyond) and
+        probe each; ``mmput_async()``."""
         rwc.cost.cost["anchors"] += 1
         hold.objects += 1
-        if ctx.mm is None:
+        rt.point("load", ctx, "mm")
+        mm = ctx.mm
+        if mm is None:
             return True
+        if not self.mmget_not_zero(mm):
+            return True
+        try:
+            return self._walk_context(ctx, mm, folio, rwc, hold)
+        finally:
+            self.mmput_async(mm)
+
+    def _walk_context(
+        self, ctx: CowContext, mm: MmStruct, folio: Folio, rwc: RmapWalkControl, hold: LockHold
+    ) -> bool:
+        rt.point("load", folio, "mapcount")
+        rt.walk_resample()
         was_exclusive = folio.mapcount <= 1  # !folio_maybe_mapped_shared()
-        if not self.walk_context_remap(ctx, folio, rwc, 0, hold):
+        if not self.walk_context_remap(mm, folio, rwc, 0, hold):
             return False
+        rt.point("load", folio, "mapcount")
+        rt.walk_resample()
         if was_exclusive and folio.mapcount <= 1 and not self.fixes.no_exclusive_abort:
             return False
         unique: Entry = stack_multi(WALK_DEFAULT_STACK_SIZE)
@@ -585,30 +921,41 @@ class CowContextPoc(CowContextRmap):
         n = self.dyn.nr_remaps(unique)
         rwc.cost.cost["offsets"] += n
         for i in range(n):
-            if not self.walk_context_remap(ctx, folio, rwc, self.dyn.get_remap(unique, i), hold):
+            if not self.walk_context_remap(mm, folio, rwc, self.dyn.get_remap(unique, i), hold):
                 ret = False
                 break
         self.dyn.free_remaps(unique)
         return ret
 
     def walk_context_remap(
-        self, ctx: CowContext, folio: Folio, rwc: RmapWalkControl, offset: int, hold: LockHold
+        self, mm: MmStruct, folio: Folio, rwc: RmapWalkControl, offset: int, hold: LockHold
     ) -> bool:
         """``walk_context_remap()``: every VMA of the context's mm over the
-        folio's pages at ``offset`` whose own offset (``vm_start`` - ``vm_pgoff``)
-        is ``offset`` goes to ``rwc_walk_one()`` (faulted or not: there is no
-        ``anon_vma`` check)."""
-        mm = ctx.mm
-        assert mm is not None
+        folio's pages at ``offset`` (``for_each_vma_range()`` under RCU, the
+        mm's VMA tree as it is when the walk looks) whose own offset is
+        ``offset`` goes to ``rwc_walk_one()`` (faulted or not: there is no
+        ``anon_vma`` check).  "TODO: VMA is not stabilised": ``vm_start`` and
+        ``vm_pgoff`` are two ``READ_ONCE()`` loads of a VMA nothing locks (the
+        VMA cache is ``SLAB_TYPESAFE_BY_RCU`` since commit ef626c1698c1 ("mm:
+        make vma cache SLAB_TYPESAFE_BY_RCU") (v6.15), so the memory stays a
+        VMA, whose fields may change), and ``vm_start`` is read again for the
+        address."""
         start = (folio.index + offset) << PAGE_SHIFT
         end = start + (1 << PAGE_SHIFT)
         rwc.cost.cost["vma_lookups"] += 1  # one VMA-tree walk per offset
         if start < 0 or end > mm.task_size:
             return True
+        rt.point("load", mm, "mm_mt")
+        if rt.active():
+            rt.walk_unmapping(mm.mm_id, lambda a: bool(mm.vmas_in_range(a, a + 1)))
         for vma in mm.vmas_in_range(start, end):
-            if (vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff != offset:
+            rt.point("load", vma, "range")  # READ_ONCE(vma->vm_start)
+            vm_start = vma.vm_start
+            rt.point("load", vma, "pgoff")  # READ_ONCE(vma->vm_pgoff)
+            if (vm_start >> PAGE_SHIFT) - vma.vm_pgoff != offset:
                 continue
             hold.vmas += 1
+            rt.point("load", vma, "range")  # max(vma->vm_start, range_start)
             if not self.rwc_walk_one(folio, vma, max(vma.vm_start, start), rwc):
                 return False
         return True
@@ -636,13 +983,18 @@ class CowContextPoc(CowContextRmap):
         return {k: frozenset(v) for k, v in out.items()}
 
 
+def _kfree(cache: str, obj: object) -> Callable[[], None]:
+    """The ``kfree()`` a ``kfree_rcu()`` runs after the grace period."""
+    return lambda: rt.slab_free(cache, obj, False)
+
+
 def cow_context_poc_design(fixes: frozenset[str]) -> type[CowContextPoc]:
     """The PoC with exactly ``fixes`` repaired (see :class:`PocFixes`)."""
     return _poc_design(fixes)
 
 
 def _unknown(fixes: frozenset[str]) -> set[str]:
-    return set(fixes) - set(PocFixes.names())
+    return set(fixes) - set(PocFixes.names()) - set(Stabilisation.names())
 
 
 _CACHE: dict[frozenset[str], type[CowContextPoc]] = {}
@@ -653,15 +1005,23 @@ def _poc_design(fixes: frozenset[str]) -> type[CowContextPoc]:
     if unknown:
         raise KeyError(
             f"unknown cow_context_poc fix(es): {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(PocFixes.names())}"
+            f"known: {', '.join(PocFixes.names() + Stabilisation.names())}"
         )
     if not fixes:
         return CowContextPoc
     if fixes not in _CACHE:
-        name = f"cow_context_poc[{','.join(f for f in PocFixes.names() if f in fixes)}]"
+        order = PocFixes.names() + Stabilisation.names()
+        name = f"cow_context_poc[{','.join(f for f in order if f in fixes)}]"
+        stab = Stabilisation(**dict.fromkeys(fixes & set(Stabilisation.names()), True))
+        if len(stab.enabled()) > 1:
+            raise KeyError(f"cow_context_poc: {', '.join(stab.enabled())} are exclusive")
         _CACHE[fixes] = type(
             "CowContextPocFixed",
             (CowContextPoc,),
-            {"name": name, "fixes": PocFixes(**dict.fromkeys(fixes, True))},
+            {
+                "name": name,
+                "fixes": PocFixes(**dict.fromkeys(fixes & set(PocFixes.names()), True)),
+                "stab": stab,
+            },
         )
     return _CACHE[fixes]

@@ -24,6 +24,20 @@ words the C compares (``unsigned long val``), so negative offsets sort last.
 Every heap dynarray allocation and free goes through :class:`Kmalloc`, which
 reports them to the metrics ledger (count and kmalloc'd bytes), separately for
 the walk's ``GFP_ATOMIC`` scratch arrays.
+
+Concurrency (docs/stabilisation.md): the explorer's points are where the C
+touches shared memory.  A heap dynarray a remap entry owns has one key per slot
+(``__dynarray_set()``'s ``WRITE_ONCE`` and ``__dynarray_get_t()``'s
+``READ_ONCE``, each a point, so a reader can see a half-shifted array) and one
+for ``nr`` (``dynarray_set_nr()``'s ``smp_store_release``, ``dynarray_nr()``'s
+``smp_load_acquire``; the explorer's interleavings are sequentially consistent,
+which release/acquire gives for this one-writer pattern).  ``krealloc()`` frees
+the old array at once (a reader holding it reads freed memory);
+``dynarray_free_rcu()`` is ``kfree_rcu_mightsleep()``, which may sleep.  The
+maple tree ``remap_mt`` is one key: a store replaces a range atomically, so a
+reader sees the old entry or the new one (one point per store and per lookup).
+The walk's scratch array lives on its stack (or is its own ``GFP_ATOMIC``
+allocation): no points.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from cowctx.concurrency import runtime as rt
 
 U64 = (1 << 64) - 1
 POISON = 0xDEAD_0000_0000_0000 - (1 << 64)
@@ -57,7 +73,7 @@ def kmalloc_size(cap: int) -> int:
 class Dynarray:
     """``struct dynarray``: ``nr`` used slots of ``contents[cap]``."""
 
-    __slots__ = ("cap", "contents", "gfp", "nr", "on_heap")
+    __slots__ = ("cap", "contents", "gfp", "nr", "on_heap", "serial")
 
     def __init__(self, nr: int, cap: int, fill: int, on_heap: bool, gfp: str) -> None:
         self.nr = nr
@@ -65,6 +81,16 @@ class Dynarray:
         self.contents = [fill] * cap
         self.on_heap = on_heap
         self.gfp = gfp
+        self.serial = 0
+
+    @property
+    def shared(self) -> bool:
+        """A kmalloc'd array a remap entry owns (RCU readers may hold it)."""
+        return self.on_heap and self.gfp != "GFP_ATOMIC"
+
+    @property
+    def name(self) -> str:
+        return f"dynarray#{self.serial}"
 
     def values(self) -> list[int]:
         return self.contents[: self.nr]
@@ -101,9 +127,12 @@ class Kmalloc:
 
     def __init__(self, report: Callable[[str, int, int], None]) -> None:
         self.report = report
+        self.serial = 0
 
     def alloc(self, nr: int, cap: int, gfp: str) -> Dynarray:
         arr = Dynarray(nr, cap, POISON, True, gfp)
+        self.serial += 1
+        arr.serial = self.serial
         self.report(_kind(gfp), 1, kmalloc_size(cap))
         return arr
 
@@ -120,9 +149,12 @@ class Dynarrays:
     """The dynarray API of cow_context.c, bound to an allocator and to the
     switch that repairs ``__dynarray_append_value()``."""
 
-    def __init__(self, kmalloc: Kmalloc, fixed_insert: bool) -> None:
+    def __init__(self, kmalloc: Kmalloc, fixed_insert: bool, rcu_realloc: bool = False) -> None:
         self.kmalloc = kmalloc
         self.fixed_insert = fixed_insert
+        self.rcu_realloc = rcu_realloc
+        """The seqcount scheme: the array a grow replaces is freed after a grace
+        period (kmalloc, copy, ``kfree_rcu()``), not by ``krealloc()``."""
 
     def __dynarray_dup(self, arr: Dynarray, cap: int, gfp: str) -> Dynarray:
         """``__dynarray_dup()``: a kmalloc'd copy of the ``nr`` used slots."""
@@ -157,9 +189,9 @@ class Dynarrays:
         insert_idx = i + 1
         lowest_moved = insert_idx if self.fixed_insert else insert_idx + 1
         for i in range(arr.nr - 1, lowest_moved - 1, -1):
-            arr.contents[i + 1] = arr.contents[i]
-        arr.contents[insert_idx] = new_val
-        arr.nr += 1
+            dynarray_set(arr, i + 1, arr.contents[i])
+        dynarray_set(arr, insert_idx, new_val)
+        dynarray_set_nr(arr, arr.nr + 1)  # "We assume we are the exclusive writer"
 
     def __dynarray_expand(self, arr: Dynarray, from_stack: bool, gfp: str) -> Dynarray:
         """``__dynarray_expand()``: double the capacity; a stack array is copied
@@ -172,6 +204,10 @@ class Dynarrays:
         ret = self.kmalloc.alloc(arr.nr, new_cap, arr.gfp)
         ret.contents[: arr.cap] = arr.contents
         self.kmalloc.free(arr)
+        if arr.shared and self.rcu_realloc:
+            rt.call_rcu(arr, lambda: rt.slab_free("kmalloc", arr, False))
+        elif arr.shared:  # krealloc(): kfree() of the old array, no grace period
+            rt.slab_free("kmalloc", arr, False)
         return ret
 
     def __dynarray_maybe_expand(self, arr: Dynarray, from_stack: bool, gfp: str) -> Dynarray:
@@ -196,7 +232,7 @@ class Dynarrays:
     @staticmethod
     def dynarray_shrink(arr: Dynarray) -> None:
         """``dynarray_shrink()``: drop the last slot."""
-        arr.nr -= 1
+        dynarray_set_nr(arr, arr.nr - 1)
 
     # --- remaps entries ---------------------------------------------------------------
 
@@ -207,7 +243,10 @@ class Dynarrays:
             return 0
         if isinstance(remaps, Simple):
             return 1
-        return remaps.arr.nr
+        arr = remaps.arr
+        if arr.shared:
+            rt.point("load", arr, "nr")  # dynarray_nr(): smp_load_acquire
+        return arr.nr
 
     @staticmethod
     def get_remap(remaps: Entry, index: int) -> int:
@@ -215,18 +254,30 @@ class Dynarrays:
         if isinstance(remaps, Simple):
             return remaps.offset
         assert isinstance(remaps, Multi)
-        return remaps.arr.contents[index]
+        arr = remaps.arr
+        if arr.shared:
+            rt.point("load", arr, ("slot", index))  # __dynarray_get_t(): READ_ONCE
+        return arr.contents[index]
 
     @staticmethod
     def set_multi_remap(remaps: Entry, index: int, offset: int) -> None:
         """``set_multi_remap()``: overwrite one slot in place."""
         assert isinstance(remaps, Multi)
-        remaps.arr.contents[index] = offset
+        dynarray_set(remaps.arr, index, offset)
 
     def free_remaps(self, remaps: Entry) -> None:
-        """``free_remaps()``: only a heap multi entry owns memory."""
+        """``free_remaps()``: only a heap multi entry owns memory, freed by
+        ``dynarray_free_rcu()``: ``kfree_rcu_mightsleep()``, which may sleep
+        (``kvfree_call_rcu()`` without an rcu_head calls ``might_sleep()``) even
+        where the C calls it under ``rcu_read_lock()`` (``delete_remaps()``,
+        the walk's scratch array)."""
         if isinstance(remaps, Multi) and not remaps.on_stack:
-            self.kmalloc.free(remaps.arr)
+            arr = remaps.arr
+            self.kmalloc.free(arr)
+            if rt.active():
+                rt.may_sleep("kfree_rcu_mightsleep (dynarray_free_rcu)")
+                if arr.shared:
+                    rt.call_rcu(arr, lambda: rt.slab_free("kmalloc", arr, False))
 
     def append_remap_offset(self, remaps: Entry, new_offset: int, gfp: str) -> Entry:
         """``append_remap_offset()``: empty → simple; simple → its value in a
@@ -258,6 +309,20 @@ class Dynarrays:
         return a == b
 
 
+def dynarray_set(arr: Dynarray, index: int, value: int) -> None:
+    """``__dynarray_set()``: one ``WRITE_ONCE`` of a slot."""
+    if arr.shared:
+        rt.point("store", arr, ("slot", index), True)
+    arr.contents[index] = value
+
+
+def dynarray_set_nr(arr: Dynarray, nr: int) -> None:
+    """``dynarray_set_nr()``: ``smp_store_release(&arr->nr, nr)``."""
+    if arr.shared:
+        rt.point("store", arr, "nr", True)
+    arr.nr = nr
+
+
 def stack_multi(cap: int) -> Multi:
     """``DECLARE_DYNARRAY(name, cap)`` + ``mk_stack_multi_remaps()``: zeroed."""
     return Multi(Dynarray(0, cap, 0, False, "stack"), on_stack=True)
@@ -269,19 +334,21 @@ class RemapMt:
     Also answers the questions the design-independent checks and views ask
     (:meth:`lookup`, :meth:`as_function`, :meth:`segments`)."""
 
-    __slots__ = ("_entries", "_lasts", "_starts", "dyn")
+    __slots__ = ("_entries", "_lasts", "_starts", "dyn", "name")
 
-    def __init__(self, dyn: Dynarrays) -> None:
+    def __init__(self, dyn: Dynarrays, name: str = "remap_mt") -> None:
         self._starts: list[int] = []
         self._lasts: list[int] = []
         self._entries: list[Entry] = []
         self.dyn = dyn
+        self.name = name
 
     # --- maple-tree operations -----------------------------------------------------
 
     def mas_walk(self, pgoff: int) -> tuple[Entry, int, int]:
         """``mas_walk()``: the entry holding ``pgoff`` and its range, or NULL and
         the range of the gap around it."""
+        rt.point("load", self, "mt")
         i = bisect.bisect_right(self._starts, pgoff) - 1
         if i >= 0 and pgoff <= self._lasts[i]:
             return self._entries[i], self._starts[i], self._lasts[i]
@@ -292,6 +359,7 @@ class RemapMt:
     def mas_find(self, pos: int, last: int) -> tuple[Entry, int, int] | None:
         """``mas_find()``/``mas_for_each()`` step: the first entry ending at or
         after ``pos`` and starting at or before ``last``."""
+        rt.point("load", self, "mt")
         i = bisect.bisect_right(self._lasts, pos - 1)
         if i < len(self._starts) and self._starts[i] <= last:
             return self._entries[i], self._starts[i], self._lasts[i]
@@ -312,7 +380,9 @@ class RemapMt:
 
     def mas_store(self, index: int, last: int, entry: Entry) -> None:
         """``mas_store_gfp()``: ``[index, last]`` now holds ``entry`` (NULL makes
-        a gap); ranges partly covered keep their remainder, same entry."""
+        a gap); ranges partly covered keep their remainder, same entry.
+        One point: RCU readers see the tree before or after the store."""
+        rt.point("store", self, "mt", True)
         starts, lasts, entries = self._starts, self._lasts, self._entries
         i = bisect.bisect_left(lasts, index)
         j = bisect.bisect_right(starts, last)

@@ -6,6 +6,15 @@ from cowctx.designs.cow_context.remap import RemapTree
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 
 
+class LockName:
+    """A spinlock embedded in a context, as the explorer names it."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class CowContext:
     """One per mm: the mm back-pointer (None once the mm is gone), the fork
     parent and children, remap tracking, and a refcount held by the mm, each
@@ -16,10 +25,16 @@ class CowContext:
         "ctx_id",
         "freed",
         "ledger_counts",
+        "list_write_lock",
         "mm",
         "parent",
+        "rcu_next",
         "refcount",
         "remaps",
+        "seq",
+        "unmap_lock",
+        "walkers",
+        "writing",
     )
 
     def __init__(self, ctx_id: int, mm: MmStruct) -> None:
@@ -32,6 +47,22 @@ class CowContext:
         self.freed = False
         self.ledger_counts = (0, 0, 0)
         """(remap entries, offset arrays, maple nodes) last reported to the ledger."""
+        self.rcu_next: CowContext | None = None
+        """After ``list_del_rcu()``: the sibling that followed this one then (None:
+        the list head), which ``siblings.next`` still points to for RCU readers."""
+        self.seq = 0
+        """The per-context sequence count of the ``stab_seqcount`` scheme."""
+        self.walkers = 0
+        """Walks holding this context (the ``stab_refcount`` scheme)."""
+        self.writing = False
+        """A writer's section is open on it (the ``stab_refcount`` scheme)."""
+        self.list_write_lock = LockName(f"C{ctx_id}.list_write_lock")
+        self.unmap_lock = LockName(f"C{ctx_id}.concurrent_unmap_lock")
+
+    @property
+    def name(self) -> str:
+        """How the explorer names the context in traces."""
+        return f"C{self.ctx_id}"
 
     def __repr__(self) -> str:
         state = "FREED" if self.freed else "dead" if self.mm is None else f"mm#{self.mm.mm_id}"

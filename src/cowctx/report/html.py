@@ -181,7 +181,10 @@ def render_report(
     sweeps: list[SweepResult] | None = None,
     title: str = "cowctx: anon_vma and CoW context side by side",
     explorations: list[Exploration] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
+    """The report; ``sections`` are ready HTML sections added before the glossary
+    (e.g. :func:`cowctx.report.contention.contention_section`)."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
@@ -208,6 +211,7 @@ def render_report(
         parts.append(_sweep(s))
     if explorations:
         parts.append(_explorations(explorations))
+    parts.extend(sections or [])
     parts.append("<h2>What each number counts</h2><dl>")
     for term, text in GLOSSARY.items():
         parts.append(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>")

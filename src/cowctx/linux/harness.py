@@ -1,0 +1,143 @@
+"""The contention harness (harness.c): wake-up latency across CPUs and MADV_PAGEOUT
+timed while another CPU forks in the same anon_vma hierarchy.
+
+Built on first use with the machine's gcc into the worker's cache directory,
+keyed by a hash of the source and flags (as :mod:`cowctx.linux.build` does for
+the worker).  MADV_PAGEOUT needs swap: :class:`cowctx.linux.swap.SwapFile` (the
+referee's) is on for the experiment and removed on every exit path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cowctx.linux.build import cache_dir
+
+SOURCE = Path(__file__).with_name("harness.c")
+CFLAGS = ("-O2", "-Wall", "-Wextra")
+
+
+class HarnessError(RuntimeError):
+    """The harness could not be built or failed."""
+
+
+def ensure_harness() -> Path:
+    h = hashlib.sha256(SOURCE.read_bytes() + "\0".join(CFLAGS).encode()).hexdigest()[:20]
+    out = cache_dir() / f"harness-{h}"
+    if out.exists():
+        return out
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise HarnessError("gcc not found: the contention harness cannot be built")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    r = subprocess.run([gcc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise HarnessError(f"{SOURCE}: gcc failed: {r.stderr.strip()}")
+    tmp.replace(out)
+    return out
+
+
+def _run(args: list[str], timeout: float = 300.0) -> list[str]:
+    r = subprocess.run(
+        [str(ensure_harness()), *args], capture_output=True, text=True, timeout=timeout
+    )
+    if r.returncode != 0:
+        raise HarnessError(f"harness {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+    return r.stdout.split("\n")
+
+
+def summary(xs: list[int]) -> dict[str, Any]:
+    s = sorted(xs)
+    if not s:
+        return {"n": 0}
+
+    def q(f: float) -> int:
+        return s[min(len(s) - 1, max(0, -(-int(f * 1000) * len(s) // 1000) - 1))]
+
+    med = statistics.median(s)
+    return {
+        "n": len(s),
+        "median_ns": med,
+        "p50_ns": q(0.5),
+        "p99_ns": q(0.99),
+        "max_ns": s[-1],
+        "iqr_over_median": round((q(0.75) - q(0.25)) / med, 4) if med else 0.0,
+    }
+
+
+def wakeup_latency_ns(rounds: int = 2000, batches: int = 3) -> dict[str, Any]:
+    """One-way latency of a pipe ping-pong between CPU 0 and CPU 1 (median of
+    batch medians; every batch's summary kept as the noise record)."""
+    meds = []
+    out: dict[str, Any] = {"batches": []}
+    for _ in range(batches):
+        xs = [int(x) for x in _run(["wake", str(rounds)]) if x.strip()]
+        s = summary(xs)
+        out["batches"].append(s)
+        meds.append(s["median_ns"])
+    out["median_ns"] = statistics.median(meds)
+    return out
+
+
+def pageout_run(
+    pages: int, sleepers: int, iters: int, forker: bool, cpu_pager: int, cpu_forker: int
+) -> dict[str, Any]:
+    """One harness pageout run (swap must be on): latencies and the forker's rate."""
+    lines = [
+        x
+        for x in _run(
+            [
+                "pageout",
+                str(pages),
+                str(sleepers),
+                str(iters),
+                str(int(forker)),
+                str(cpu_pager),
+                str(cpu_forker),
+            ]
+        )
+        if x.strip()
+    ]
+    tail = lines[-1].split()
+    if tail[0] != "forks":
+        raise HarnessError(f"harness pageout: unexpected output {lines[-1]!r}")
+    lat = [int(x) for x in lines[:-1]]
+    forks, elapsed = int(tail[1]), int(tail[2])
+    return {
+        "latency": summary(lat),
+        "samples_ns": lat,
+        "forks": forks,
+        "elapsed_ns": elapsed,
+        "forks_per_s": round(forks / (elapsed / 1e9), 1) if elapsed else 0.0,
+    }
+
+
+def pageout_experiment(
+    pages: int = 64, sleepers: int = 16, iters: int = 300, repeats: int = 3
+) -> dict[str, Any]:
+    """MADV_PAGEOUT latency alone, with a forker on the same CPU (1 CPU) and on the
+    other CPU (2 CPUs); each ``repeats`` times, samples pooled."""
+    from cowctx.linux.swap import SwapFile
+
+    configs = {"alone": (False, 0, 0), "1cpu": (True, 0, 0), "2cpu": (True, 1, 0)}
+    out: dict[str, Any] = {"pages": pages, "sleepers": sleepers, "iters": iters}
+    with SwapFile(4 * pages + 1024):
+        for name, (forker, cpu_pager, cpu_forker) in configs.items():
+            runs = [
+                pageout_run(pages, sleepers, iters, forker, cpu_pager, cpu_forker)
+                for _ in range(repeats)
+            ]
+            pooled = [x for r in runs for x in r["samples_ns"]]
+            out[name] = {
+                "latency": summary(pooled),
+                "forks_per_s": [r["forks_per_s"] for r in runs],
+                "runs": [r["latency"] for r in runs],
+            }
+    return out

@@ -363,8 +363,8 @@ class Simulator:
             self._sleep(t, f"{t.op}: wait {kind} ({mode})")
         self._block(w.token)
         waited = self.now - w.since
-        if not w.spinning:
-            t.pending += int(self.costs.wakeup_ns)
+        if not w.spinning:  # try_to_wake_up() to running: then a CPU
+            self._block(self.env.timeout(int(self.costs.wakeup_ns)))
             self.cpu_get(t)
         elif self.trace is not None and t.cpu is not None and waited:
             self.trace.wait(t.cpu, t.name, f"spin {kind} ({mode})", w.since, self.now)
@@ -518,7 +518,7 @@ class Simulator:
         self.cond_waiters.append((ready, ev))
         self._sleep(t, f"wait {kind}")
         self._block(ev)
-        t.pending += int(self.costs.wakeup_ns)
+        self._block(self.env.timeout(int(self.costs.wakeup_ns)))
         self.cpu_get(t)
 
     def _recheck(self) -> None:

@@ -239,11 +239,35 @@ def fit_costs(rows: list[dict[str, Any]], wakeup_ns: float) -> dict[str, Any]:
     walk = _walk_fit(rows)
     if walk is not None:
         step["reclaim"], quality["reclaim"] = walk
-        base["reclaim"] = 0.0
+        base["reclaim"] = _per_folio(rows)
     return {
         "fit": {"base_ns": base, "step_ns": step, "wakeup_ns": round(wakeup_ns, 1)},
         "quality": quality,
     }
+
+
+def _per_folio(rows: list[dict[str, Any]]) -> float:
+    """What MADV_PAGEOUT spends per folio with one mapper (slope of its time over
+    the pages of the ``pageout_pages`` series): isolation, the folio lock, a
+    one-mapper walk, the unmap, a zeromap swap-out.  The walkers' per-folio cost,
+    before each further mapper's (:func:`_walk_fit`)."""
+    pts = [
+        (float(r["size"]), float(r["median_ns"]))
+        for r in rows
+        if r["series"] == "pageout_pages" and r["op"] == "madvise"
+    ]
+    if len(pts) < 2:
+        return 0.0
+    f = fit(["base", "per_folio"], [[1.0, x] for x, _ in pts], [y for _, y in pts])
+    return round(f.coef["per_folio"], 1)
+
+
+def refit(path: Path) -> dict[str, Any]:
+    """Fit a calibration file's stored raw measurements again (no kernel needed):
+    its ``fit`` and ``quality`` from its ``raw`` and ``wakeup``."""
+    data = json.loads(path.read_text())
+    data.update(fit_costs(data["raw"], float(data["wakeup"]["median_ns"])))
+    return data
 
 
 def _walk_fit(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]] | None:

@@ -57,15 +57,17 @@ def test_the_fit_follows_the_measurements() -> None:
 
 def test_counts_grow_with_the_size_varied() -> None:
     s = next(x for x in SERIES if x.name == "fork_pages")
-    small, big = (step_counts(scenario_of(s, n))[2]["pte"] for n in (64, 256))
+    small, big = (int(step_counts(scenario_of(s, n))[2]["pte"]) for n in (64, 256))
     assert big - small >= 192  # at least one PTE step per page copied
     m = next(x for x in SERIES if x.name == "pageout_mappers")
-    c0, c4 = (step_counts(scenario_of(m, k))[-1] for k in (0, 4))
+    c0, c4 = step_counts(scenario_of(m, 0))[-1], step_counts(scenario_of(m, 4))[-1]
     assert c4["pte"] > c0["pte"] and c4["vma"] > c0["vma"]  # the walk probes 4 more mms
 
 
 def test_bad_calibration_files_name_the_field(tmp_path: Path) -> None:
-    good = {"fit": {"base_ns": {"fork": 1}, "step_ns": {"fork": {"pte": 1}}, "wakeup_ns": 5}}
+    good: dict[str, Any] = {
+        "fit": {"base_ns": {"fork": 1}, "step_ns": {"fork": {"pte": 1}}, "wakeup_ns": 5}
+    }
     assert from_json(good, "x").table("fork")["pte"] == 1
     bad = copy.deepcopy(good)
     del bad["fit"]["wakeup_ns"]

@@ -51,17 +51,17 @@ class _NoPreference(SimLock):
 
 
 class _NoHandOff(SimLock):
-    def hand_off(self) -> list[Waiter]:
+    def hand_off(self, now: int = 0) -> list[Waiter]:
         return []
 
 
 class _OneReaderAtATime(SimLock):
-    def hand_off(self) -> list[Waiter]:
+    def hand_off(self, now: int = 0) -> list[Waiter]:
         if self.waiters and self.waiters[0].mode == "read" and not self.writer and not self.readers:
             w = self.waiters.popleft()
             self.take(w.tid, "read")
             return [w]
-        return super().hand_off()
+        return super().hand_off(now)
 
 
 @pytest.mark.parametrize(
@@ -105,3 +105,16 @@ def test_releasing_a_lock_not_held_is_an_error() -> None:
         lk.release(2, "read")
     with pytest.raises(ValueError, match="does not hold"):
         lk.release(1, "write")
+
+
+def test_a_spinning_writer_steals_from_a_sleeping_head_until_handoff() -> None:
+    from cowctx.contend.locks import HANDOFF_NS
+
+    lk = SimLock(KINDS["anon_vma"])
+    lk.take(1, "write")
+    lk.waiters.extend([Waiter(2, "write", 0), Waiter(3, "write", 0, spinning=True)])
+    assert [w.tid for w in lk.release(1, "write", now=1000)] == [3]
+    assert [w.tid for w in lk.waiters] == [2]
+    lk.waiters.append(Waiter(4, "write", 0, spinning=True))
+    # the head has waited past RWSEM_WAIT_TIMEOUT: the lock is handed to it
+    assert [w.tid for w in lk.release(3, "write", now=HANDOFF_NS)] == [2]

@@ -9,13 +9,17 @@
   ``MAX_READERS_WAKEUP`` (256), writers behind staying queued
   (``rwsem_mark_wake()``, since commit d3681e269fff ("locking/rwsem: Wake up
   almost all readers in wait queue") (v5.3)).
-- mutex / folio lock: exclusive, FIFO hand-off.
+  A sleeping writer at the head is woken rather than handed the lock: a writer
+  spinning on its CPU behind it takes the lock first (lock stealing), until the
+  head has waited ``HANDOFF_NS`` (the handoff bit, ``RWSEM_FLAG_HANDOFF``).
+- mutex / folio lock: exclusive, FIFO, the same stealing and hand-off.
 - spinlock / page-table lock (qspinlock): exclusive, FIFO; waiters keep their
   CPU and spin.
 
-Deliberate differences: no lock stealing by a running writer ahead of queued
-waiters (the queue is strictly FIFO once someone waits); the per-lock handoff
-bit is implied (every release hands off).
+Deliberate differences: optimistic spinners wait in the queue (the kernel keeps
+them on the OSQ, outside the wait list), so a spinning writer keeps new readers
+out as a queued one does; a stolen lock goes to the first spinning writer in
+the queue, not to whichever CPU wins the cmpxchg.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from typing import Any
 from cowctx.concurrency.locks import LockKind
 
 MAX_READERS_WAKEUP = 256
+HANDOFF_NS = 4_000_000
+"""``RWSEM_WAIT_TIMEOUT`` (4 jiffies at HZ=1000; mutexes hand off at once when a
+waiter asks, approximated by the same bound): after waiting this long the first
+waiter has the lock handed to it, no longer stolen."""
 
 
 @dataclass
@@ -76,7 +84,7 @@ class SimLock:
     def idle(self) -> bool:
         return self.writer is None and not self.readers and not self.waiters
 
-    def release(self, tid: int, mode: str) -> list[Waiter]:
+    def release(self, tid: int, mode: str, now: int = 0) -> list[Waiter]:
         """Release ``tid``'s hold; the waiters handed the lock (already holders).
         Raises ValueError when ``tid`` does not hold it in ``mode``."""
         if mode == "read" and self.kind.shared:
@@ -91,16 +99,22 @@ class SimLock:
             if self.writer != tid:
                 raise ValueError(f"tid {tid} releases a lock it does not hold")
             self.writer = None
-        return self.hand_off()
+        return self.hand_off(now)
 
-    def hand_off(self) -> list[Waiter]:
+    def hand_off(self, now: int = 0) -> list[Waiter]:
         if not self.waiters or self.writer is not None or self.readers:
             return []
         head = self.waiters[0]
         if head.mode != "read" or not self.kind.shared:
-            self.waiters.popleft()
-            self.take(head.tid, head.mode)
-            return [head]
+            taker = head
+            if not head.spinning and now - head.since < HANDOFF_NS:
+                # the sleeping head is only woken: a writer spinning on its CPU
+                # takes the lock first (lock stealing), unless the head has waited
+                # long enough to have set the handoff bit
+                taker = next((w for w in self.waiters if w.spinning and w.mode != "read"), head)
+            self.waiters.remove(taker)
+            self.take(taker.tid, taker.mode)
+            return [taker]
         granted: list[Waiter] = []
         keep: deque[Waiter] = deque()
         for w in self.waiters:

@@ -424,7 +424,7 @@ class Simulator:
             return
         lk = entry[0]
         try:
-            granted = lk.release(t.tid, mode)
+            granted = lk.release(t.tid, mode, self.now)
         except ValueError as exc:
             self.violation("bad_unlock", f"{t.name}: {kind}: {exc}")
             return

@@ -120,6 +120,14 @@ def _params(workload: str, items: tuple[str, ...]) -> dict[str, float]:
     help="Measure MADV_PAGEOUT beside a forker on this kernel and simulate it.",
 )
 @click.option(
+    "--measured",
+    "measured_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="With --validate: simulate against this stored measurement (a validation "
+    "file) instead of measuring the kernel again.",
+)
+@click.option(
     "--repeats",
     type=click.IntRange(min=1),
     default=7,
@@ -151,6 +159,7 @@ def contend_command(
     perfetto_path: Path | None,
     calibrate: bool,
     validate: bool,
+    measured_path: Path | None,
     repeats: int,
     out_path: Path | None,
 ) -> None:
@@ -167,7 +176,7 @@ def contend_command(
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if validate:
-        _validate(out_path, costs, duration)
+        _validate(out_path, costs, duration, measured_path)
         return
     if workload is None:
         raise click.BadParameter(
@@ -285,17 +294,26 @@ def _calibrate(out_path: Path | None, repeats: int) -> None:
         click.echo(f"  {op:8} r2 {q['r2']:.3f}  rms {q['rms_ns'] / 1000:.1f} us  rows {q['rows']}")
 
 
-def _validate(out_path: Path | None, costs: Any, duration: float) -> None:
+def _validate(
+    out_path: Path | None, costs: Any, duration: float, measured_path: Path | None
+) -> None:
     from cowctx.contend.costs import DATA_DIR
     from cowctx.contend.validate import side_by_side
     from cowctx.linux.harness import pageout_experiment
     from cowctx.linux.swap import swap_unavailable_reason
 
-    reason = swap_unavailable_reason()
-    if reason is not None:
-        click.echo(f"error: cannot validate here: {reason}", err=True)
-        sys.exit(2)
-    measured = pageout_experiment()
+    if measured_path is not None:
+        try:
+            measured = json.loads(measured_path.read_text())["measured"]
+        except (OSError, ValueError, KeyError) as exc:
+            click.echo(f"error: {measured_path}: field measured: {exc}", err=True)
+            sys.exit(2)
+    else:
+        reason = swap_unavailable_reason()
+        if reason is not None:
+            click.echo(f"error: cannot validate here: {reason}", err=True)
+            sys.exit(2)
+        measured = pageout_experiment()
     rows = side_by_side(measured, costs, max(int(duration * 1e9), 100_000_000))
     out = out_path or DATA_DIR / "validation" / (Path(costs.source).stem + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)

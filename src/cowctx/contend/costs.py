@@ -36,10 +36,11 @@ OPS = (
     "reclaim",
     "migrate",
 )
-"""Operations with costs of their own; ``reclaim`` and ``migrate`` (the background
-walkers) use the MADV_PAGEOUT walk's fit (``madvise``) unless fitted themselves."""
+"""Operations with costs of their own.  ``reclaim`` is fitted from MADV_PAGEOUT
+(per folio, and per further mapper: :mod:`cowctx.linux.timing`); ``migrate`` (the
+compaction walker) is charged the same per folio and per mapper step."""
 
-WALKER_SOURCE = {"reclaim": "madvise", "migrate": "madvise"}
+WALKER_SOURCE = {"reclaim": "madvise", "migrate": "reclaim"}
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "calibration"
 """Where calibrations live in the repository (``data/calibration/*.json``)."""

@@ -82,7 +82,9 @@ def line_svg(
     height: int = 260,
 ) -> str:
     """Lines of y against CPUs (log2 x axis), one per design, as an SVG string."""
-    left, right, top, bottom = 60, 120, 28, 36
+    left, top, bottom = 78, 28, 36
+    right = max(120, 40 + 7 * max((len(n) for n in series), default=0))
+    width = max(width, left + 280 + right)
     pw, ph = width - left - right, height - top - bottom
     xs = sorted({x for pts in series.values() for x, _ in pts}) or [1]
     ymax = max((y for pts in series.values() for _, y in pts), default=1.0) or 1.0
@@ -107,7 +109,8 @@ def line_svg(
     for k in range(5):
         y = ymax * k / 4
         out.append(
-            f"<text x='{left - 4}' y='{py(y) + 4:.1f}' text-anchor='end'>{y:.3g}</text>"
+            f"<text x='{left - 4}' y='{py(y) + 4:.1f}' text-anchor='end'>"
+            f"{f'{y:,.0f}' if ymax >= 100 else f'{y:.3g}'}</text>"
             f"<line x1='{left}' y1='{py(y):.1f}' x2='{left + pw}' y2='{py(y):.1f}' "
             "stroke='#ddd'/>"
         )

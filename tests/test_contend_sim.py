@@ -208,3 +208,14 @@ def test_same_seed_same_bytes_other_seed_other_run() -> None:
     c = json.dumps(_storm("anon_vma", 2, seed=4).stats, sort_keys=True)
     assert a == b
     assert a != c
+
+
+def test_the_collapse_walker_write_locks_the_root_anon_vma() -> None:
+    from cowctx.contend.costs import load
+
+    plan = make_plan("fork-exit-storm", SMALL)
+    r = simulate(plan, "anon_vma", RunSpec(2, 2_000_000, 1, ("collapse",)), load())
+    holds = r.stats["locks"]["anon_vma:write"]["hold_by_op"]
+    assert holds["collapse"]["count"] > 0
+    assert r.stats["locks"]["mmap_lock:write"]["hold_by_op"]["collapse"]["count"] > 0
+    assert r.stats["walks"]["collapse"]["completed_walks"] > 0

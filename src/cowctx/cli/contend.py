@@ -65,7 +65,7 @@ def _params(workload: str, items: tuple[str, ...]) -> dict[str, float]:
     "--walkers",
     default="reclaim",
     show_default=True,
-    help="Background walkers: reclaim, migrate, comma-separated ('' for none).",
+    help="Background walkers: reclaim, migrate, collapse, comma-separated ('' for none).",
 )
 @click.option(
     "--workers",

@@ -35,12 +35,14 @@ OPS = (
     "exec",
     "reclaim",
     "migrate",
+    "collapse",
 )
 """Operations with costs of their own.  ``reclaim`` is fitted from MADV_PAGEOUT
 (per folio, and per further mapper: :mod:`cowctx.linux.timing`); ``migrate`` (the
-compaction walker) is charged the same per folio and per mapper step."""
+compaction walker) and ``collapse`` (khugepaged's lock pattern) are charged the
+reclaim walk's costs per step."""
 
-WALKER_SOURCE = {"reclaim": "madvise", "migrate": "reclaim"}
+WALKER_SOURCE = {"reclaim": "madvise", "migrate": "reclaim", "collapse": "reclaim"}
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "calibration"
 """Where calibrations live in the repository (``data/calibration/*.json``)."""

@@ -14,7 +14,13 @@ Walkers run as the kernel runs them, on the root's folios in address order,
 round and round: ``reclaim`` is ``shrink_folio_list()``'s reference check
 (``folio_referenced()`` with ``rwc->try_lock``: a failed try-lock keeps the
 folio, a rotation); ``migrate`` is compaction's ``migrate_pages()`` (blocking
-``anon_vma_lock_read()``), which moves the folio to a new page.
+``anon_vma_lock_read()``), which moves the folio to a new page; ``collapse`` is
+khugepaged's lock pattern on each of the root's VMAs in turn: the scan of a
+PMD's PTEs under ``mmap_read_lock()`` and the page-table lock
+(``hpage_collapse_scan_pmd()``), then ``collapse_huge_page()``'s
+``mmap_write_lock()``, ``vma_start_write()``, ``anon_vma_lock_write()`` (the
+root) around a second pass over the PTEs.  The model has no THP: the collapse
+walker takes the locks and pays the steps, it changes nothing.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from typing import Any
 
 from cowctx.clients.migrate import migrate_pages
 from cowctx.clients.referenced import folio_referenced
+from cowctx.concurrency import runtime as rt
 from cowctx.contend.sim import Body, SimThread, Simulator
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.scenario import schema as S
 from cowctx.scenario.runner import ScenarioRun, run_scenario, run_step
 from cowctx.workloads.registry import build_workload
 
-WALKERS = ("reclaim", "migrate")
+WALKERS = ("reclaim", "migrate", "collapse")
 
 
 class PlanError(ValueError):
@@ -117,12 +124,58 @@ def root_pages(run: ScenarioRun, root: str) -> list[int]:
     return out
 
 
+PMD_PTES = 512
+
+
+def collapse_body(sim: Simulator, run: ScenarioRun, plan: Plan, start: int, pace_ns: int) -> Body:
+    """khugepaged's locks over the root's VMAs (see the module docstring)."""
+    task = run.procs[plan.root]
+
+    def scan(mm: object, first: int) -> None:
+        rt.lock("ptl", mm)
+        for vpn in range(first, first + PMD_PTES):
+            rt.point("load", mm, ("pte", vpn))
+        rt.unlock("ptl", mm)
+
+    def body(t: SimThread) -> None:
+        i = start
+        while True:
+            mm = task.mm
+            vmas = mm.vmas() if mm is not None else []
+            if mm is None or not vmas:
+                return
+            vma = vmas[i % len(vmas)]
+            i += 1
+            first = vma.vm_start >> PAGE_SHIFT
+            sim.begin(t, "collapse")
+            rt.lock("mmap_lock", mm, "read")
+            scan(mm, first)
+            rt.unlock("mmap_lock", mm, "read")
+            rt.lock("mmap_lock", mm, "write")
+            rt.lock("vma_lock", vma, "write")
+            root = getattr(vma.anon_vma, "root", None)
+            if root is not None:
+                rt.lock("anon_vma", root, "write")
+            scan(mm, first)
+            if root is not None:
+                rt.unlock("anon_vma", root, "write")
+            rt.unlock("vma_lock", vma, "write")
+            rt.unlock("mmap_lock", mm, "write")
+            sim.stats.walk("collapse", sim.end(t))
+            sim.stats.folio("collapse", False)
+            sim.pause(t, pace_ns)
+
+    return body
+
+
 def walker_body(
     sim: Simulator, run: ScenarioRun, plan: Plan, kind: str, start: int, pace_ns: int
 ) -> Body:
     """A background walker over the root's folios (``reclaim`` or ``migrate``)."""
     if kind not in WALKERS:
         raise PlanError(f"unknown walker {kind!r}; known: {', '.join(WALKERS)}")
+    if kind == "collapse":
+        return collapse_body(sim, run, plan, start, pace_ns)
     m = run.machine
     task = run.procs[plan.root]
     pages = root_pages(run, plan.root)

@@ -71,6 +71,20 @@ def contention_table(meta: dict[str, Any], results: list[RunResult]) -> str:
             f"{_us(w.get('max_ns', 0)):>8} {100 * w.get('rotation_rate', 0.0):>7.1f}% "
             f"{f'{key} {total / 1e6:.2f} ({who})':>34}"
         )
+    biggest = {r.design: r for r in results if r.cpus == max(x.cpus for x in results)}
+    for design, r in biggest.items():
+        lines.append("")
+        lines.append(f"{design}, {r.cpus} CPUs: lock waits (ms) behind each holder, holds")
+        for key, s in sorted(r.stats["locks"].items()):
+            waits = s["wait_by_holder_ns"]
+            behind = ", ".join(f"{h} {ns / 1e6:.2f}" for h, ns in sorted(waits.items())) or "-"
+            hold = s["hold"]
+            lines.append(
+                f"  {key:16} {s['acquisitions']:>8} taken, {s['contended']:>6} contended, "
+                f"{s['trylock_failed']:>6} try-locks failed; waited behind: {behind}; "
+                f"hold p50 {_us(hold['p50_ns'])} p99 {_us(hold['p99_ns'])} max "
+                f"{_us(hold['max_ns'])} us"
+            )
     return "\n".join(lines)
 
 

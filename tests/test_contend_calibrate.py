@@ -100,3 +100,32 @@ def test_a_tiny_calibration_slice_on_this_kernel() -> None:
     assert pageouts[1]["counts"]["pte"] > pageouts[0]["counts"]["pte"]
     wake = wakeup_latency_ns(rounds=200, batches=1)
     assert 0 < wake["median_ns"] < 10_000_000
+
+
+def test_the_reclaim_trace_counts_only_the_harness_anon_lru() -> None:
+    from cowctx.linux.harness import _shrink_counts
+
+    line = (
+        "  harness-1a2b3c-4242 [001] ..... 12.5: mm_vmscan_lru_shrink_inactive: nid=0 "
+        "nr_scanned=32 nr_reclaimed=20 nr_dirty=0 nr_writeback=0 nr_congested=0 "
+        "nr_immediate=0 nr_activate_anon=0 nr_activate_file=0 nr_ref_keep={keep} "
+        "nr_unmap_fail=0 priority=12 flags=RECLAIM_WB_{lru}|RECLAIM_WB_ASYNC"
+    )
+    lines = [
+        line.format(keep=5, lru="ANON"),
+        line.format(keep=7, lru="FILE"),  # the file LRU: not the rmap walk's
+        line.format(keep=3, lru="ANON").replace("harness-1a2b3c", "kswapd0"),  # not ours
+        "garbage",
+    ]
+    got = _shrink_counts(lines)
+    assert got["events"] == 1 and got["nr_ref_keep"] == 5 and got["nr_scanned"] == 32
+
+
+def test_the_reclaim_comparison_pairs_each_configuration() -> None:
+    from cowctx.contend.validate import reclaim_side_by_side
+
+    stored = json.loads((DATA_DIR / "validation" / STORED[-1].name).read_text())
+    rows = reclaim_side_by_side(stored["reclaim_measured"], load(STORED[-1]))
+    assert [r["config"] for r in rows] == ["1cpu", "2cpu"]
+    assert rows[0]["measured_kept"] == 0 and rows[0]["simulated_kept"] == 0
+    assert rows[1]["measured_kept"] > 0  # the kernel's second CPU makes the try-lock fail

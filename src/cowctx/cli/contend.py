@@ -298,28 +298,47 @@ def _validate(
     out_path: Path | None, costs: Any, duration: float, measured_path: Path | None
 ) -> None:
     from cowctx.contend.costs import DATA_DIR
-    from cowctx.contend.validate import side_by_side
+    from cowctx.contend.validate import reclaim_side_by_side, side_by_side
     from cowctx.linux.harness import pageout_experiment
     from cowctx.linux.swap import swap_unavailable_reason
 
     if measured_path is not None:
         try:
-            measured = json.loads(measured_path.read_text())["measured"]
+            stored = json.loads(measured_path.read_text())
+            measured = stored["measured"]
+            reclaim = stored.get("reclaim_measured")
         except (OSError, ValueError, KeyError) as exc:
             click.echo(f"error: {measured_path}: field measured: {exc}", err=True)
             sys.exit(2)
     else:
+        from cowctx.linux.harness import reclaim_experiment, reclaim_unavailable_reason
+
         reason = swap_unavailable_reason()
         if reason is not None:
             click.echo(f"error: cannot validate here: {reason}", err=True)
             sys.exit(2)
         measured = pageout_experiment()
+        reclaim = None
+        why = reclaim_unavailable_reason()
+        if why is None:
+            reclaim = reclaim_experiment()
+        else:
+            click.echo(f"note: no reclaim measurement: {why}", err=True)
     rows = side_by_side(measured, costs, max(int(duration * 1e9), 100_000_000))
+    reclaim_rows = reclaim_side_by_side(reclaim, costs) if reclaim else []
     out = out_path or DATA_DIR / "validation" / (Path(costs.source).stem + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"measured": measured, "rows": rows, "costs": costs.source}, indent=1, sort_keys=True
+            {
+                "measured": measured,
+                "rows": rows,
+                "reclaim_measured": reclaim,
+                "reclaim_rows": reclaim_rows,
+                "costs": costs.source,
+            },
+            indent=1,
+            sort_keys=True,
         )
         + "\n"
     )
@@ -329,4 +348,10 @@ def _validate(
             f"{r['config']:6} median measured {r['measured_median_ns'] / 1000:8.1f} us "
             f"simulated {r['simulated_median_ns'] / 1000:8.1f} us "
             f"error {100 * r['error_median_ns']:+.0f}%"
+        )
+    for r in reclaim_rows:
+        click.echo(
+            f"{r['config']:6} folios kept on a failed try-lock: measured "
+            f"{100 * r['measured_rate']:.1f}% of {r['measured_scanned']}, simulated "
+            f"{100 * r['simulated_rate']:.1f}% of {r['simulated_scanned']}"
         )

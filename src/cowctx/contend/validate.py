@@ -135,3 +135,86 @@ def side_by_side(
             row["error_forks_per_s"] = round((sim["forks_per_s"] - mf) / mf, 3) if mf else 0.0
         rows.append(row)
     return rows
+
+
+def simulate_reclaim(
+    design: str,
+    cpus: int,
+    costs: CostModel,
+    pages: int = 1024,
+    sleepers: int = 16,
+    duration_ns: int = 50_000_000,
+    forker: bool = True,
+) -> dict[str, Any]:
+    """The harness's ``reclaim`` mode in the model: a reclaim walker
+    (``folio_referenced()`` with try-lock) over the pager's idle folios beside the
+    forker; the fraction of folios kept because the try-lock failed."""
+    from cowctx.contend.drivers import Plan, walker_body
+    from cowctx.scenario import schema as S
+
+    setup = _setup(pages, sleepers)
+    run = run_scenario(setup, design, check=False)
+    sim = Simulator(cpus, costs)
+    loop = parse_scenario(
+        {
+            "format": FORMAT,
+            "name": "x",
+            "steps": [
+                {"op": "fork", "child": "forker"},
+                {"op": "fork", "proc": "forker", "child": "g"},
+                {"op": "exit", "proc": "g"},
+            ],
+        },
+        "<reclaim loop>",
+    ).steps
+    fork, exit_ = loop[1], loop[2]
+
+    def forker_body(t: SimThread) -> None:
+        while True:
+            sim.begin(t, "fork")
+            run_step(run, fork)
+            sim.end(t)
+            sim.begin(t, "exit")
+            run_step(run, exit_)
+            sim.end(t)
+            sim.stats.unit("forker")
+
+    # the walker scans the pager's (p0's) folios: a plan naming p0 as the root
+    plan = Plan("reclaim-pair", "", setup, "p0", "g", [S.ExitStep(op="exit", proc="g")])
+    sim.add_thread("reclaim", "reclaim", walker_body(sim, run, plan, "reclaim", 0, 0))
+    if forker:
+        sim.add_thread("forker", "forker", forker_body)
+    sim.run(duration_ns)
+    w = sim.stats.to_json()["walks"].get("reclaim", {})
+    return {
+        "design": design,
+        "cpus": cpus,
+        "forker": forker,
+        "folios": w.get("folios", 0),
+        "rotations": w.get("rotations", 0),
+        "rotation_rate": w.get("rotation_rate", 0.0),
+        "violations": sim.violations,
+    }
+
+
+def reclaim_side_by_side(measured: dict[str, Any], costs: CostModel) -> list[dict[str, Any]]:
+    """Folios kept because the rmap try-lock failed, measured (``nr_ref_keep`` of
+    the anon LRU over the pager's idle folios) and simulated, at 1 and 2 CPUs."""
+    pages, sleepers = int(measured["pages"]), int(measured["sleepers"])
+    rows = []
+    for name, cpus in (("1cpu", 1), ("2cpu", 2)):
+        sim = simulate_reclaim("anon_vma", cpus, costs, pages, sleepers, 20_000_000)
+        m = measured[name]
+        rows.append(
+            {
+                "config": name,
+                "cpus": cpus,
+                "measured_scanned": m["nr_scanned"],
+                "measured_kept": m["nr_ref_keep"],
+                "measured_rate": m["ref_keep_rate"],
+                "simulated_scanned": sim["folios"],
+                "simulated_kept": sim["rotations"],
+                "simulated_rate": sim["rotation_rate"],
+            }
+        )
+    return rows

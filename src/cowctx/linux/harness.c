@@ -151,8 +151,100 @@ static int pageout(long pages, int sleepers, int iters, int forker, int cpu_page
 	return 0;
 }
 
+/* harness reclaim PAGES SLEEPERS MS FORKER CPU_PUSHER CPU_FORKER CGROUP_PROCS FILE
+ *   The pager joins the memory cgroup whose cgroup.procs is CGROUP_PROCS, builds
+ *   its folios as pageout does (each walk probes the sleepers' page tables first)
+ *   and then sleeps: its folios are idle (not referenced).  A pusher, on CPU
+ *   CPU_PUSHER, reads FILE round and round: its page cache charges the cgroup past
+ *   its limit, and its direct reclaim scans the pager's idle folios:
+ *   folio_referenced() with try_lock, which keeps a folio (FOLIOREF_KEEP) only
+ *   when the try-lock fails.  With FORKER a forker on CPU_FORKER forks and reaps
+ *   children in the pager's anon_vma hierarchy.  For MS milliseconds.  Prints
+ *   "reads N ELAPSED_NS forks M". */
+static int reclaim(long pages, int sleepers, int ms, int forker, int cpu_pusher, int cpu_forker,
+		   const char *procs, const char *file)
+{
+	FILE *f = fopen(procs, "w");
+	if (!f || fprintf(f, "0\n") < 0 || fclose(f) != 0) {
+		perror(procs);
+		return 2;
+	}
+	long psz = sysconf(_SC_PAGESIZE);
+	size_t len = (size_t)pages * psz;
+	char *buf = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	volatile long *stop = mmap(NULL, psz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED || stop == MAP_FAILED)
+		return 2;
+	pid_t *kids = calloc(sleepers + 1, sizeof(pid_t));
+	for (long i = 0; i < 2 * pages; i++)
+		buf[i * psz] = 1;
+	for (int k = 0; k < sleepers; k++) {
+		kids[k] = fork();
+		if (kids[k] == 0) {
+			for (;;)
+				pause();
+		}
+	}
+	if (munmap(buf, len) != 0)
+		return 2;
+	buf += len;
+	for (long i = 0; i < pages; i++)
+		buf[i * psz] = 2;
+	pid_t fk = -1, pu = -1;
+	if (forker) {
+		fk = fork();
+		if (fk == 0) {
+			pin(cpu_forker);
+			long n = 0;
+			while (!stop[0]) {
+				pid_t g = fork();
+				if (g == 0)
+					_exit(0);
+				if (g > 0)
+					waitpid(g, NULL, 0);
+				n++;
+			}
+			stop[1] = n;
+			_exit(0);
+		}
+	}
+	pu = fork();
+	if (pu == 0) {
+		pin(cpu_pusher);
+		munmap(buf, len); /* the pusher maps none of the pager's folios */
+		char chunk[65536];
+		long n = 0;
+		FILE *in = fopen(file, "r");
+		if (!in)
+			_exit(2);
+		while (!stop[0]) {
+			if (fread(chunk, 1, sizeof(chunk), in) == 0)
+				rewind(in);
+			n++;
+		}
+		stop[2] = n;
+		_exit(0);
+	}
+	uint64_t t0 = now_ns();
+	usleep((useconds_t)ms * 1000);
+	uint64_t elapsed = now_ns() - t0;
+	stop[0] = 1;
+	waitpid(pu, NULL, 0);
+	if (fk > 0)
+		waitpid(fk, NULL, 0);
+	for (int k = 0; k < sleepers; k++) {
+		kill(kids[k], SIGKILL);
+		waitpid(kids[k], NULL, 0);
+	}
+	printf("reads %ld %llu forks %ld\n", stop[2], (unsigned long long)elapsed, stop[1]);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 10 && !strcmp(argv[1], "reclaim"))
+		return reclaim(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
+			       atoi(argv[6]), atoi(argv[7]), argv[8], argv[9]);
 	if (argc == 3 && !strcmp(argv[1], "wake"))
 		return wake(atoi(argv[2]));
 	if (argc == 8 && !strcmp(argv[1], "pageout"))

@@ -9,6 +9,7 @@ referee's) is on for the experiment and removed on every exit path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -140,4 +141,156 @@ def pageout_experiment(
                 "forks_per_s": [r["forks_per_s"] for r in runs],
                 "runs": [r["latency"] for r in runs],
             }
+    return out
+
+
+SHRINK_EVENT = "vmscan/mm_vmscan_lru_shrink_inactive"
+"""``shrink_inactive_list()``'s verdicts: ``nr_ref_keep`` counts the folios
+``folio_check_references()`` kept (FOLIOREF_KEEP), which for an anon folio is
+``folio_referenced()`` returning -1: its rmap try-lock failed."""
+MEMCG_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def reclaim_unavailable_reason() -> str | None:
+    from cowctx.linux.swap import swap_unavailable_reason
+    from cowctx.linux.tracefs import tracefs_root
+
+    reason = swap_unavailable_reason()
+    if reason is not None:
+        return reason
+    if not (MEMCG_V1 / "cgroup.procs").exists():
+        return f"no cgroup v1 memory controller at {MEMCG_V1}"
+    try:
+        root = tracefs_root()
+    except Exception as exc:
+        return f"tracefs: {exc}"
+    if not (root / "events" / SHRINK_EVENT).is_dir():
+        return f"tracepoint {SHRINK_EVENT} is missing"
+    return None
+
+
+def _shrink_counts(lines: list[str]) -> dict[str, int]:
+    """Summed counters of the harness's mm_vmscan_lru_shrink_inactive lines of the
+    anon LRU (``RECLAIM_WB_ANON``)."""
+    out: dict[str, int] = {"events": 0}
+    for line in lines:
+        if "mm_vmscan_lru_shrink_inactive:" not in line or "harness" not in line.split("-")[0]:
+            continue
+        if "RECLAIM_WB_ANON" not in line:
+            continue
+        out["events"] += 1
+        for kv in line.split("mm_vmscan_lru_shrink_inactive:", 1)[1].split():
+            key, _, value = kv.partition("=")
+            if key.startswith("nr_") and value.isdigit():
+                out[key] = out.get(key, 0) + int(value)
+    return out
+
+
+def reclaim_experiment(
+    pages: int = 1024, sleepers: int = 16, ms: int = 1500, limit_pages: int = 4096, repeats: int = 2
+) -> dict[str, Any]:
+    """Memory-cgroup reclaim of the pager's folios (``folio_referenced()`` with
+    try-lock) alone, beside a forker on the same CPU and on the other CPU; per
+    configuration the summed ``mm_vmscan_lru_shrink_inactive`` counters of the
+    harness's processes (``nr_ref_keep``: folios kept on a failed try-lock).
+    A private memory cgroup and a private tracefs instance, removed on every exit."""
+    import time as _time
+
+    from cowctx.linux.swap import SwapFile
+    from cowctx.linux.tracefs import (
+        install_terminate_handlers,
+        own_instance_name,
+        read_pipe_lines,
+        restore_handlers,
+        tear_down_instance,
+        tracefs_root,
+        write_file,
+    )
+
+    name = own_instance_name()
+    inst = tracefs_root() / "instances" / f"{name}-reclaim"
+    cg = MEMCG_V1 / f"{name}-reclaim"
+    handlers = install_terminate_handlers()
+    pipe = None
+    out: dict[str, Any] = {
+        "pages": pages,
+        "sleepers": sleepers,
+        "ms": ms,
+        "limit_pages": limit_pages,
+    }
+    try:
+        cg.mkdir()
+        write_file(cg / "memory.limit_in_bytes", str(limit_pages * 4096))
+        write_file(cg / "memory.swappiness", "100")
+        inst.mkdir()
+        write_file(inst / "tracing_on", "0")
+        write_file(inst / "options" / "overwrite", "0")
+        write_file(inst / "events" / SHRINK_EVENT / "enable", "1")
+        pipe = os.open(inst / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        partial = b""
+        configs = {"alone": (False, 0, 0), "1cpu": (True, 0, 0), "2cpu": (True, 1, 0)}
+        data = cg.parent / "unused"
+        import tempfile
+
+        with SwapFile(8 * pages + 1024), tempfile.NamedTemporaryFile(dir="/var/tmp") as tmp:
+            tmp.write(b"\1" * (4 * limit_pages * 4096))
+            tmp.flush()
+            data = Path(tmp.name)
+            for cname, (forker, cpu_pusher, cpu_forker) in configs.items():
+                runs = []
+                for _ in range(repeats):
+                    _, partial = read_pipe_lines(pipe, partial, 1 << 16)  # drop older lines
+                    write_file(inst / "tracing_on", "1")
+                    line = [
+                        x
+                        for x in _run(
+                            [
+                                "reclaim",
+                                str(pages),
+                                str(sleepers),
+                                str(ms),
+                                str(int(forker)),
+                                str(cpu_pusher),
+                                str(cpu_forker),
+                                str(cg / "cgroup.procs"),
+                                str(data),
+                            ],
+                            timeout=ms / 1000 + 120,
+                        )
+                        if x.strip()
+                    ][-1].split()
+                    write_file(inst / "tracing_on", "0")
+                    _time.sleep(0.05)
+                    lines, partial = read_pipe_lines(pipe, partial, 1 << 16)
+                    counts = _shrink_counts(lines)
+                    runs.append(
+                        {
+                            "reads": int(line[1]),
+                            "elapsed_ns": int(line[2]),
+                            "forks": int(line[4]),
+                            **counts,
+                        }
+                    )
+                scanned = sum(r.get("nr_scanned", 0) for r in runs)
+                kept = sum(r.get("nr_ref_keep", 0) for r in runs)
+                out[cname] = {
+                    "runs": runs,
+                    "nr_scanned": scanned,
+                    "nr_ref_keep": kept,
+                    "ref_keep_rate": round(kept / scanned, 4) if scanned else 0.0,
+                }
+    finally:
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                os.close(pipe)
+        if inst.exists():
+            tear_down_instance(inst, [SHRINK_EVENT])
+        for _ in range(50):
+            try:
+                if cg.exists():
+                    cg.rmdir()
+                break
+            except OSError:
+                _time.sleep(0.1)
+        restore_handlers(handlers)
     return out

@@ -117,7 +117,8 @@ def _params(workload: str, items: tuple[str, ...]) -> dict[str, float]:
 @click.option(
     "--validate",
     is_flag=True,
-    help="Measure MADV_PAGEOUT beside a forker on this kernel and simulate it.",
+    help="Measure MADV_PAGEOUT and memory-cgroup reclaim beside a forker on this kernel, "
+    "at 1 and 2 CPUs, and simulate them.",
 )
 @click.option(
     "--measured",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from cowctx.cli.compare import compare_command
+from cowctx.cli.contend import contend_command
 from cowctx.cli.demo import demo
 from cowctx.cli.explore import explore_command
 from cowctx.cli.fuzz import fuzz_command
@@ -34,6 +35,7 @@ for command in (
     record_command,
     replay_command,
     explore_command,
+    contend_command,
 ):
     main.add_command(command)
 

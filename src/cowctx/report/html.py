@@ -184,8 +184,8 @@ def render_report(
     sections: list[str] | None = None,
 ) -> str:
     """The whole report; ``sections`` are further HTML sections (each starting
-    with its ``<h2>``, e.g. :func:`cowctx.report.stabilisation.matrix_html`),
-    placed before the glossary."""
+    with its ``<h2>``: :func:`cowctx.report.stabilisation.matrix_html`,
+    :func:`cowctx.report.contention.contention_section`), placed before the glossary."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",

@@ -1,0 +1,131 @@
+"""The cost model: NNLS, the fit of the stored measurements, the model's step
+counts, calibration files that are wrong, and (on this kernel) a tiny slice of
+the calibration measured for real."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cowctx.contend.costs import DATA_DIR, CostFileError, from_json, load
+from cowctx.contend.count import step_counts
+from cowctx.contend.fit import fit, nnls
+from cowctx.linux.timing import SERIES, SMALL, fit_costs, refit, scenario_of
+
+STORED = sorted(DATA_DIR.glob("*.json"))
+
+
+def test_nnls_recovers_nonnegative_coefficients() -> None:
+    rows = [[1.0, float(x), float(x * x % 7)] for x in range(12)]
+    y = [5 + 3 * r[1] + 2 * r[2] for r in rows]
+    w = nnls(rows, y)
+    assert w == pytest.approx([5.0, 3.0, 2.0], abs=1e-4)
+    # the unconstrained optimum has a negative slope: NNLS keeps it at 0
+    down = fit(["a", "b"], [[1.0, float(x)] for x in range(10)], [10.0 - 2 * x for x in range(10)])
+    assert down.coef["b"] == 0.0 and down.coef["a"] == pytest.approx(1.0)
+
+
+def test_the_stored_calibration_refits_to_itself() -> None:
+    assert STORED, f"no calibration in {DATA_DIR}"
+    data = json.loads(STORED[-1].read_text())
+    again = refit(STORED[-1])
+    assert again["fit"] == data["fit"]
+    for op in ("fork", "exit", "munmap", "madvise", "reclaim"):
+        assert data["quality"][op]["r2"] > 0.5, (op, data["quality"][op])  # noisy machine
+    # each further process in the anon_vma tree costs the walk something
+    assert all(v > 0 for v in data["quality"]["reclaim"]["per_mapper_ns"])
+    assert load(STORED[-1]).base_ns("fork") > 0
+
+
+def test_the_fit_follows_the_measurements() -> None:
+    """A fit that ignored the kernel's times would not move when they double."""
+    data = json.loads(STORED[-1].read_text())
+    rows: list[dict[str, Any]] = copy.deepcopy(data["raw"])
+    for r in rows:
+        r["median_ns"] *= 2
+    doubled = fit_costs(rows, 1000.0)["fit"]
+    base = data["fit"]
+    assert doubled["base_ns"]["fork"] == pytest.approx(2 * base["base_ns"]["fork"], rel=1e-3)
+    assert doubled["step_ns"]["fork"]["pte"] == pytest.approx(
+        2 * base["step_ns"]["fork"]["pte"], rel=1e-3
+    )
+
+
+def test_counts_grow_with_the_size_varied() -> None:
+    s = next(x for x in SERIES if x.name == "fork_pages")
+    small, big = (int(step_counts(scenario_of(s, n))[2]["pte"]) for n in (64, 256))
+    assert big - small >= 192  # at least one PTE step per page copied
+    m = next(x for x in SERIES if x.name == "pageout_mappers")
+    c0, c4 = step_counts(scenario_of(m, 0))[-1], step_counts(scenario_of(m, 4))[-1]
+    assert c4["pte"] > c0["pte"] and c4["vma"] > c0["vma"]  # the walk probes 4 more mms
+
+
+def test_bad_calibration_files_name_the_field(tmp_path: Path) -> None:
+    good: dict[str, Any] = {
+        "fit": {"base_ns": {"fork": 1}, "step_ns": {"fork": {"pte": 1}}, "wakeup_ns": 5}
+    }
+    assert from_json(good, "x").table("fork")["pte"] == 1
+    bad = copy.deepcopy(good)
+    del bad["fit"]["wakeup_ns"]
+    with pytest.raises(CostFileError, match="x: field fit: KeyError"):
+        from_json(bad, "x")
+    neg = copy.deepcopy(good)
+    neg["fit"]["step_ns"]["fork"]["pte"] = -1
+    with pytest.raises(CostFileError, match=r"fit.step_ns.fork.pte: negative"):
+        from_json(neg, "x")
+    odd = copy.deepcopy(good)
+    odd["fit"]["step_ns"]["fork"]["tlb"] = 1
+    with pytest.raises(CostFileError, match="unknown class 'tlb'"):
+        from_json(odd, "x")
+    p = tmp_path / "c.json"
+    p.write_text("{")
+    with pytest.raises(CostFileError, match=str(p)):
+        load(p)
+
+
+@pytest.mark.kernel
+def test_a_tiny_calibration_slice_on_this_kernel() -> None:
+    from cowctx.linux.harness import wakeup_latency_ns
+    from cowctx.linux.timing import measure
+
+    rows = measure(SMALL, repeats=2)
+    forks = [r for r in rows if r["op"] == "fork" and r["series"] == "fork_pages"]
+    assert {r["size"] for r in forks} == {1, 256} and all(r["median_ns"] > 0 for r in forks)
+    pageouts = [r for r in rows if r["op"] == "madvise"]
+    assert len(pageouts) == 2 and all(len(r["samples_ns"]) == 2 for r in pageouts)
+    assert pageouts[1]["counts"]["pte"] > pageouts[0]["counts"]["pte"]
+    wake = wakeup_latency_ns(rounds=200, batches=1)
+    assert 0 < wake["median_ns"] < 10_000_000
+
+
+def test_the_reclaim_trace_counts_only_the_harness_anon_lru() -> None:
+    from cowctx.linux.harness import _shrink_counts
+
+    line = (
+        "  harness-1a2b3c-4242 [001] ..... 12.5: mm_vmscan_lru_shrink_inactive: nid=0 "
+        "nr_scanned=32 nr_reclaimed=20 nr_dirty=0 nr_writeback=0 nr_congested=0 "
+        "nr_immediate=0 nr_activate_anon=0 nr_activate_file=0 nr_ref_keep={keep} "
+        "nr_unmap_fail=0 priority=12 flags=RECLAIM_WB_{lru}|RECLAIM_WB_ASYNC"
+    )
+    lines = [
+        line.format(keep=5, lru="ANON"),
+        line.format(keep=7, lru="FILE"),  # the file LRU: not the rmap walk's
+        line.format(keep=3, lru="ANON").replace("harness-1a2b3c", "kswapd0"),  # not ours
+        "garbage",
+    ]
+    got = _shrink_counts(lines)
+    assert got["events"] == 1 and got["nr_ref_keep"] == 5 and got["nr_scanned"] == 32
+
+
+def test_the_reclaim_comparison_pairs_each_configuration() -> None:
+    from cowctx.contend.validate import reclaim_side_by_side
+
+    stored = json.loads((DATA_DIR / "validation" / STORED[-1].name).read_text())
+    rows = reclaim_side_by_side(stored["reclaim_measured"], load(STORED[-1]))
+    assert [r["config"] for r in rows] == ["1cpu", "2cpu"]
+    assert rows[0]["measured_kept"] == 0 and rows[0]["simulated_kept"] == 0
+    assert rows[1]["measured_kept"] > 0  # the kernel's second CPU makes the try-lock fail

@@ -1,0 +1,221 @@
+"""The simulator: spinning and sleeping waiters, the rwsem spin threshold, the
+hand-off's wake-up, determinism, and the result a wrong model gets wrong: a
+reclaim walker beside a fork/exit storm sees failed try-locks on two CPUs and
+none on one (kernel code is not preempted inside an operation)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cowctx.concurrency import runtime as rt
+from cowctx.contend.costs import CostModel
+from cowctx.contend.drivers import make_plan
+from cowctx.contend.run import RunSpec, simulate
+from cowctx.contend.sim import SimThread, Simulator
+
+ZERO = CostModel({}, {}, wakeup_ns=1000)
+
+
+class Obj:
+    pass
+
+
+def _run(sim: Simulator, duration: int = 1_000_000) -> None:
+    sim.run(duration)
+    assert sim.violations == []
+
+
+def _three_threads(kind: str, mode: str, hold: int) -> dict[str, int]:
+    """Two CPUs: A holds a lock ``hold`` ns, B waits to write it, C waits for a CPU."""
+    sim = Simulator(2, ZERO)
+    lock = Obj()
+    seen: dict[str, int] = {}
+
+    def holder(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.lock(kind, lock, mode)
+        t.pending += hold
+        rt.unlock(kind, lock, mode)
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    def waiter(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.lock(kind, lock, "write")
+        seen["b"] = sim.now
+        rt.unlock(kind, lock, "write")
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    def other(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        seen["c"] = sim.now
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    sim.add_thread("a", "worker", holder)
+    sim.add_thread("b", "worker", waiter)
+    sim.add_thread("c", "worker", other)
+    _run(sim)
+    return seen
+
+
+def test_a_spinning_waiter_keeps_its_cpu_a_sleeping_one_gives_it_up() -> None:
+    """On a spinlock B spins and C runs only when A's operation ends; on a
+    reader-held rwsem B (a writer) spins for rwsem_rspin_threshold() (10.5 us with
+    one reader), then sleeps: C gets B's CPU at 10.5 us, and B, handed the lock at
+    50 us, runs after the wake-up (1 us here)."""
+    assert _three_threads("ptl", "write", 10_000) == {"b": 10_000, "c": 10_000}
+    assert _three_threads("anon_vma", "read", 50_000) == {"c": 10_500, "b": 51_000}
+
+
+def test_a_writer_spins_on_a_running_writer_owner() -> None:
+    sim = Simulator(2, ZERO)
+    lock = Obj()
+    seen: dict[str, int] = {}
+
+    def holder(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.lock("mmap_lock", lock, "write")
+        t.pending += 40_000
+        rt.unlock("mmap_lock", lock, "write")
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    def waiter(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.lock("mmap_lock", lock, "write")
+        seen["b"] = sim.now
+        rt.unlock("mmap_lock", lock, "write")
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    sim.add_thread("a", "worker", holder)
+    sim.add_thread("b", "worker", waiter)
+    _run(sim)
+    assert seen["b"] == 40_000  # optimistic spinning: no wake-up to pay
+
+
+def _trylocks(cpus: int) -> list[bool]:
+    sim = Simulator(cpus, ZERO)
+    lock = Obj()
+    got: list[bool] = []
+
+    def holder(t: SimThread) -> None:
+        while True:
+            sim.begin(t, "fork")
+            rt.lock("anon_vma", lock, "write")
+            t.pending += 5_000
+            rt.unlock("anon_vma", lock, "write")
+            sim.end(t)
+
+    def trier(t: SimThread) -> None:
+        while True:
+            sim.begin(t, "reclaim")
+            t.pending += 700
+            ok = rt.trylock("anon_vma", lock, "read")
+            got.append(ok)
+            if ok:
+                rt.unlock("anon_vma", lock, "read")
+            sim.end(t)
+
+    sim.add_thread("a", "worker", holder)
+    sim.add_thread("r", "reclaim", trier)
+    _run(sim, 5_000_000)
+    return got
+
+
+def test_trylock_fails_while_another_cpu_holds_and_never_on_one_cpu() -> None:
+    one, two = _trylocks(1), _trylocks(2)
+    assert one and all(one)
+    assert two and not all(two)
+
+
+SMALL: dict[str, float] = {"vmas": 2, "pages": 8}
+
+
+def _storm(design: str, cpus: int, seed: int = 1, duration: int = 2_000_000) -> Any:
+    from cowctx.contend.costs import load
+
+    plan = make_plan("fork-exit-storm", SMALL)
+    return simulate(plan, design, RunSpec(cpus, duration, seed), load())
+
+
+def rotation_problems(one: Any, two: Any) -> list[str]:
+    """What a simulator gets wrong about anon_vma reclaim beside a fork storm."""
+    out = []
+    if one.stats["walks"]["reclaim"]["rotations"]:
+        out.append("rotations on one CPU: kernel code was preempted inside an operation")
+    if not two.stats["walks"]["reclaim"]["rotations"]:
+        out.append("no rotations on two CPUs: the walker never met a writer")
+    if not one.stats["units"] or not two.stats["units"]:
+        out.append("the workload did not run")
+    return out
+
+
+def test_reclaim_beside_a_fork_storm_rotates_on_two_cpus_only() -> None:
+    assert rotation_problems(_storm("anon_vma", 1), _storm("anon_vma", 2)) == []
+
+
+class _NoLocks(Simulator):
+    """Broken: every lock is free (no contention at all)."""
+
+    def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
+        return True
+
+    def unlock(self, kind: str, obj: object, mode: str) -> None:
+        return None
+
+
+class _Preempting(Simulator):
+    """Broken: gives the CPU away after taking a sleeping lock (a preemptible
+    kernel: PREEMPT_FULL), never with a spinlock held."""
+
+    def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
+        ok = super().lock(kind, obj, mode, try_only)
+        t = self.running
+        spin = any(not h.lock.kind.sleeps for h in t.held) if t is not None else True
+        if t is not None and t.cpu is not None and self.cpus.queue and not spin:
+            self.cpu_put(t)
+            self.cpu_get(t)
+        return ok
+
+
+@pytest.mark.parametrize(("broken", "expect"), [(_NoLocks, "never met"), (_Preempting, "one CPU")])
+def test_the_rotation_check_catches_broken_simulators(
+    monkeypatch: pytest.MonkeyPatch, broken: type[Simulator], expect: str
+) -> None:
+    import cowctx.contend.run as run_mod
+
+    monkeypatch.setattr(run_mod, "Simulator", broken)
+    problems = rotation_problems(_storm("anon_vma", 1), _storm("anon_vma", 2))
+    assert any(expect in p for p in problems), problems
+
+
+def test_cow_context_walks_never_rotate() -> None:
+    r = _storm("cow_context", 2)
+    assert r.stats["walks"]["reclaim"]["completed_walks"] > 0
+    assert r.stats["walks"]["reclaim"]["rotations"] == 0
+    assert r.stats["units"] > 0
+
+
+def test_same_seed_same_bytes_other_seed_other_run() -> None:
+    a = json.dumps(_storm("anon_vma", 2, seed=3).stats, sort_keys=True)
+    b = json.dumps(_storm("anon_vma", 2, seed=3).stats, sort_keys=True)
+    c = json.dumps(_storm("anon_vma", 2, seed=4).stats, sort_keys=True)
+    assert a == b
+    assert a != c
+
+
+def test_the_collapse_walker_write_locks_the_root_anon_vma() -> None:
+    from cowctx.contend.costs import load
+
+    plan = make_plan("fork-exit-storm", SMALL)
+    r = simulate(plan, "anon_vma", RunSpec(2, 2_000_000, 1, ("collapse",)), load())
+    holds = r.stats["locks"]["anon_vma:write"]["hold_by_op"]
+    assert holds["collapse"]["count"] > 0
+    assert r.stats["locks"]["mmap_lock:write"]["hold_by_op"]["collapse"]["count"] > 0
+    assert r.stats["walks"]["collapse"]["completed_walks"] > 0

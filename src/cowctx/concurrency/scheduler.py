@@ -92,18 +92,26 @@ class Walk:
     """mms that mapped the folio (somewhere) at every step so far: a PTE that moves
     (mremap) is the same mapping to the walk's caller."""
 
-    def update(self, now: set[tuple[int, int]]) -> None:
-        self.alive &= now | self.visited
-        self.mms &= {mm for mm, _ in now} | {mm for mm, _ in self.visited}
+    def update(self, now: set[tuple[int, int]], frozen: frozenset[int] = frozenset()) -> None:
+        """Drop what no longer maps the folio, except in the mms in ``frozen``:
+        their page-table lock is held, so a walker cannot see their PTEs'
+        states until it is released."""
+        keep = {x for x in self.alive if x[0] in frozen}
+        self.alive = (self.alive & (now | self.visited)) | keep
+        self.mms &= {mm for mm, _ in now} | {mm for mm, _ in self.visited} | frozen
 
-    def update_probe(self, probe: MappingProbe) -> None:
+    def update_probe(self, probe: MappingProbe, frozen: frozenset[int] = frozenset()) -> None:
         """:meth:`update` asking only about what the walk still tracks (the same
         sets as from a full scan of the page tables)."""
         pfn, visited = self.pfn, self.visited
-        self.alive = {x for x in self.alive if x in visited or probe.maps(pfn, x[0], x[1])}
+        self.alive = {
+            x for x in self.alive if x in visited or x[0] in frozen or probe.maps(pfn, x[0], x[1])
+        }
         if self.mms:
             seen = {mm for mm, _ in visited}
-            self.mms = {mm for mm in self.mms if mm in seen or probe.mm_maps(pfn, mm)}
+            self.mms = {
+                mm for mm in self.mms if mm in seen or mm in frozen or probe.mm_maps(pfn, mm)
+            }
 
     def missed(self) -> list[str]:
         out = [f"mm#{mm} at {address:#x}" for mm, address in sorted(self.alive - self.visited)]
@@ -162,7 +170,8 @@ class Execution:
         self.running: Thread | None = None
         self.main: greenlet | None = None
         self.dying = False
-        self.ptl_holds = 0
+        self.ptl_held: dict[int, int] = {}
+        """Page-table locks held, by mm id: the walks sample the other mms."""
         self._maps_dirty = False
         self._pte_store = False
         """The step that runs stores a PTE."""
@@ -227,7 +236,7 @@ class Execution:
                 self._run_callbacks(self.trace[-1])
             if self._pte_store:
                 self._maps_dirty = True
-            if self._maps_dirty and not self.ptl_holds and self.mappings_of is not None:
+            if self._maps_dirty and self.mappings_of is not None:
                 self._sample_walks()
         threads = self.threads
         enabled = [t.tid for t in threads if not t.done and (t.ready is None or t.ready())]
@@ -295,7 +304,7 @@ class Execution:
             self._run_callbacks(event)
         if not self._maps_dirty:
             self._maps_dirty = self._pte_stores(event)
-        if self.mappings_of is not None and not self.ptl_holds and self._maps_dirty:
+        if self.mappings_of is not None and self._maps_dirty:
             self._sample_walks()
 
     def _run_callbacks(self, event: Event) -> None:
@@ -305,19 +314,20 @@ class Execution:
 
     def _sample_walks(self) -> None:
         self._maps_dirty = False
-        # page tables are sampled only between PTL critical sections: a walker
-        # (which takes the PTL to look) cannot see the states inside one
+        # an mm's page tables are sampled only between its PTL critical sections:
+        # a walker (which takes the PTL to look) cannot see the states inside one
         assert self.mappings_of is not None
         probe = self.probe
+        frozen = frozenset(mm for mm, n in self.ptl_held.items() if n)
         for t in self.threads:
             w = t.walk
             if w is None:
                 continue
             # its own unmaps are of mappings it visited
             if probe is not None:
-                w.update_probe(probe)
+                w.update_probe(probe, frozen)
             else:
-                w.update(self.mappings_of(w.pfn))
+                w.update(self.mappings_of(w.pfn), frozen)
 
     @staticmethod
     def _pte_stores(event: Event) -> bool:
@@ -471,7 +481,8 @@ class Execution:
         state.take(t.tid, mode)
         t.held.append((state, mode))
         if kind == "ptl":
-            self.ptl_holds += 1
+            mm_id = _mm_id(obj)
+            self.ptl_held[mm_id] = self.ptl_held.get(mm_id, 0) + 1
         if not lk.sleeps:
             t.spin += 1
         return True
@@ -489,7 +500,8 @@ class Execution:
             self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
             return
         if kind == "ptl":
-            self.ptl_holds -= 1
+            self.ptl_held[_mm_id(obj)] -= 1
+            self._maps_dirty = True  # what changed inside the section is visible now
         for i in range(len(t.held) - 1, -1, -1):
             if t.held[i][0] is state and t.held[i][1] == mode:
                 del t.held[i]
@@ -605,3 +617,9 @@ class Execution:
             return
         for what in w.missed():
             self.violation("missed", f"{w.label} missed {what}")
+
+
+def _mm_id(obj: object) -> int:
+    """The mm a page-table lock belongs to (the model has one per mm)."""
+    mm_id = getattr(obj, "mm_id", None)
+    return mm_id if isinstance(mm_id, int) else id(obj)

@@ -117,9 +117,16 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
     slot = swp_offset(pte)
     folio = swap.cache.get(slot)
     if folio is None:  # swapin: a fresh folio into the swap cache (and lru_add)
-        folio = m.alloc_folio(swap.data[slot])
-        add_to_swap_cache(m, folio, slot)
-        folio_add_lru(m, folio)
+        new = m.alloc_folio(swap.data[slot])
+        # __read_swap_cache_async(): swapcache_prepare() fails if another fault
+        # added a folio for the slot meanwhile; that one is used
+        folio = swap.cache.get(slot)
+        if folio is None:
+            folio = new
+            add_to_swap_cache(m, folio, slot)
+            folio_add_lru(m, folio)
+        else:
+            m.free_folio(new)
     mm = vma.vm_mm
     vpn = address >> PAGE_SHIFT
     if rt.current is not None and not _swapin_locked(mm, vpn, pte, folio, slot):

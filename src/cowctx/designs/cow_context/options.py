@@ -35,6 +35,11 @@ class CowContextOptions:
     """Split, merge, expand and shrink never touch remap entries
     (``cow_context_vma_adjust`` has no caller): a tracked VMA that grows leaves
     its new pages untracked.  (Found reading the PoC; not in the brief's list.)"""
+    no_stabilisation: bool = False
+    """Ablation of the walker reference count (docs/stabilisation.md section 6):
+    the walk runs as the PoC's, under ``rcu_read_lock()`` only, over the
+    ``rmap_one`` callbacks too, and writers take only their spinlocks and free
+    the ``mm_struct`` without a grace period.  Sequentially nothing changes."""
     sentinel_merge: bool = False
     """``vma->anon_vma`` is the ``DUMMY_ANON_VMA`` sentinel with an empty chain,
     so every faulted VMA looks like a fork child to ``is_mergeable_anon_vma``:

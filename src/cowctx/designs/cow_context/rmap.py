@@ -9,13 +9,29 @@ entry writes) and an RCU read section around the walk are recorded.
 
 The switches of :class:`CowContextOptions` restore the PoC's behaviour one by
 one; with all of them off this is our corrected design.
+
+Concurrency (docs/stabilisation.md section 6): the walk and its writers call the
+explorer's hooks (:mod:`cowctx.concurrency.runtime`) at the granularity of the
+PoC's C (:mod:`.poc`): the children list under ``list_write_lock``, contexts
+freed by ``kfree_rcu()``, the remap tree's stores under its lock, ``context->mm``
+with ``mmget_not_zero()``, each VMA's ``vm_start`` and ``vm_pgoff`` as separate
+loads.  The walk is stabilised by the *walker reference count* (the PoC's
+``stab_refcount`` scheme, :mod:`.stabilise`, built in): a walker pins each
+context it reaches (``walkers``) and backs off while a writer is in it; every
+writer of what a walker reads opens a write section on the context that owns it
+and waits for its walkers to drain.  No RCU over the walk, so ``rmap_one``
+callbacks and MMU notifiers may sleep.  ``cow_context[no_stabilisation]`` is the
+ablation: the PoC's RCU-only walk.  None of it changes a sequential run (the
+ledger records no scheme holds: sequential results stay those of the design
+before it was instrumented).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar, cast
 
+from cowctx.concurrency import runtime as rt
 from cowctx.designs.cow_context.options import CowContextOptions
 from cowctx.designs.cow_context.structs import CowContext, CowContextMm, CowContextVma
 from cowctx.metrics.ledger import LockHold, ObjectKind
@@ -81,6 +97,16 @@ class CowContextRmap(AnonRmap):
         """Every allocated, not yet freed context."""
         self.ksm_refs: dict[int, int] = {}
         self._merged_away: set[int] = set()
+        self._sections: dict[tuple[int, int], int] = {}
+        """(thread, context) -> depth of a write section."""
+        self._forking: set[int] = set()
+        """Child contexts whose fork holds the parent's write section."""
+        self._mremap: set[tuple[int, int]] = set()
+        """(thread, context) of an mremap between copy_vma and drop_rmap_locks."""
+        self._mm_refs: dict[int, int] = {}
+        """mm_id -> references walkers took with ``mmget_not_zero()``."""
+        self._mmdrop_deferred: dict[int, MmStruct] = {}
+        """mms whose ``__mmdrop()`` waits for a walker's ``mmput_async()``."""
 
     # --- offsets ------------------------------------------------------------------------
 
@@ -117,19 +143,68 @@ class CowContextRmap(AnonRmap):
         """``dup_cow_context()`` at the end of ``dup_mmap()``: the child context joins
         the parent's children list (under the parent's spinlock), pinning it."""
         child, parent = _ctxm(mm), _ctxm(oldmm)
+        self._stab_write_begin(parent)
         hold = self._lock(CHILDREN_LOCK, "spin", "dup_cow_context")
+        rt.lock("spinlock", parent.list_write_lock)
         child.parent = parent
+        rt.point("store", parent, "children", True)  # list_add_tail_rcu()
         parent.children.append(child)
+        rt.point("store", parent, "refcount", True)
         parent.refcount += 1
+        rt.unlock("spinlock", parent.list_write_lock)
         hold.objects = 1
         self.ledger.unlock(hold)
+        self._stab_write_end(parent)
+        if child.ctx_id in self._forking:  # the section anon_vma_fork() opened
+            self._forking.discard(child.ctx_id)
+            self._stab_write_end(parent)
 
     def mmput(self, mm: MmStruct) -> None:
         """``drop_cow_context()`` from ``__mmdrop()``: the context outlives its mm
         while children or folios hold it; walks then skip it but descend."""
+        if self._mm_refs.get(mm.mm_id):
+            self._mmdrop_deferred[mm.mm_id] = mm
+            return
+        self._mmdrop(mm)
+
+    def _mmdrop(self, mm: MmStruct) -> None:
+        """``__mmdrop()``: ``drop_cow_context()`` (``WRITE_ONCE(context->mm,
+        NULL)`` in a write section: the context's walkers are done with the
+        mm), then ``free_mm()`` with no grace period.  A real implementation
+        clears ``context->mm`` in ``__mmput()`` (``__mmdrop()`` may run where
+        sleeping is not allowed, ``mmdrop_sched()``)."""
         ctx = _ctxm(mm)
+        self._stab_write_begin(ctx)
+        rt.point("store", ctx, "mm", True)
         ctx.mm = None
+        self._stab_write_end(ctx)
         self.put_cow_context(ctx)
+        rt.slab_free("mm_struct", mm, False)
+
+    def mmget_not_zero(self, mm: MmStruct) -> bool:
+        """``mmget_not_zero()``: fails once the mm's last user has gone
+        (``exit_mmap()`` under way, which unmaps what the walk would find)."""
+        rt.point("store", mm, "mm_users", True)
+        if mm.mm_users <= 0:
+            rt.walk_skip_mm(mm.mm_id)
+            return False
+        self._mm_refs[mm.mm_id] = self._mm_refs.get(mm.mm_id, 0) + 1
+        return True
+
+    def mmput_async(self, mm: MmStruct) -> None:
+        """``mmput_async()``: a ``__mmdrop()`` deferred to this reference runs once
+        the walk has dropped its pins (a worker's, in the kernel)."""
+        rt.point("store", mm, "mm_users", True)
+        left = self._mm_refs[mm.mm_id] - 1
+        if left:
+            self._mm_refs[mm.mm_id] = left
+            return
+        del self._mm_refs[mm.mm_id]
+        deferred = self._mmdrop_deferred.pop(mm.mm_id, None)
+        if deferred is not None:
+            pending = rt.local().setdefault("mmdrop", [])
+            assert isinstance(pending, list)
+            pending.append(deferred)
 
     def get_cow_context(self, ctx: CowContext) -> None:
         ctx.refcount += 1
@@ -137,22 +212,40 @@ class CowContextRmap(AnonRmap):
     def put_cow_context(self, ctx: CowContext) -> None:
         """``__put_cow_context()``: free a context at refcount 0, unlinking it from
         its parent, and cascade up."""
+        rt.point("store", ctx, "refcount", True)
         ctx.refcount -= 1
         current: CowContext | None = ctx
         while current is not None and current.refcount == 0:
+            # write sections on the parent (its children list), then on the
+            # context itself (a walker that pinned it from folio->mapping before
+            # the folio moved away): ancestor first, the walkers' order
             parent = current.parent
             if parent is not None:
+                self._stab_write_begin(parent)
+            self._stab_write_begin(current)
+            if parent is not None:
                 hold = self._lock(CHILDREN_LOCK, "spin", "__put_cow_context")
-                parent.children.remove(current)
+                rt.lock("spinlock", parent.list_write_lock)
+                rt.point("store", parent, "children", True)  # list_del_rcu()
+                siblings = parent.children
+                i = siblings.index(current)
+                current.rcu_next = siblings[i + 1] if i + 1 < len(siblings) else None
+                del siblings[i]
+                rt.unlock("spinlock", parent.list_write_lock)
                 hold.objects = 1
                 self.ledger.unlock(hold)
+            rt.point("store", current, "remaps", True)
             current.remaps.clear()
             self._account(current)
             current.freed = True
             del self.contexts[current.ctx_id]
             self.ledger.free("cow_context")
+            self._stab_write_end(current)
+            rt.call_rcu(current, _kfree("cow_context", current))  # kfree_rcu()
             if parent is not None:
+                rt.point("store", parent, "refcount", True)
                 parent.refcount -= 1
+                self._stab_write_end(parent)
             current = parent
 
     def root_of(self, ctx: CowContext) -> CowContext:
@@ -175,11 +268,92 @@ class CowContextRmap(AnonRmap):
                 self.ledger.free(kind, old - new)
         ctx.ledger_counts = counts
 
-    def _write(self, ctx: CowContext, site: str, written: int) -> None:
+    def _write(self, ctx: CowContext, site: str, change: Callable[[], int]) -> None:
+        """One store to the remap tree (``mas_store_gfp()`` under its lock), in a
+        write section on the context."""
+        self._stab_write_begin(ctx)
+        rt.lock("spinlock", ctx.remaps)
+        rt.point("store", ctx, "remaps", True)
+        written = change()
+        rt.unlock("spinlock", ctx.remaps)
         hold = self._lock(REMAP_LOCK, "spin", site)
         hold.vmas, hold.objects = 1, written
         self.ledger.unlock(hold)
         self._account(ctx)
+        self._stab_write_end(ctx)
+
+    # --- the walker reference count (docs/stabilisation.md section 6) -----------------
+
+    @staticmethod
+    def _who() -> int:
+        ex = rt.current
+        return ex.running.tid if ex is not None and ex.running is not None else -1
+
+    def _stab_write_begin(self, ctx: CowContext) -> None:
+        """A write section on ``ctx``: announce the writer (``writers``), then
+        wait (sleeping) until no walker holds the context.  Sections of one
+        thread nest; writers of several threads may overlap (each has its own
+        lock for its data: ``list_write_lock``, the remap tree's, the mmap lock)."""
+        if self.options.no_stabilisation:
+            return
+        key = (self._who(), ctx.ctx_id)
+        depth = self._sections.get(key, 0)
+        self._sections[key] = depth + 1
+        if depth:
+            return
+        rt.may_sleep("waiting for the context's walkers")
+        rt.point("store", ctx, "writers", True)
+        ctx.writers += 1
+        rt.wait_until("walkers", ctx, "walkers", lambda: ctx.walkers == 0)
+        rt.point("load", ctx, "walkers")
+
+    def _stab_write_end(self, ctx: CowContext) -> None:
+        if self.options.no_stabilisation:
+            return
+        key = (self._who(), ctx.ctx_id)
+        depth = self._sections[key] - 1
+        if depth:
+            self._sections[key] = depth
+            return
+        del self._sections[key]
+        rt.point("store", ctx, "writers", True)
+        ctx.writers -= 1
+
+    @staticmethod
+    def _stab_pin(ctx: CowContext) -> None:
+        """The walker pins ``ctx`` (``walkers``), then checks for a writer; if one
+        is in, it backs off and waits for it (a spin: it may hold RCU here)."""
+        while True:
+            rt.point("store", ctx, "walkers", True)
+            ctx.walkers += 1
+            rt.point("load", ctx, "writers")
+            if not ctx.writers:
+                return
+            rt.point("store", ctx, "walkers", True)
+            ctx.walkers -= 1
+            rt.wait_until("writer", ctx, "writers", lambda: not ctx.writers)
+
+    @staticmethod
+    def _stab_unpin(ctx: CowContext) -> None:
+        rt.point("store", ctx, "walkers", True)
+        ctx.walkers -= 1
+
+    def _stab_first(self, folio: Folio) -> CowContext:
+        """``folio->mapping`` under RCU (contexts are freed by ``kfree_rcu()``),
+        pinned before RCU is left; a context whose refcount is already 0 lost the
+        folio to a reuse or a migration meanwhile: read the mapping again."""
+        while True:
+            rt.rcu_read_lock()
+            rt.point("load", folio, "mapping")
+            ctx = cast(CowContext, folio.mapping)
+            self._stab_pin(ctx)
+            rt.point("load", ctx, "refcount")
+            alive = ctx.refcount > 0
+            if not alive:
+                self._stab_unpin(ctx)
+            rt.rcu_read_unlock()
+            if alive:
+                return ctx
 
     def track(self, vma: VmAreaStruct, site: str) -> None:
         """Make sure a faulted VMA's pgoff range holds its offset (a no-op, taking
@@ -190,7 +364,7 @@ class CowContextRmap(AnonRmap):
         ctx = _ctxm(vma.vm_mm)
         if off == 0 or ctx.remaps.covers(start, end, off):
             return
-        self._write(ctx, site, ctx.remaps.add(start, end, off))
+        self._write(ctx, site, lambda: ctx.remaps.add(start, end, off))
 
     def untrack(self, vma: VmAreaStruct, site: str) -> None:
         """The VMA's range no longer holds its offset (unmap)."""
@@ -199,7 +373,7 @@ class CowContextRmap(AnonRmap):
         if off == 0 or not ctx.remaps.overlaps(start, end, off):
             return
         split = not self.options.unmap_no_split
-        self._write(ctx, site, ctx.remaps.remove(start, end, off, split=split))
+        self._write(ctx, site, lambda: ctx.remaps.remove(start, end, off, split=split))
 
     def expected_remaps(self, mm: MmStruct) -> dict[int, frozenset[int]]:
         """What remap tracking must hold for ``mm``: every faulted VMA with a
@@ -222,6 +396,7 @@ class CowContextRmap(AnonRmap):
         file VMA fixes its anon pgoff at ``vm_start``.  Tracked if its offset is
         not 0 (with the PoC, every private file VMA:
         ``cow_context_do_map_private_cow()``)."""
+        rt.point("store", vma, "anon_vma", True)
         vma.anon_vma = _ctxm(vma.vm_mm)
         cast(CowContextVma, vma).vm_anon_offset = 0
         self.track(vma, "cow_context_do_map_private_cow")
@@ -229,9 +404,16 @@ class CowContextRmap(AnonRmap):
     def anon_vma_fork(self, vma: VmAreaStruct, pvma: VmAreaStruct) -> None:
         """``cow_context_do_fork()``: the child's VMA is tracked in the child's
         context; no per-VMA object, no lock over the hierarchy."""
+        child = _ctxm(vma.vm_mm)
+        if child.ctx_id not in self._forking and not self.options.no_stabilisation:
+            # the parent's write section from before copy_page_range() until the
+            # child is on its list (dup_mmap()): the child's PTEs and its place
+            # in the hierarchy appear together to walkers
+            self._forking.add(child.ctx_id)
+            self._stab_write_begin(_ctxm(pvma.vm_mm))
         if pvma.anon_vma is None:
             return
-        vma.anon_vma = _ctxm(vma.vm_mm)
+        vma.anon_vma = child
         self.track(vma, "cow_context_do_fork")
 
     def anon_vma_clone(self, dst: VmAreaStruct, src: VmAreaStruct) -> None:
@@ -249,21 +431,34 @@ class CowContextRmap(AnonRmap):
         for removed in (vp.remove, vp.remove2):
             if removed is not None:
                 self._merged_away.add(removed.vm_id)
-        if self.options.untracked_expand:
-            return
-        for vma in (vp.vma, vp.adj_next, vp.insert):
-            if vma is not None:
-                self.track(vma, "cow_context_vma_adjust")
+        try:
+            if self.options.untracked_expand:
+                return
+            for vma in (vp.vma, vp.adj_next, vp.insert):
+                if vma is not None:
+                    self.track(vma, "cow_context_vma_adjust")
+        finally:
+            self._stab_write_end(_ctxm(vp.vma.vm_mm))
+
+    def vma_prepare(self, vp: VmaPrepare) -> None:
+        """A write section on the mm's context from here to :meth:`vma_complete`:
+        the VMAs' ranges change (``vma_set_range()``) where the anon_vma design
+        takes the anon_vma lock."""
+        self._stab_write_begin(_ctxm(vp.vma.vm_mm))
 
     def unlink_anon_vmas(self, vma: VmAreaStruct) -> None:
         """``remove_vma()`` → ``cow_context_vma_unmap()``; a VMA merged away leaves
         its range to the VMA that absorbed it, and gives up nothing."""
+        ctx = _ctxm(vma.vm_mm)
+        self._stab_write_begin(ctx)
         if vma.vm_id in self._merged_away:
             self._merged_away.discard(vma.vm_id)
         elif vma.anon_vma is not None:
             self.untrack(vma, "cow_context_vma_unmap")
+        rt.point("store", vma, "anon_vma", True)
         vma.anon_vma = None
         cast(CowContextVma, vma).vm_anon_offset = 0
+        self._stab_write_end(ctx)
 
     def copy_vma(
         self,
@@ -275,7 +470,13 @@ class CowContextRmap(AnonRmap):
         merged: bool,
     ) -> None:
         """``copy_vma()`` → ``cow_context_do_remap()``: the moved range keeps its
-        folio indexes, so it is tracked at its new offset."""
+        folio indexes, so it is tracked at its new offset.  A write section on
+        the mm's context from here to :meth:`drop_rmap_locks`: the new offset
+        and the moved PTEs appear to walkers together."""
+        if not self.options.no_stabilisation:
+            ctx = _ctxm(new_vma.vm_mm)
+            self._stab_write_begin(ctx)
+            self._mremap.add((self._who(), ctx.ctx_id))
         if vma.anon_vma is None:
             return
         if not merged and vma.vm_file is not None:  # the anon index travels with it
@@ -291,7 +492,7 @@ class CowContextRmap(AnonRmap):
                     self._write(
                         ctx,
                         "copy_vma",
-                        ctx.remaps.remove(
+                        lambda: ctx.remaps.remove(
                             start,
                             start + (length >> PAGE_SHIFT),
                             off,
@@ -303,6 +504,14 @@ class CowContextRmap(AnonRmap):
             self._poc_do_remap(new_vma, vma)
         else:
             self.track(new_vma, "cow_context_do_remap")
+
+    def drop_rmap_locks(self, vma: VmAreaStruct, need_rmap_locks: bool) -> None:
+        """``move_page_tables()`` is done: the section :meth:`copy_vma` opened ends."""
+        ctx = _ctxm(vma.vm_mm)
+        key = (self._who(), ctx.ctx_id)
+        if key in self._mremap:
+            self._mremap.discard(key)
+            self._stab_write_end(ctx)
 
     def _poc_do_remap(self, new_vma: VmAreaStruct, vma: VmAreaStruct) -> None:
         """The PoC's ``__cow_context_do_remap(is_remap=true)``: old offset from the
@@ -317,13 +526,17 @@ class CowContextRmap(AnonRmap):
             self._write(
                 ctx,
                 "cow_context_do_remap",
-                ctx.remaps.remove(start, end, old_off, split=not self.options.unmap_no_split),
+                lambda: ctx.remaps.remove(
+                    start, end, old_off, split=not self.options.unmap_no_split
+                ),
             )
             return
-        found = ctx.remaps.rewrite(start, end, old_off, new_off)
-        if not found:
-            found = ctx.remaps.add(start, end, new_off)
-        self._write(ctx, "cow_context_do_remap", found)
+
+        def rewrite() -> int:
+            found = ctx.remaps.rewrite(start, end, old_off, new_off)
+            return found if found else ctx.remaps.add(start, end, new_off)
+
+        self._write(ctx, "cow_context_do_remap", rewrite)
 
     # --- merge rules --------------------------------------------------------------------
 
@@ -396,62 +609,106 @@ class CowContextRmap(AnonRmap):
         """The walk as a sequence of kernel-visible steps (yielded before each
         context visit and each probe) so that an explorer can interleave it with
         writers.  The corrected walk stops once it has confirmed as many
-        mappings as the folio had when the walk began."""
-        ctx0 = cast(CowContext, folio.mapping)
-        index = folio.index
+        mappings as the folio had when the walk began.
+
+        Stabilised (the design's own): ``folio->mapping`` is read and pinned
+        under RCU, every other context is pinned as it is reached (before its
+        ``mm``, remaps and children are read), and the pins are dropped when the
+        walk ends; no RCU is held over ``rmap_one``.  ``no_stabilisation``: the
+        whole walk under ``rcu_read_lock()``, as the PoC's."""
         target = folio.mapcount
         exclusive = folio.mapcount <= 1  # !folio_maybe_mapped_shared()
         cost = rwc.cost.cost
+        stab = not self.options.no_stabilisation
         hold = self._lock(RCU, "read", "cow_context_walk")
+        pinned: list[CowContext] = []
         found = 0
         first = True
+        if not stab:
+            rt.rcu_read_lock()
         try:
-            for ctx in cow_context_preorder(ctx0):
+            if stab:
+                ctx0 = self._stab_first(folio)
+                pinned.append(ctx0)
+            else:
+                rt.point("load", folio, "mapping")
+                ctx0 = cast(CowContext, folio.mapping)
+            index = folio.index
+            stack = [ctx0]
+            while stack:
+                ctx = stack.pop()
+                if stab and ctx is not ctx0:
+                    self._stab_pin(ctx)
+                    pinned.append(ctx)
                 yield "context", ctx
                 cost["anchors"] += 1
                 hold.objects += 1
+                rt.point("load", ctx, "mm")  # READ_ONCE(context->mm)
                 mm = ctx.mm
-                if mm is None:
-                    first = False
-                    continue
-                scanned, offsets = ctx.remaps.lookup(index)
-                for n, off in enumerate([0, *sorted(offsets)]):
-                    if n == 1:
-                        cost["remap_entries"] += scanned
-                        cost["offsets"] += len(offsets)
-                    yield "probe", (ctx, off)
-                    verdict = self._probe(folio, mm, index, off, rwc, hold)
-                    if verdict is None:
-                        return
-                    found += verdict
-                    if target and found >= target and not self.options.exclusive_abort:
-                        return
-                    if (
-                        n == 0
-                        and first
-                        and self.options.exclusive_abort
-                        and exclusive
-                        and folio.mapcount <= 1
-                    ):
-                        return
+                if mm is not None and self.mmget_not_zero(mm):
+                    try:
+                        rt.point("load", ctx, "remaps")
+                        scanned, offsets = ctx.remaps.lookup(index)
+                        for n, off in enumerate([0, *sorted(offsets)]):
+                            if n == 1:
+                                cost["remap_entries"] += scanned
+                                cost["offsets"] += len(offsets)
+                            yield "probe", (ctx, off)
+                            verdict = self._probe(folio, mm, index, off, rwc, hold)
+                            if verdict is None:
+                                return
+                            found += verdict
+                            if target and found >= target and not self.options.exclusive_abort:
+                                return
+                            if (
+                                n == 0
+                                and first
+                                and self.options.exclusive_abort
+                                and exclusive
+                                and folio.mapcount <= 1
+                            ):
+                                return
+                    finally:
+                        self.mmput_async(mm)
                 first = False
+                rt.point("load", ctx, "children")  # list_for_each_entry_rcu()
+                stack.extend(reversed(ctx.children))
         finally:
+            for ctx in reversed(pinned):  # children first: a parent's pin keeps them
+                self._stab_unpin(ctx)
+            if not stab:
+                rt.rcu_read_unlock()
             self.ledger.unlock(hold)
+            pending = rt.local().pop("mmdrop", None)
+            if isinstance(pending, list):
+                for dropped in pending:
+                    self._mmdrop(dropped)
 
     def _probe(
         self, folio: Folio, mm: MmStruct, index: int, off: int, rwc: RmapWalkControl, hold: LockHold
     ) -> int | None:
         """``walk_context_remap()``: the VMA at ``index + off`` if its offset is
-        ``off``; returns 1 when the PTE maps the folio, None to stop the walk."""
+        ``off``; returns 1 when the PTE maps the folio, None to stop the walk.
+        The VMA is found in the mm's VMA tree (lockless: a VMA whose range was
+        cleared by a munmap is gone) and its ``vm_start`` and ``vm_pgoff`` are
+        read as two loads; the write sections keep them from changing under a
+        stabilised walk."""
         address = (index + off) << PAGE_SHIFT
         rwc.cost.cost["vma_lookups"] += 1
+        rt.point("load", mm, "mm_mt")
         vma = mm.find_vma(address)
-        if (
-            vma is None
-            or vma.vm_start > address
-            or vma.anon_vma is None
-            or self.vma_offset(vma) != off
-        ):
+        if rt.active():
+            rt.walk_unmapping(mm.mm_id, lambda a: bool(mm.vmas_in_range(a, a + 1)))
+        if vma is None:
+            return 0
+        rt.points("load", [(vma, "range", False), (vma, "anon_vma", False)])
+        vm_start, anon = vma.vm_start, vma.anon_vma
+        rt.point("load", vma, "pgoff")
+        if vma.vm_file is not None and not self.options.file_remap_entries:
+            vma_off = cast(CowContextVma, vma).vm_anon_offset
+        else:
+            vma_off = (vm_start >> PAGE_SHIFT) - vma.vm_pgoff
+        if vm_start > address or anon is None or vma_off != off:
             return 0
         hold.vmas += 1
         if rwc.invalid_vma is not None and rwc.invalid_vma(vma):
@@ -558,3 +815,8 @@ class CowContextRmap(AnonRmap):
         from cowctx.designs.cow_context.checks import check_cow_context_invariants
 
         return check_cow_context_invariants(self)
+
+
+def _kfree(cache: str, obj: object) -> Callable[[], None]:
+    """The ``kfree()`` a ``kfree_rcu()`` runs after the grace period."""
+    return lambda: rt.slab_free(cache, obj, False)

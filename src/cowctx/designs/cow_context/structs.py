@@ -34,6 +34,7 @@ class CowContext:
         "seq",
         "unmap_lock",
         "walkers",
+        "writers",
         "writing",
     )
 
@@ -56,6 +57,9 @@ class CowContext:
         """Walks holding this context (the ``stab_refcount`` scheme)."""
         self.writing = False
         """A writer's section is open on it (the ``stab_refcount`` scheme)."""
+        self.writers = 0
+        """Write sections open on it (``cow_context``'s own walker count: writers
+        of different threads may overlap, each waits for the walkers)."""
         self.list_write_lock = LockName(f"C{ctx_id}.list_write_lock")
         self.unmap_lock = LockName(f"C{ctx_id}.concurrent_unmap_lock")
 

@@ -107,11 +107,6 @@ class CowContextRmap(AnonRmap):
         """mm_id -> references walkers took with ``mmget_not_zero()``."""
         self._mmdrop_deferred: dict[int, MmStruct] = {}
         """mms whose ``__mmdrop()`` waits for a walker's ``mmput_async()``."""
-        self._links = 0
-        """Children linked so far (``dup_cow_context()``): a walk does not count
-        mappings in a context linked after it began toward its stop."""
-        self._linked: dict[int, int] = {}
-        """ctx_id -> the value of :attr:`_links` when it was linked."""
 
     # --- offsets ------------------------------------------------------------------------
 
@@ -154,8 +149,6 @@ class CowContextRmap(AnonRmap):
         child.parent = parent
         rt.point("store", parent, "children", True)  # list_add_tail_rcu()
         parent.children.append(child)
-        self._links += 1
-        self._linked[child.ctx_id] = self._links
         rt.point("store", parent, "refcount", True)
         parent.refcount += 1
         rt.unlock("spinlock", parent.list_write_lock)
@@ -246,7 +239,6 @@ class CowContextRmap(AnonRmap):
             self._account(current)
             current.freed = True
             del self.contexts[current.ctx_id]
-            self._linked.pop(current.ctx_id, None)
             self.ledger.free("cow_context")
             self._stab_write_end(current)
             rt.call_rcu(current, _kfree("cow_context", current))  # kfree_rcu()
@@ -616,26 +608,25 @@ class CowContextRmap(AnonRmap):
     def walk_steps(self, folio: Folio, rwc: RmapWalkControl) -> Iterator[tuple[str, object]]:
         """The walk as a sequence of kernel-visible steps (yielded before each
         context visit and each probe) so that an explorer can interleave it with
-        writers.  The corrected walk stops once it has confirmed as many
-        mappings as the folio had when the walk began, not counting those in
-        contexts a fork linked after it began (new mappings: counting them let
-        a walk racing two forks stop before an older mapping, which the
-        explorer found on ``reclaim×fork+fork``); a real implementation keeps
-        that sequence in the root context, the model keeps one per design.
+        writers.  The walk stops where its caller says (``rmap_one`` returns
+        false, or ``done``), never on a count of its own: stopping once it had
+        confirmed as many mappings as the folio had when it began let a walk
+        racing a fork stop before a mapping the fork could not have made (the
+        explorer: ``reclaim×fork+fork`` missed an older mapping;
+        ``migrate×fork+fork`` left a migration entry, ``remove_migration_ptes()``
+        looking for entries, not mapped PTEs).  The clients stop the walks the
+        count stopped, so sequential results are unchanged.
 
         Stabilised (the design's own): ``folio->mapping`` is read and pinned
         under RCU, every other context is pinned as it is reached (before its
         ``mm``, remaps and children are read), and the pins are dropped when the
         walk ends; no RCU is held over ``rmap_one``.  ``no_stabilisation``: the
         whole walk under ``rcu_read_lock()``, as the PoC's."""
-        target = folio.mapcount
-        began = self._links
         exclusive = folio.mapcount <= 1  # !folio_maybe_mapped_shared()
         cost = rwc.cost.cost
         stab = not self.options.no_stabilisation
         hold = self._lock(RCU, "read", "cow_context_walk")
         pinned: list[CowContext] = []
-        found = 0
         first = True
         if not stab:
             rt.rcu_read_lock()
@@ -669,10 +660,6 @@ class CowContextRmap(AnonRmap):
                             yield "probe", (ctx, off)
                             verdict = self._probe(folio, mm, index, off, rwc, hold)
                             if verdict is None:
-                                return
-                            if self._linked.get(ctx.ctx_id, 0) <= began:
-                                found += verdict
-                            if target and found >= target and not self.options.exclusive_abort:
                                 return
                             if (
                                 n == 0

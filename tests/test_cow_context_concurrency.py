@@ -134,10 +134,11 @@ def test_switch_name() -> None:
 
 
 def test_a_walk_racing_two_forks_does_not_stop_early() -> None:
-    """The corrected walk stops after as many mappings as the folio had when it began;
-    counting the mappings of a child a fork linked meanwhile let it stop before an
-    older mapping (found by the suite at bound 2: ``missed``).  Mappings in contexts
-    linked after the walk began do not count."""
+    """The corrected walk used to stop once it had confirmed as many mappings as the
+    folio had when it began: the mapping a fork copied meanwhile counted, and the walk
+    stopped before an older one (the suite at bound 2: ``missed``; on
+    ``migrate×fork+fork`` a migration entry left).  It now stops only where its caller
+    says."""
     (case,) = [c for c in stabilisation_suite() if c.name == "reclaim×fork+fork@fork2"]
     program = ScenarioProgram(case.scenario, "cow_context")
     report = explore(program, program.names, bound=2)

@@ -220,3 +220,20 @@ def test_the_lost_race_counted_is_a_disagreement(kept: Recording) -> None:
     assert r["agree"] is False
     assert r["first_difference"]["pid"] == records[i][2]
     assert r["first_difference"]["kernel"]["anon_vma_chain.allocated"] == 1
+
+
+def test_a_hold_never_dropped_is_put_at_the_end_and_differs(
+    launch: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay that never sees the holder's frees (here: it ignores them) still
+    frees the held mm at the end, in a segment of its own, and disagrees."""
+    monkeypatch.setattr(Replay, "_chain_freed", lambda *a: None)
+    run = Replay(launch, "anon_vma")
+    run.run()
+    r = run.result()
+    assert r["final"]["objects"]["anon_vma"]["live"] == r["kernel"]["anon_vma"]["live"]
+    assert r["agree"] is False
+    assert r["replay"]["notes"][f"old mm of pid {CHILD} (execve) held, never torn down"] == 1
+    end = run.segments[-1]
+    assert end.what == "mm held after execve, never torn down"
+    assert end.model["anon_vma.freed"] == 244 and not end.kernel

@@ -13,7 +13,9 @@ Records are taken in order (docs/record-replay.md):
 - ``fault`` is a user access (write when the error code says so; a fault below a
   VM_GROWSDOWN VMA grows it first);
 - ``exit_task`` is ``do_exit()``;
-- ``kmem`` records are the kernel's counts (:mod:`cowctx.trace.kernel_counts`).
+- ``kmem`` records are the kernel's counts (:mod:`cowctx.trace.kernel_counts`); an
+  mm is torn down in the task whose frees of its chains show the kernel's last
+  ``mmput()`` (:mod:`cowctx.trace.mm_keys`), which may not be the model's own order.
 
 Each task's records are cut into segments (a syscall, a fault, an execve with its
 faults); the model's and the kernel's anon_vma / anon_vma_chain deltas are kept per

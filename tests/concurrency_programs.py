@@ -21,7 +21,11 @@ class ToyProgram:
     (load then store: not atomic), ``("lock"|"unlock", L)`` spinlock,
     ``("rlock"|"runlock"|"wlock"|"wunlock", S)`` rwsem, ``("try", L)`` trylock
     (result in a register), ``("rcu_lock",)``, ``("rcu_unlock",)``, ``("sync",)``
-    synchronize_rcu, ``("sleep",)`` may-sleep point."""
+    synchronize_rcu, ``("sleep",)`` may-sleep point, ``("wseq", S)`` a writer's
+    ``write_seqcount_begin()``/``_end()`` (a store of the count), ``("seqread", S,
+    x, y)`` a reader's loop: ``read_seqcount_begin()`` (wait for an even count,
+    load it), load ``x`` and ``y``, ``read_seqcount_retry()`` (load it again,
+    retry if it moved); a pass that kept ``x != y`` is a ``torn`` violation."""
 
     def __init__(self, threads: dict[str, list[tuple]], init: dict[str, int] | None = None) -> None:
         self.spec = threads
@@ -33,8 +37,9 @@ class ToyProgram:
         self.regs: dict[str, object] = {}
         for ops in self.spec.values():
             for op in ops:
-                if len(op) > 1:
-                    self.cells.setdefault(op[1], Cell(op[1], self.init.get(op[1], 0)))
+                names = op[1:] if op[0] == "seqread" else op[1:2]
+                for cell in names:
+                    self.cells.setdefault(cell, Cell(cell, self.init.get(cell, 0)))
         return Execution([(n, self._body(n, ops)) for n, ops in self.spec.items()])
 
     def _body(self, name: str, ops: list[tuple]):
@@ -74,14 +79,42 @@ class ToyProgram:
                     rt.synchronize_rcu()
                 elif kind == "sleep":
                     rt.may_sleep("toy")
+                elif kind == "wseq":
+                    rt.point("store", c, "v", True)
+                    c.value += 1
+                elif kind == "seqread":
+                    self.regs[f"{name}.{i}"] = self._seqread(c, op[2], op[3])
                 else:  # pragma: no cover - test bug
                     raise ValueError(kind)
 
         return body
 
+    def _seqread(self, seq: Cell, x: str, y: str) -> tuple[int, int, int]:
+        """The reader's values of ``x`` and ``y`` and how many passes it took."""
+        passes = 0
+        while True:
+            passes += 1
+            rt.wait_until("seqcount", seq, "v", lambda: seq.value % 2 == 0)
+            rt.point("load", seq, "v")
+            start = seq.value
+            if start % 2:
+                continue
+            rt.point("load", self.cells[x], "v")
+            vx = self.cells[x].value
+            rt.point("load", self.cells[y], "v")
+            vy = self.cells[y].value
+            rt.point("load", seq, "v")
+            if seq.value == start:
+                return vx, vy, passes
+
     def finish(self, ex: Execution) -> tuple[str, list[tuple[str, str]]]:
         cells = sorted((k, c.value) for k, c in self.cells.items())
-        return repr(cells) + repr(sorted(self.regs.items(), key=str)), []
+        torn = [
+            ("torn", f"{k}: {v}")
+            for k, v in sorted(self.regs.items())
+            if isinstance(v, tuple) and v[0] != v[1]
+        ]
+        return repr(cells) + repr(sorted(self.regs.items(), key=str)), torn
 
 
 I, L, M = "inc", "lock", "unlock"
@@ -157,6 +190,20 @@ PROGRAMS: dict[str, tuple[dict[str, list[tuple]], dict[str, int]]] = {
     "chain": ({"a": [("w", "x", 1)], "b": [("r", "x"), ("w", "y", 1)], "c": [("r", "y")]}, {}),
     "three-writers": (
         {"a": [("w", "x", 1)], "b": [("w", "x", 2)], "c": [("w", "x", 3), ("r", "x")]},
+        {},
+    ),
+    "seqcount": (
+        {
+            "w": [("wseq", "s"), ("w", "x", 1), ("w", "y", 1), ("wseq", "s")],
+            "r": [("seqread", "s", "x", "y")],
+        },
+        {},
+    ),
+    "seqcount-torn": (
+        {
+            "w": [("wseq", "s"), ("w", "x", 1), ("wseq", "s"), ("w", "y", 1)],
+            "r": [("seqread", "s", "x", "y")],
+        },
         {},
     ),
     "lock-and-rcu": (

@@ -129,3 +129,32 @@ def test_the_reclaim_comparison_pairs_each_configuration() -> None:
     assert [r["config"] for r in rows] == ["1cpu", "2cpu"]
     assert rows[0]["measured_kept"] == 0 and rows[0]["simulated_kept"] == 0
     assert rows[1]["measured_kept"] > 0  # the kernel's second CPU makes the try-lock fail
+
+
+def test_recount_finds_stale_counts_and_refits() -> None:
+    """A stored row whose counts are not today's model's is found, re-counted (to
+    what step_counts says) and the fit follows; a row that is today's stays."""
+    from cowctx.contend.recount import recount
+
+    data = json.loads(STORED[-1].read_text())
+    data["raw"] = [r for r in data["raw"] if r["series"] == "faults" and r["size"] in (16, 256)]
+    s = next(x for x in SERIES if x.name == "faults")
+    today = {n: step_counts(scenario_of(s, n)) for n in (16, 256)}
+    for r in data["raw"]:
+        r["counts"] = dict(today[r["size"]][r["step"]])
+    again, lines = recount(data, "x")
+    assert (
+        lines == [] and again["fit"] == fit_costs(data["raw"], data["wakeup"]["median_ns"])["fit"]
+    )
+    stale = copy.deepcopy(data)
+    for r in stale["raw"]:
+        if r["op"] == "write":
+            r["counts"]["pte"] //= 2
+    new, lines = recount(stale, "x")
+    assert lines and all(line.startswith("write pte: 2 rows") for line in lines), lines
+    assert [r["counts"] for r in new["raw"]] == [r["counts"] for r in data["raw"]]
+    assert new["fit"] == again["fit"]
+    bad = copy.deepcopy(data)
+    bad["raw"][0]["series"] = "nope"
+    with pytest.raises(ValueError, match=r"x: raw\[0\].series: unknown series 'nope'"):
+        recount(bad, "x")

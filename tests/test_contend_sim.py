@@ -219,3 +219,109 @@ def test_the_collapse_walker_write_locks_the_root_anon_vma() -> None:
     assert holds["collapse"]["count"] > 0
     assert r.stats["locks"]["mmap_lock:write"]["hold_by_op"]["collapse"]["count"] > 0
     assert r.stats["walks"]["collapse"]["completed_walks"] > 0
+
+
+def _lock_wait(kind: str) -> int:
+    """Two CPUs: A holds ``kind`` 40 us, B waits for it; when B gets it."""
+    sim = Simulator(2, ZERO)
+    lock = Obj()
+    seen: dict[str, int] = {}
+
+    def holder(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.lock(kind, lock)
+        t.pending += 40_000
+        rt.unlock(kind, lock)
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    def waiter(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.lock(kind, lock)
+        seen["b"] = sim.now
+        rt.unlock(kind, lock)
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    sim.add_thread("a", "worker", holder)
+    sim.add_thread("b", "worker", waiter)
+    _run(sim)
+    return seen["b"]
+
+
+def test_the_folio_lock_sleeps_where_a_mutex_like_rwsem_writer_spins() -> None:
+    """folio_lock() has no optimistic spinning: the waiter sleeps and pays the
+    wake-up (1 us here) after the holder's 40 us; an rwsem writer spins."""
+    assert _lock_wait("folio_lock") == 41_000
+    assert _lock_wait("mmap_lock") == 40_000
+
+
+def _store_wakes(kind: str) -> int:
+    """B waits (``wait_until``) for a flag that A sets with a plain store at 30 us."""
+    sim = Simulator(2, ZERO)
+    flag = Obj()
+    flag.up = False  # type: ignore[attr-defined]
+    seen: dict[str, int] = {}
+
+    def setter(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        t.pending += 30_000
+        sim.settle(t)  # a store happens at the start of the stretch it pays for
+        rt.point("store", flag, "up", True)
+        flag.up = True  # type: ignore[attr-defined]
+        t.pending += 5_000
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    def waiter(t: SimThread) -> None:
+        sim.begin(t, "fork")
+        rt.wait_until(kind, flag, "up", lambda: bool(flag.up))  # type: ignore[attr-defined]
+        seen["b"] = sim.now
+        sim.end(t)
+        sim.pause(t, 10**9)
+
+    sim.add_thread("a", "worker", setter)
+    sim.add_thread("b", "worker", waiter)
+    _run(sim)
+    return seen["b"]
+
+
+def test_a_store_wakes_a_waiter_at_its_time() -> None:
+    """The store at 30 us (no unlock follows it) ends the wait: a sleeping waiter
+    runs after the wake-up, a spinning one (read_seqcount_begin()) at once.  A
+    simulator that re-checked waits only at unlocks would never wake B."""
+    assert _store_wakes("writer") == 31_000
+    assert _store_wakes("seqcount") == 30_000
+
+
+def test_designs_with_hooks_are_not_bridged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PoC's own code takes its spinlocks, RCU and (with a scheme) its
+    per-context locks through the runtime: bridging its ledger records too
+    would take each lock twice.  The decision is by where hooks come from:
+    with no module counted as the design's, the PoC looks hookless."""
+    import cowctx.contend.run as run_mod
+
+    assert run_mod.design_calls_hooks("anon_vma")
+    assert run_mod.design_calls_hooks("cow_context_poc")
+    assert not _storm("cow_context_poc", 2).stats["ledger_bridged"]
+    run_mod.design_calls_hooks.cache_clear()
+    monkeypatch.setattr(run_mod, "DESIGN_PACKAGE", "nowhere.")
+    try:
+        assert not run_mod.design_calls_hooks("cow_context_poc")
+    finally:
+        run_mod.design_calls_hooks.cache_clear()
+
+
+def test_the_stabilisation_schemes_run_with_their_own_waits() -> None:
+    """stab_rwsem: the reclaim walk holds each context's rwsem for reading and
+    fork/exit write it; stab_refcount: writers wait for walkers or walkers for a
+    writer (sleeping); the PoC alone has neither."""
+    rw = _storm("cow_context_poc[stab_rwsem]", 2).stats
+    assert rw["locks"]["cow_context:read"]["hold_by_op"]["reclaim"]["count"] > 0
+    assert rw["locks"]["cow_context:write"]["acquisitions"] > 0
+    rc = _storm("cow_context_poc[stab_refcount]", 2).stats
+    assert any(k.startswith("wait_") and k.endswith(":sleep") for k in rc["locks"]), rc["locks"]
+    poc = _storm("cow_context_poc", 2).stats
+    assert not any(k.startswith(("cow_context:", "wait_")) for k in poc["locks"])
+    for s in (rw, rc, poc):
+        assert s["units"] > 0 and s["walks"]["reclaim"]["completed_walks"] > 0

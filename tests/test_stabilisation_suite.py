@@ -18,11 +18,11 @@ from cowctx.concurrency.suite import stabilisation_suite
 from cowctx.concurrency.suite.cases import SHAPES, WALKERS, WRITERS, slug
 from cowctx.concurrency.suite.run import (
     Options,
-    _in_order,
     run_case,
     run_suite,
     strip_wall_clock,
 )
+from cowctx.jobs import _in_order
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.report.stabilisation import matrix_html, matrix_markdown, totals, verdict
 from cowctx.scenario import schema as S

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, make_migration_entry, migration_entry_to_pte
 from cowctx.mm.ksm import folio_stable_node
@@ -57,6 +58,7 @@ def migrate_pages(m: Machine, folio: Folio) -> MigrateResult:
         if page_vma_mapped_walk(f, vma, address, record):
             pgd = vma.vm_mm.pgd
             vpn = address >> PAGE_SHIFT
+            lk.pte(vma.vm_mm, vpn, True, f)  # the entry replaces the mapping (PTL held)
             pgd[vpn] = make_migration_entry(pgd[vpn])
             f.mapcount -= 1
             unmapped.append((vma.vm_mm.mm_id, address))
@@ -92,6 +94,8 @@ def _migrate_rest(m: Machine, folio: Folio, unmapped: list[Mapping]) -> MigrateR
     new.lazyfree, new.dirty = folio.lazyfree, folio.dirty
     new.anon_pg_dirty = folio.anon_pg_dirty
     if folio.swapcache is not None:  # folio_migrate_mapping(): the swap cache follows
+        if rt.current is not None:  # its reference moves from one folio to the other
+            rt.points("store", [(folio, "refcount", True), (new, "refcount", True)])
         new.swapcache, folio.swapcache = folio.swapcache, None
         m.swap.cache[new.swapcache] = new
     folio_get(new)  # migration's reference on dst, put after remove_migration_ptes()
@@ -121,6 +125,7 @@ def remove_migration_ptes(m: Machine, src: Folio, dst: Folio, entries: int) -> l
         if page_vma_mapped_walk(f, vma, address, record, migration_of=src):
             pgd = vma.vm_mm.pgd
             vpn = address >> PAGE_SHIFT
+            lk.pte(vma.vm_mm, vpn, True, dst)  # dst mapped again (PTL held)
             pgd[vpn] = migration_entry_to_pte(pgd[vpn], dst.pfn)
             dst.mapcount += 1
             remapped.append((vma.vm_mm.mm_id, address))

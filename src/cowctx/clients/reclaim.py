@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cowctx.concurrency import runtime as rt
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import PAGE_SHIFT
 from cowctx.mm.folio import Folio, swp_entry_to_pte
 from cowctx.mm.memory import folio_ref_add
@@ -56,6 +57,8 @@ def _shrink_locked_folio(m: Machine, folio: Folio, writeback_pending: bool) -> R
     # add_to_swap() marks the folio dirty: a new swap slot must be written
     needs_write = folio.swapcache is None or folio.dirty
     if folio.swapcache is None:
+        if rt.current is not None:  # add_to_swap(): the swap cache's reference
+            rt.point("store", folio, "refcount", True)
         add_to_swap_cache(m, folio, m.swap.alloc(folio.content))
     slot = folio.swapcache
     assert slot is not None
@@ -66,6 +69,7 @@ def _shrink_locked_folio(m: Machine, folio: Folio, writeback_pending: bool) -> R
     def try_to_unmap_one(f: Folio, vma: VmAreaStruct, address: int) -> bool:
         rt.may_sleep("try_to_unmap_one (mmu notifiers)")
         if page_vma_mapped_walk(f, vma, address, record):
+            lk.pte(vma.vm_mm, address >> PAGE_SHIFT, True, f)  # the swap entry (PTL held)
             vma.vm_mm.pgd[address >> PAGE_SHIFT] = swp_entry_to_pte(slot, f.anon_exclusive)
             m.swap.swap_map[slot] += 1
             f.mapcount -= 1

@@ -180,6 +180,9 @@ class Execution:
         self._seen: list[object] = []
         self._objkeys: list[tuple[str, int]] = []
         """``("obj", oid)`` for each oid: built once, not at every access."""
+        self.blocked: list[Event] = []
+        """When the run ended (done, deadlocked or abandoned): the pending step of
+        each thread that could not run (a wait, a blocking lock), for DPOR."""
 
     def oid(self, obj: object) -> int:
         """A name for ``obj`` that is the same in every execution of the same
@@ -223,6 +226,11 @@ class Execution:
                     break
                 t = self._next()
         finally:
+            self.blocked = [
+                Event(t.tid, list(t.pending), t.label)
+                for t in self.threads
+                if not t.done and t.ready is not None and not t.ready()
+            ]
             self._kill()
             rt.current = prev
 

@@ -19,6 +19,9 @@ from cowctx.scenario.runner import run_scenario, run_step
 
 @dataclass
 class _Me:
+    """The one thread the counter runs (what the runtime reads of a thread)."""
+
+    tid: int = 0
     name: str = "counter"
     local: dict[str, object] = field(default_factory=dict)
     walk: object = None
@@ -31,6 +34,8 @@ class Counter:
         self.counts = dict.fromkeys(CLASSES, 0)
         self.running = _Me()
         self.violations: list[tuple[str, str]] = []
+        self.mappings_of: Callable[[int], set[tuple[int, int]]] | None = None
+        """No walk is checked (the runtime's walk hooks ask this)."""
 
     def reset(self) -> dict[str, int]:
         out, self.counts = self.counts, dict.fromkeys(CLASSES, 0)
@@ -38,6 +43,12 @@ class Counter:
 
     def point(self, kind: str, obj: object, fld: object, write: bool) -> None:
         self.counts[classify(obj, fld)] += 1
+
+    def points(self, kind: str, accesses: list[tuple[object, object, bool]]) -> None:
+        """One step, of the first access's class (the simulator charges it so)."""
+        if accesses:
+            obj, fld, _ = accesses[0]
+            self.counts[classify(obj, fld)] += 1
 
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         self.counts[classify(obj, fld)] += 1

@@ -106,9 +106,22 @@ def worker_body(sim: Simulator, run: ScenarioRun, plan: Plan, worker: str) -> Bo
                 sim.end(t)
             sim.stats.unit(t.role)
             run.procs.pop(name, None)
+            _forget_tlb(t, run, worker)
             k += 1
 
     return body
+
+
+def _forget_tlb(t: SimThread, run: ScenarioRun, worker: str) -> None:
+    """The child has exited: drop its entries from the thread's TLB (the one
+    :func:`cowctx.mm.locking.user_store` keeps in the thread's ``local()``, as
+    ``(mm_id, vpn, pfn)``), which would otherwise grow by each child's stores for
+    the whole run.  Only the worker's own mm outlives a unit."""
+    tlb = t.local.get("tlb")
+    mm = run.procs[worker].mm
+    if isinstance(tlb, set) and tlb and mm is not None:
+        own = mm.mm_id
+        t.local["tlb"] = {e for e in tlb if e[0] == own}
 
 
 def root_pages(run: ScenarioRun, root: str) -> list[int]:

@@ -42,6 +42,7 @@ from greenlet import GreenletExit, greenlet
 
 from cowctx.concurrency import runtime as rt
 from cowctx.concurrency.locks import KINDS
+from cowctx.concurrency.scheduler import Walk
 from cowctx.contend.costs import CostModel, classify
 from cowctx.contend.locks import SimLock, Waiter
 from cowctx.contend.stats import Stats
@@ -50,11 +51,15 @@ Body = Callable[["SimThread"], None]
 
 
 @dataclass
-class SimWalk:
-    """An rmap walk in progress (the runtime's ``walk_*`` hooks)."""
+class SimWalk(Walk):
+    """An rmap walk in progress (the runtime's ``walk_*`` hooks): the explorer's
+    :class:`~cowctx.concurrency.scheduler.Walk`, so the runtime's walk hooks that
+    reach into it (``walk_abandon``, ``walk_skip_mm``, ``walk_unmapping``,
+    ``walk_resample``) find what they look for.  A timing simulation checks no
+    walk (:attr:`Simulator.mappings_of` is None): its mapping sets stay empty;
+    ``start`` is when the walk began (its latency), ``abandoned`` whether it gave up."""
 
-    start: int
-    abandoned: bool = False
+    start: int = 0
 
 
 @dataclass
@@ -125,6 +130,17 @@ move (sleeping locks are always exact)."""
 RMAP_LOCK_KINDS = frozenset({"anon_vma", "cow_context"})
 """Lock kinds whose failed try-lock makes a walker give up on the folio."""
 
+NO_SPIN_KINDS = frozenset({"folio_lock"})
+"""Sleeping locks whose waiters never spin: ``folio_lock()`` waits on the folio's
+wait queue (``folio_wait_bit_common()``) and is handed the lock when woken
+(``wake_page_function()`` takes it for an exclusive waiter, commit 2a9127fcf229
+("mm: rewrite wait_on_page_bit_common() logic") (v5.9)); it has no optimistic
+spinning as rwsems and mutexes do."""
+
+SPIN_WAITS = frozenset({"seqcount"})
+"""``wait_until`` kinds that spin on their CPU (``read_seqcount_begin()`` loops
+with ``cpu_relax()`` while the count is odd); every other wait sleeps."""
+
 
 class Simulator:
     """One simulated run: ``cpus`` CPUs, threads added with :meth:`add_thread`."""
@@ -161,8 +177,12 @@ class Simulator:
         self.rcu_waiters: list[tuple[set[int], simpy.Event]] = []
         self.cond_waiters: list[tuple[Callable[[], bool], simpy.Event]] = []
         self.violations: list[tuple[str, str]] = []
+        self.mappings_of: Callable[[int], set[tuple[int, int]]] | None = None
+        """The runtime's walk checks ask this for a folio's mappings; None: a
+        timing simulation checks no walk (the explorer does)."""
         self._tables = {op: costs.table(op) for op in costs.step}
         self._bridge: dict[int, tuple[str, object, str]] = {}
+        self._recheck_due = False
 
     # --- set-up and driving -------------------------------------------------------------
 
@@ -313,6 +333,35 @@ class Simulator:
         if t is not None and not self.dying:
             # the hot path: a PTE (a tuple field) needs no classification
             t.pending += t.table["pte" if type(fld) is tuple else classify(obj, fld)]
+            if write and self.cond_waiters:
+                self._store_wakes()
+
+    def points(self, kind: str, accesses: list[tuple[object, object, bool]]) -> None:
+        """One step making several accesses (the MMU's store: the PTE and the
+        page): one step of the first access's class, as the explorer makes it
+        one scheduling point named by the first."""
+        t = self._me()
+        if t is None or not accesses:
+            return
+        obj, fld, _ = accesses[0]
+        t.pending += t.table[classify(obj, fld)]
+        if self.cond_waiters and any(w for _, _, w in accesses):
+            self._store_wakes()
+
+    def _store_wakes(self) -> None:
+        """A store may make a waiter's condition true (a context's ``writing``
+        or ``seq``): re-check the waiters once the storing thread next hands
+        control back (the hook comes before the store it stands for), at the
+        store's simulated time."""
+        if not self._recheck_due:
+            self._recheck_due = True
+            ev = self.env.timeout(0)
+            ev.callbacks.append(self._recheck_after_store)
+
+    def _recheck_after_store(self, _: object) -> None:
+        self._recheck_due = False
+        if self.cond_waiters:
+            self._recheck()
 
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         t = self._me()
@@ -379,6 +428,8 @@ class Simulator:
         a writer waits on its CPU while the owner is a writer on a CPU, or, for an
         rwsem owned by readers, for a while (:meth:`_stop_spinning`).  Readers
         sleep (reader spinning went in commit 617f3ef95177 (v5.12))."""
+        if lk.kind.name in NO_SPIN_KINDS:
+            return False
         if mode != "write":
             return lk.kind.shared is False and self._owner_on_cpu(lk)
         if lk.writer is not None:
@@ -509,17 +560,35 @@ class Simulator:
 
     def wait_until(self, kind: str, obj: object, fld: object, ready: Callable[[], bool]) -> None:
         """``migration_entry_wait()`` and the like: sleep until ``ready()``, re-checked
-        after every unlock."""
+        after every unlock and every store; a :data:`SPIN_WAITS` kind
+        (``read_seqcount_begin()``) spins on its CPU instead and pays no wake-up."""
         t = self._me()
         if t is None or ready():
             return
         self.settle(t)
         ev = self.env.event()
         self.cond_waiters.append((ready, ev))
+        since = self.now
+        if kind in SPIN_WAITS:
+            self._block(ev)
+            if self.trace is not None and t.cpu is not None and self.now > since:
+                self.trace.wait(t.cpu, t.name, f"spin {kind}", since, self.now)
+            self._waited(kind, "spin", t, since)
+            return
         self._sleep(t, f"wait {kind}")
         self._block(ev)
         self._block(self.env.timeout(int(self.costs.wakeup_ns)))
         self.cpu_get(t)
+        if self.trace is not None:
+            self.trace.sleep(t.name, f"wait {kind}", since, self.now)
+        self._waited(kind, "sleep", t, since)
+
+    def _waited(self, kind: str, how: str, t: SimThread, since: int) -> None:
+        """A ``wait_until`` that waited: counted as lock ``wait_KIND`` in mode
+        ``spin`` or ``sleep`` (whom it waited behind is not known)."""
+        waited = self.now - since
+        self.stats.acquired(f"wait_{kind}", how, waited)
+        self.stats.waited(f"wait_{kind}", how, t.op, [], waited)
 
     def _recheck(self) -> None:
         keep = []
@@ -533,7 +602,10 @@ class Simulator:
     def walk_begin(self, folio: object) -> None:
         t = self._me()
         if t is not None:
-            t.walk = SimWalk(self.now + t.pending)
+            pfn = int(getattr(folio, "pfn", -1))
+            t.walk = SimWalk(
+                pfn, f"{t.name}: rmap walk of folio#{pfn}", set(), start=self.now + t.pending
+            )
 
     def walk_visit(self, mm_id: int, address: int) -> None:
         return None
@@ -557,8 +629,10 @@ class Simulator:
         for the lock names in ``names`` into simulated locks: spin holds become a
         ``spinlock`` of the object the caller locks (found among the caller's
         locals: ``parent``, ``ctx``, ``current``), read holds of ``rcu`` an RCU
-        read section.  For designs whose code has no runtime hooks of its own
-        (CoW context); a workaround until they do."""
+        read section.  Only for a design whose own code calls no lock or RCU
+        hook (:func:`cowctx.contend.run.design_calls_hooks` decides, by running
+        it): a workaround until it does; a design with hooks is simulated
+        through them alone."""
         orig_lock, orig_unlock = ledger.lock, ledger.unlock
         globals_: dict[str, object] = {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
 from cowctx.mm import locking as lk
 from cowctx.mm.constants import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK
 from cowctx.mm.lru import lru_add_drain
@@ -93,6 +94,10 @@ def _exit_mmap(m: Machine, mm: MmStruct, vmas: list[VmAreaStruct]) -> None:
 
 
 def mmput(m: Machine, mm: MmStruct) -> None:
+    """``mmput()``: an atomic decrement of ``mm_users``, which a lockless
+    ``mmget_not_zero()`` (the PoC's walk) races with."""
+    if rt.current is not None:
+        rt.point("store", mm, "mm_users", True)
     mm.mm_users -= 1
     if mm.mm_users == 0:
         exit_mmap(m, mm)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import PAGE_SHIFT, VM_MERGEABLE
 from cowctx.mm.folio import (
     ZERO_PFN,
@@ -123,6 +124,7 @@ def _wrprotect(vma: VmAreaStruct, address: int) -> None:
 def _replace_page(m: Machine, vma: VmAreaStruct, address: int, old: Folio, kfolio: Folio) -> None:
     """``replace_page()``: the PTE now maps the KSM folio, read-only."""
     vpn = address >> PAGE_SHIFT
+    lk.pte(vma.vm_mm, vpn, True, kfolio, old)
     pte = vma.vm_mm.pgd[vpn]
     vma.vm_mm.pgd[vpn] = pte_wrprotect(pfn_pte(kfolio.pfn, pte_flags(pte)))
     kfolio.mapcount += 1

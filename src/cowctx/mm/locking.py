@@ -97,10 +97,27 @@ def fault_unlock(mm: MmStruct, vma: VmAreaStruct | None) -> None:
         mmap_read_unlock(mm)
 
 
-def pte(mm: MmStruct, vpn: int, write: bool) -> None:
-    """A load or store of the PTE of ``vpn`` in ``mm``."""
+def pte(mm: MmStruct, vpn: int, write: bool, *folios: Folio) -> None:
+    """A load or store of the PTE of ``vpn`` in ``mm``; ``folios``: those whose
+    mapcount the step changes too (:func:`counts`)."""
     if rt.current is not None:
-        rt.point("store" if write else "load", mm, ("pte", vpn), write)
+        if folios:
+            rt.points("store" if write else "load", [(mm, ("pte", vpn), write), *counts(*folios)])
+        else:
+            rt.point("store" if write else "load", mm, ("pte", vpn), write)
+
+
+def counts(*folios: Folio) -> list[tuple[object, object, bool]]:
+    """The accesses of a step that changes each folio's mapcount: a store of
+    ``mapcount`` (read by ``folio_mapcount()``, ``folio_mapped()``, the PoC's
+    lockless ``folio_maybe_mapped_shared()``) and of ``refcount`` (each mapping
+    holds a reference: ``folio_ref_count()`` reads it).  Every change of a part
+    of the model's refcount (mapcount, swap cache, LRU batches, ``pinned``)
+    stores ``refcount``; only mapcount changes store ``mapcount``."""
+    out: list[tuple[object, object, bool]] = []
+    for folio in folios:
+        out += [(folio, "mapcount", True), (folio, "refcount", True)]
+    return out
 
 
 def ptl_lock(mm: MmStruct) -> None:

@@ -59,6 +59,20 @@ class CpuFbatches:
         return sum(f is folio for f in self.lru_add) + sum(f is folio for f in self.lru_lazyfree)
 
 
+def lru_access(m: Machine, write: bool) -> tuple[object, object, bool]:
+    """The CPU's batches as one explorer key: a batch holds a reference on each
+    of its folios, so a drain (or a full batch moving) changes the refcount of
+    every folio in it; ``folio_ref_count()`` and ``folio_test_lru()`` read it.
+    Adding a folio to a batch changes only that folio's count: the new folio is
+    not yet mapped, or its change is declared with the step that maps it."""
+    return (m.fbatches, "lru", write)
+
+
+def _lru_point(m: Machine) -> None:
+    if rt.current is not None:
+        rt.points("store", [lru_access(m, True)])
+
+
 def folio_test_lru(m: Machine, folio: Folio) -> bool:
     """``folio_test_lru()`` of a mapped anon folio: false while it waits in ``lru_add``."""
     return not any(f is folio for f in m.fbatches.lru_add)
@@ -67,8 +81,10 @@ def folio_test_lru(m: Machine, folio: Folio) -> bool:
 def folio_add_lru(m: Machine, folio: Folio) -> None:
     """``folio_add_lru()``: queue a new (or put back) folio; ``lru_add()`` sets PG_lru."""
     batch = m.fbatches.lru_add
+    if len(batch) + 1 >= FOLIO_BATCH_SIZE:  # folio_batch_move_lru(..., lru_add)
+        _lru_point(m)
     batch.append(folio)
-    if len(batch) >= FOLIO_BATCH_SIZE:  # folio_batch_move_lru(..., lru_add)
+    if len(batch) >= FOLIO_BATCH_SIZE:
         batch.clear()
 
 
@@ -80,6 +96,7 @@ def folio_mark_lazyfree(m: Machine, folio: Folio) -> None:
     if not folio_test_lru(m, folio):
         return
     batch = m.fbatches.lru_lazyfree
+    _lru_point(m)  # the folio gains the batch's reference
     batch.append(folio)
     if len(batch) >= FOLIO_BATCH_SIZE:
         _move_lazyfree(batch)
@@ -97,6 +114,8 @@ def _move_lazyfree(batch: list[Folio]) -> None:
 def lru_add_drain(m: Machine) -> None:
     """``lru_add_drain()`` → ``lru_add_drain_cpu()``: every batch of this CPU moves."""
     fb = m.fbatches
+    if fb.lru_add or fb.lru_lazyfree:
+        _lru_point(m)
     fb.lru_add.clear()
     if fb.lru_lazyfree:
         _move_lazyfree(fb.lru_lazyfree)
@@ -108,5 +127,5 @@ def folio_ref_count(m: Machine, folio: Folio) -> int:
     (``Folio.pinned``: migration's and reclaim's isolation, ``wp_page_copy()``'s
     reference on the old folio); no GUP pins."""
     if rt.current is not None:
-        rt.point("load", folio, "refcount")
+        rt.points("load", [(folio, "refcount", False), lru_access(m, False)])
     return folio.mapcount + (folio.swapcache is not None) + m.fbatches.refs(folio) + folio.pinned

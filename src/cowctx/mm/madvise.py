@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowctx.metrics.ledger import VMSCAN_COUNTERS
+from cowctx.mm import locking as lk
 from cowctx.mm.constants import (
     MADV_BY_NAME,
     MADV_COLD,
@@ -254,6 +255,7 @@ def madvise_cold_or_pageout(
         if folio.anon:
             if folio.lazyfree:
                 if not pte_dirty(pte):  # try_to_unmap_one(): discard a clean lazyfree folio
+                    lk.pte(mm, vpn, True, folio)
                     del pgd[vpn]
                     folio_remove_rmap_pte(m, folio)
                     stat["nr_reclaimed"] += 1
@@ -278,6 +280,7 @@ def madvise_cold_or_pageout(
             else:  # no swap: add_to_swap() fails, activate_locked
                 stat["nr_activate_anon"] += 1
         else:  # try_to_unmap(), then a dirty shmem folio finds no swap to go to
+            lk.pte(mm, vpn, True, folio)
             del pgd[vpn]
             folio_remove_rmap_pte(m, folio)
             if not folio.dirty:  # __remove_mapping(): a clean one leaves the cache

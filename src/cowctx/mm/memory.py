@@ -367,6 +367,8 @@ def wp_page_copy(
     folio_add_new_anon_rmap(m, new, vma, address)
     folio_add_lru(m, new)  # folio_add_lru_vma()
     bits = PTE_PRESENT | PTE_YOUNG if unshare else _PRESENT_WRITE_YOUNG_DIRTY
+    if old is not None and rt.current is not None:  # set_pte_at(), old's mapping goes
+        lk.pte(mm, vpn, True, old)
     mm.pgd[vpn] = pfn_pte(new.pfn, bits)
     if old is not None:
         folio_remove_rmap_pte(m, old)
@@ -386,7 +388,7 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
         pfn = pte_pfn(pte) if pte_present(pte) else ZERO_PFN
         if active:  # the PTE, and the folio's count when it maps one
             if pfn != ZERO_PFN:
-                rt.points("store", [(mm, ("pte", vpn), True), (mem_map[pfn], "refcount", True)])
+                lk.pte(mm, vpn, True, mem_map[pfn])
             else:
                 lk.pte(mm, vpn, True)
         del pgd[vpn]
@@ -423,8 +425,12 @@ def copy_page_range(m: Machine, dst_vma: VmAreaStruct, src_vma: VmAreaStruct) ->
     cow = is_cow_mapping(src_vma.vm_flags)
     child_clear = PTE_YOUNG | (PTE_DIRTY if src_vma.vm_flags & VM_SHARED else 0)
     for vpn, pte in list(src_vma.vm_mm.iter_ptes(src_vma.vm_start, src_vma.vm_end)):
-        if rt.current is not None:
-            lk.pte(src_vma.vm_mm, vpn, True)
+        if rt.current is not None:  # under the PTL: the PTE maps what it mapped
+            pfn = pte_pfn(pte) if pte_present(pte) else ZERO_PFN
+            if pfn != ZERO_PFN:  # copy_present_pte(): a mapping more
+                lk.pte(src_vma.vm_mm, vpn, True, mem_map[pfn])
+            else:
+                lk.pte(src_vma.vm_mm, vpn, True)
             now = src_pgd.get(vpn)
             if now is None:
                 continue

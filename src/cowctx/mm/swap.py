@@ -21,7 +21,7 @@ from cowctx.mm.folio import (
     pte_swp_exclusive,
     swp_offset,
 )
-from cowctx.mm.lru import folio_add_lru, folio_test_lru, lru_add_drain
+from cowctx.mm.lru import folio_add_lru, folio_test_lru, lru_access, lru_add_drain
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 
 if TYPE_CHECKING:
@@ -50,13 +50,26 @@ class SwapSpace:
         return len(self.swap_map)
 
 
+def _swapcache_point(folio: Folio) -> None:
+    """The swap cache's reference is part of the folio's refcount
+    (``folio_ref_count()``): a change of membership is a store of it."""
+    if rt.current is not None:
+        rt.point("store", folio, "refcount", True)
+
+
 def add_to_swap_cache(m: Machine, folio: Folio, slot: int) -> None:
+    """No point: a swap-in's new folio is seen by no one before it is in the
+    cache (its ``swapcache_prepare()`` check and insertion are one step);
+    reclaim declares the store of a mapped folio's refcount itself."""
     folio.swapcache = slot
     m.swap.cache[slot] = folio
 
 
 def delete_from_swap_cache(m: Machine, folio: Folio) -> None:
-    """Drop ``folio`` from the swap cache; free the slot if no PTE uses it."""
+    """Drop ``folio`` from the swap cache; free the slot if no PTE uses it.  No
+    point: the callers' step that decided it declares the folio's refcount
+    (``folio_put()``, the PTE store that removed the last mapping, the one
+    after :func:`free_swap_and_cache`'s trylock)."""
     slot = folio.swapcache
     assert slot is not None
     del m.swap.cache[slot]
@@ -78,9 +91,13 @@ def swap_duplicate(m: Machine, slot: int) -> None:
     m.swap.swap_map[slot] += 1
 
 
-def folio_free_swap(m: Machine, folio: Folio) -> bool:
+def folio_free_swap(m: Machine, folio: Folio, point: bool = True) -> bool:
     """``folio_free_swap()``: leave the swap cache if no swap PTE still needs the slot; the
     folio's data now lives only in memory, so it is marked dirty (``folio_set_dirty()``)."""
+    if folio.swapcache is None:
+        return False
+    if point:  # (do_swap_page() declared it with its re-check of the PTE)
+        _swapcache_point(folio)  # before the check: the check and the removal are one step
     slot = folio.swapcache
     if slot is None or m.swap.swap_map[slot] != 0:
         return False
@@ -101,6 +118,8 @@ def free_swap_and_cache(m: Machine, slot: int) -> None:
         # migration has the folio, which then deal with the swap cache themselves;
         # under the lock folio_free_swap() re-checks folio_test_swapcache()
         if folio is not None and folio.mapcount == 0 and rt.trylock("folio_lock", folio):
+            if rt.current is not None:  # the re-check, and the swap cache's reference
+                rt.points("store", [(folio, "mapcount", False), (folio, "refcount", True)])
             if folio.swapcache == slot and folio.mapcount == 0:
                 delete_from_swap_cache(m, folio)
             rt.unlock("folio_lock", folio)
@@ -129,7 +148,7 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
             m.free_folio(new)
     mm = vma.vm_mm
     vpn = address >> PAGE_SHIFT
-    if rt.current is not None and not _swapin_locked(mm, vpn, pte, folio, slot):
+    if rt.current is not None and not _swapin_locked(m, mm, vpn, pte, folio, slot):
         return  # the fault is retried
     if write and not folio.ksm and not folio_test_lru(m, folio):
         lru_add_drain(m)
@@ -137,7 +156,7 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
     swap.swap_map[slot] -= 1  # swap_free()
     # should_try_to_free_swap(): our reference and the swap cache's are the only ones
     if write and not folio.ksm and folio.mapcount == 0 and not m.fbatches.refs(folio):
-        folio_free_swap(m, folio)
+        folio_free_swap(m, folio, point=False)
     if not folio.ksm and (exclusive or (folio.mapcount == 0 and folio.swapcache is None)):
         exclusive = True
         writable = bool(vma.vm_flags & VM_WRITE)
@@ -164,15 +183,17 @@ def do_swap_page(m: Machine, vma: VmAreaStruct, address: int, pte: int, write: b
         rt.unlock("folio_lock", folio)
 
 
-def _swapin_locked(mm: MmStruct, vpn: int, pte: int, folio: Folio, slot: int) -> bool:
+def _swapin_locked(m: Machine, mm: MmStruct, vpn: int, pte: int, folio: Folio, slot: int) -> bool:
     """``folio_lock_or_retry()``, then under the PTL the re-checks of
     ``do_swap_page()``: the folio is still the swap cache's for this entry
     (migration or reclaim may have moved or dropped it meanwhile) and the PTE is
     still the swap entry (``pte_same()``).  False: both locks dropped, retry.
-    Explorer only: sequentially nothing can change in between."""
+    Explorer only: sequentially nothing can change in between.  The step that
+    re-checks goes on to map the folio (``folio_add_anon_rmap_ptes()``) and may
+    drain the LRU batches: it declares the folio's counts and the batches."""
     rt.lock("folio_lock", folio)
     lk.ptl_lock(mm)
-    lk.pte(mm, vpn, False)
+    rt.points("load", [(mm, ("pte", vpn), False), *lk.counts(folio), lru_access(m, True)])
     if folio.swapcache == slot and mm.pgd.get(vpn) == pte:
         return True
     lk.ptl_unlock(mm)

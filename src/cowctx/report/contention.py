@@ -57,8 +57,9 @@ def contention_table(meta: dict[str, Any], results: list[RunResult]) -> str:
         f"{meta['workload']}: {meta['duration_s']} simulated s per run, seed {meta['seed']}, "
         f"walkers {','.join(meta['walkers']) or 'none'}; costs {Path(str(meta['costs'])).name}"
     )
+    dw = max([14, *(len(r.design) for r in results)])  # whole names: variants differ at the end
     cols = (
-        f"{'design':14} {'cpus':>4} {'units/s':>9} {'walk p50':>9} {'p99 us':>8} "
+        f"{'design':{dw}} {'cpus':>4} {'units/s':>9} {'walk p50':>9} {'p99 us':>8} "
         f"{'max us':>8} {'rotated':>8} {'waited most on (ms, behind)':>34}"
     )
     lines = [head, cols, "-" * len(cols)]
@@ -66,7 +67,7 @@ def contention_table(meta: dict[str, Any], results: list[RunResult]) -> str:
         w = _walk(r)
         key, total, who = _top_lock(r)
         lines.append(
-            f"{r.design[:14]:14} {r.cpus:>4} {r.stats['throughput_per_s']:>9.0f} "
+            f"{r.design:{dw}} {r.cpus:>4} {r.stats['throughput_per_s']:>9.0f} "
             f"{_us(w.get('p50_ns', 0)):>9} {_us(w.get('p99_ns', 0)):>8} "
             f"{_us(w.get('max_ns', 0)):>8} {100 * w.get('rotation_rate', 0.0):>7.1f}% "
             f"{f'{key} {total / 1e6:.2f} ({who})':>34}"

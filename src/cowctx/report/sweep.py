@@ -3,12 +3,11 @@ parallel on a local process pool or on a Dask cluster."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from cowctx.jobs import map_in_order
 from cowctx.report.compare import compare, lock_totals
 
 METRICS: dict[str, str] = {
@@ -78,32 +77,15 @@ def sweep(
     """Every value of ``param`` (other parameters from ``fixed``) on every design."""
     fixed = dict(fixed or {})
     jobs = [({**fixed, param: v}) for v in values]
-    if dask_address is not None:
-        from distributed import Client
-
-        with Client(dask_address) as client:
-            futures = client.map(
-                point_metrics,
-                [workload] * len(jobs),
-                jobs,
-                [designs] * len(jobs),
-                [scale] * len(jobs),
-                pure=False,
-            )
-            points = []
-            for i, future in enumerate(futures):
-                points.append(future.result())
-                if progress is not None:
-                    progress(i + 1)
-    else:
-        count = workers or min(len(jobs), os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=count) as pool:
-            futures_ = [pool.submit(point_metrics, workload, j, designs, scale) for j in jobs]
-            points = []
-            for i, f in enumerate(futures_):
-                points.append(f.result())
-                if progress is not None:
-                    progress(i + 1)
+    points = list(
+        map_in_order(
+            point_metrics,
+            [(workload, j, designs, scale) for j in jobs],
+            workers=workers,
+            dask_address=dask_address,
+            on_done=None if progress is None else lambda done, _total, _r: progress(done),
+        )
+    )
     return SweepResult(workload, param, list(values), designs, points, fixed)
 
 

@@ -14,14 +14,13 @@ wall-clock fields (:data:`WALL_CLOCK`).  PCT uses the same seed in every job
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from cowctx.concurrency.explorer import Report
 from cowctx.concurrency.suite.cases import Case
+from cowctx.jobs import map_in_order
 
 WALL_CLOCK = ("seconds", "executions_per_second")
 """The only fields of a result that differ between two runs of the same job."""
@@ -207,54 +206,13 @@ def _execute(
     progress: Progress | None,
 ) -> Iterator[Result | PctPart]:
     """Each job's output in ``work``'s order, whoever runs it."""
-    total = len(work)
-    if dask_address is not None:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
-
-        with Client(dask_address) as client:
-            futures = client.map(
-                _job,
-                [suite] * total,
-                [c for c, _, _ in work],
-                [d for _, d, _ in work],
-                [options] * total,
-                [p for _, _, p in work],
-                pure=False,
-            )
-            yield from _in_order(futures, dask_completed(futures), progress)
-        return
-    count = jobs or os.cpu_count() or 1
-    if count == 1:
-        for i, (case, design, part) in enumerate(work):
-            out = _job(suite, case, design, options, part)
-            if progress is not None:
-                progress(i + 1, total, out)
-            yield out
-        return
-    with ProcessPoolExecutor(max_workers=min(count, total) or 1) as pool:
-        local = [pool.submit(_job, suite, c, d, options, p) for c, d, p in work]
-        yield from _in_order(local, as_completed(local), progress)
-
-
-def _in_order(
-    futures: list[Any],
-    completed: Iterable[Any],
-    progress: Progress | None,
-) -> Iterator[Any]:
-    """The futures' results in submission order, each as soon as it and every
-    earlier one are done."""
-    index = {id(f): i for i, f in enumerate(futures)}
-    ready: dict[int, Any] = {}
-    nxt = 0
-    for done, future in enumerate(completed, 1):
-        i = index[id(future)]
-        ready[i] = future.result()
-        if progress is not None:
-            progress(done, len(futures), ready[i])
-        while nxt in ready:
-            yield ready.pop(nxt)
-            nxt += 1
+    return map_in_order(
+        _job,
+        [(suite, case, design, options, part) for case, design, part in work],
+        workers=jobs,
+        dask_address=dask_address,
+        on_done=progress,
+    )
 
 
 def strip_wall_clock(result: Result) -> Result:

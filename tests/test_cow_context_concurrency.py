@@ -144,3 +144,17 @@ def test_a_walk_racing_two_forks_does_not_stop_early() -> None:
     report = explore(program, program.names, bound=2)
     assert report.complete and report.executions > 100
     assert not report.violations, report.violations
+
+
+def test_a_walk_beside_two_whole_unmaps_is_not_told_it_missed() -> None:
+    """Two munmaps of every mapping but the walker's own: a tree walk finds the
+    VMAs gone, and the PTE of one was cleared inside its munmap's PTL section.
+    The walk check once kept that mm as "mapped throughout" (a false ``missed``);
+    ``walk_unmapping()`` now also looks at where the walk last saw the mm map it."""
+    (case,) = [
+        c for c in stabilisation_suite() if c.name == "referenced×munmap-whole+munmap-whole@fork2"
+    ]
+    program = ScenarioProgram(case.scenario, "cow_context")
+    report = explore(program, program.names, bound=2)
+    assert report.complete and report.executions > 100
+    assert not report.violations, report.violations

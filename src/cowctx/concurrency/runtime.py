@@ -197,9 +197,12 @@ def walk_unmapping(mm_id: int, covered: Callable[[int], bool]) -> None:
     ex = current
     if ex is not None and ex.running is not None and ex.running.walk is not None:
         w = ex.running.walk
+        tracked = [a for mm, a in w.alive if mm == mm_id]
         w.alive = {(mm, a) for mm, a in w.alive if mm != mm_id or covered(a)}
         now = ex.mappings_of(w.pfn) if ex.mappings_of is not None else set()
-        mine = [a for mm, a in now if mm == mm_id]
+        # where the mm maps the folio now, or (its PTE already cleared inside
+        # the munmap's PTL section) where the walk last saw it mapped
+        mine = [a for mm, a in now if mm == mm_id] or tracked
         if mine and not any(covered(a) for a in mine):
             w.mms.discard(mm_id)
 

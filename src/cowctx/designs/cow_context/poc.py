@@ -121,10 +121,6 @@ class CowContextPoc(CowContextRmap):
         )
         self._dontunmap: tuple[VmAreaStruct, object] | None = None
         self._adjust: dict[int, tuple[int, int, int]] = {}
-        self._mm_refs: dict[int, int] = {}
-        """mm_id -> references walkers took with ``mmget_not_zero()``."""
-        self._mmdrop_deferred: dict[int, MmStruct] = {}
-        """mms whose ``__mmdrop()`` waits for a walker's ``mmput_async()``."""
         self._sections: dict[tuple[int, int], int] = {}
         """(thread, context) -> depth of a scheme's write section."""
         self._forking: set[int] = set()
@@ -253,30 +249,9 @@ class CowContextPoc(CowContextRmap):
         else:
             rt.slab_free("mm_struct", mm, False)  # free_mm(): kmem_cache_free()
 
-    def mmget_not_zero(self, mm: MmStruct) -> bool:
-        """``mmget_not_zero()``: ``atomic_inc_not_zero(&mm->mm_users)``; fails
-        once the mm's last user has gone (``exit_mmap()`` under way)."""
-        rt.point("store", mm, "mm_users", True)
-        if mm.mm_users <= 0:
-            rt.walk_skip_mm(mm.mm_id)
-            return False
-        self._mm_refs[mm.mm_id] = self._mm_refs.get(mm.mm_id, 0) + 1
-        return True
-
-    def mmput_async(self, mm: MmStruct) -> None:
-        """``mmput_async()``: the last put schedules the teardown in a worker;
-        here a deferred ``__mmdrop()`` runs after the walk's RCU section."""
-        rt.point("store", mm, "mm_users", True)
-        left = self._mm_refs[mm.mm_id] - 1
-        if left:
-            self._mm_refs[mm.mm_id] = left
-            return
-        del self._mm_refs[mm.mm_id]
-        deferred = self._mmdrop_deferred.pop(mm.mm_id, None)
-        if deferred is not None:
-            pending = rt.local().setdefault("mmdrop", [])
-            assert isinstance(pending, list)
-            pending.append(deferred)
+    # mmget_not_zero() / mmput_async(): the corrected design's (CowContextRmap),
+    # which are the C's: atomic_inc_not_zero(&mm->mm_users), and the walker's put
+    # that runs a deferred __mmdrop() once the walk is done with the mm.
 
     # --- the stabilisation schemes' write sections (stabilise.py) ---------------------
 

@@ -102,6 +102,12 @@ def call_rcu(obj: object, callback: Callable[[], None]) -> None:
         callback()
 
 
+def kfree_rcu(cache: str, obj: object) -> None:
+    """``kfree_rcu()``: ``obj`` goes back to ``cache`` (an ordinary one, not
+    type-safe) after a grace period."""
+    call_rcu(obj, lambda: slab_free(cache, obj, False))
+
+
 def may_sleep(where: str) -> None:
     """A point that may sleep (``might_sleep()``): illegal under a spinlock or RCU."""
     ex = current

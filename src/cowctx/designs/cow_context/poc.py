@@ -42,7 +42,7 @@ stabilisation scheme
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from cowctx.concurrency import runtime as rt
@@ -220,7 +220,7 @@ class CowContextPoc(CowContextRmap):
             current.freed = True
             del self.contexts[current.ctx_id]
             self.ledger.free("cow_context")
-            rt.call_rcu(current, _kfree("cow_context", current))  # kfree_rcu()
+            rt.kfree_rcu("cow_context", current)
             if parent is not None:
                 rt.point("store", parent, "refcount", True)  # refcount_dec_and_test()
                 parent.refcount -= 1
@@ -245,7 +245,7 @@ class CowContextPoc(CowContextRmap):
         self._write_end(ctx)
         self.put_cow_context(ctx)
         if self.stab.stab_seqcount:  # the scheme: the mm outlives RCU readers
-            rt.call_rcu(mm, _kfree("mm_struct", mm))
+            rt.kfree_rcu("mm_struct", mm)
         else:
             rt.slab_free("mm_struct", mm, False)  # free_mm(): kmem_cache_free()
 
@@ -956,11 +956,6 @@ class CowContextPoc(CowContextRmap):
                 for pgoff in range(vma.vm_pgoff, vma.vm_pgoff + vma_pages(vma)):
                     out.setdefault(pgoff, set()).add(off)
         return {k: frozenset(v) for k, v in out.items()}
-
-
-def _kfree(cache: str, obj: object) -> Callable[[], None]:
-    """The ``kfree()`` a ``kfree_rcu()`` runs after the grace period."""
-    return lambda: rt.slab_free(cache, obj, False)
 
 
 def cow_context_poc_design(fixes: frozenset[str]) -> type[CowContextPoc]:

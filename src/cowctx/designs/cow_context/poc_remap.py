@@ -205,7 +205,7 @@ class Dynarrays:
         ret.contents[: arr.cap] = arr.contents
         self.kmalloc.free(arr)
         if arr.shared and self.rcu_realloc:
-            rt.call_rcu(arr, lambda: rt.slab_free("kmalloc", arr, False))
+            rt.kfree_rcu("kmalloc", arr)
         elif arr.shared:  # krealloc(): kfree() of the old array, no grace period
             rt.slab_free("kmalloc", arr, False)
         return ret
@@ -277,7 +277,7 @@ class Dynarrays:
             if rt.active():
                 rt.may_sleep("kfree_rcu_mightsleep (dynarray_free_rcu)")
                 if arr.shared:
-                    rt.call_rcu(arr, lambda: rt.slab_free("kmalloc", arr, False))
+                    rt.kfree_rcu("kmalloc", arr)
 
     def append_remap_offset(self, remaps: Entry, new_offset: int, gfp: str) -> Entry:
         """``append_remap_offset()``: empty → simple; simple → its value in a

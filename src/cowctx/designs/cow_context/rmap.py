@@ -241,7 +241,7 @@ class CowContextRmap(AnonRmap):
             del self.contexts[current.ctx_id]
             self.ledger.free("cow_context")
             self._stab_write_end(current)
-            rt.call_rcu(current, _kfree("cow_context", current))  # kfree_rcu()
+            rt.kfree_rcu("cow_context", current)
             if parent is not None:
                 rt.point("store", parent, "refcount", True)
                 parent.refcount -= 1
@@ -816,8 +816,3 @@ class CowContextRmap(AnonRmap):
         from cowctx.designs.cow_context.checks import check_cow_context_invariants
 
         return check_cow_context_invariants(self)
-
-
-def _kfree(cache: str, obj: object) -> Callable[[], None]:
-    """The ``kfree()`` a ``kfree_rcu()`` runs after the grace period."""
-    return lambda: rt.slab_free(cache, obj, False)

@@ -11,6 +11,7 @@ import html
 import json
 
 from cowctx.concurrency.explorer import Program, run_schedule
+from cowctx.trace_event import complete, process_name, thread_name
 
 
 def replay_trace(program: Program, schedule: list[str]) -> list[tuple[str, str]]:
@@ -55,26 +56,11 @@ def trace_events(program: Program, schedule: list[str], detail: str) -> str:
     """Chrome trace-event JSON (JSON Object Format) of the schedule."""
     names: list[str] = program.names  # type: ignore[attr-defined]
     steps = replay_trace(program, schedule)
-    events: list[dict[str, object]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cowctx explore"}}
-    ]
-    for i, n in enumerate(names):
-        events.append(
-            {"name": "thread_name", "ph": "M", "pid": 1, "tid": i + 1, "args": {"name": n}}
-        )
+    events: list[dict[str, object]] = [process_name(1, "cowctx explore")]
+    events += [thread_name(1, i + 1, n) for i, n in enumerate(names)]
     for ts, (thread, label) in enumerate(steps):
-        events.append(
-            {
-                "name": label,
-                "cat": label.split(" ", 1)[0],
-                "ph": "X",
-                "ts": ts * 10,
-                "dur": 10,
-                "pid": 1,
-                "tid": names.index(thread) + 1,
-                "args": {"step": ts},
-            }
-        )
+        cat = label.split(" ", 1)[0]
+        events.append(complete(label, cat, ts * 10, 10, 1, names.index(thread) + 1, {"step": ts}))
     events.append(
         {
             "name": detail,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cowctx.trace_event import complete, process_name, thread_name
+
 CPU_PID = 1
 SLEEP_PID = 2
 
@@ -30,86 +32,26 @@ class TraceLog:
 
     def slice(self, cpu: int, thread: str, label: str, start: int, end: int) -> None:
         self.cpus.add(cpu)
-        self._add(
-            {
-                "name": label,
-                "cat": "op",
-                "ph": "X",
-                "ts": start / 1000,
-                "dur": (end - start) / 1000,
-                "pid": CPU_PID,
-                "tid": cpu,
-                "args": {"thread": thread},
-            }
-        )
+        self._add(_span(label, "op", start, end, CPU_PID, cpu, thread))
 
     def wait(self, cpu: int, thread: str, label: str, start: int, end: int) -> None:
         self.cpus.add(cpu)
-        self._add(
-            {
-                "name": label,
-                "cat": "lock wait (spin)",
-                "ph": "X",
-                "ts": start / 1000,
-                "dur": (end - start) / 1000,
-                "pid": CPU_PID,
-                "tid": cpu,
-                "args": {"thread": thread},
-            }
-        )
+        self._add(_span(label, "lock wait (spin)", start, end, CPU_PID, cpu, thread))
 
     def sleep(self, thread: str, label: str, start: int, end: int) -> None:
         tid = self.threads.setdefault(thread, len(self.threads))
-        self._add(
-            {
-                "name": label,
-                "cat": "lock wait (sleep)",
-                "ph": "X",
-                "ts": start / 1000,
-                "dur": (end - start) / 1000,
-                "pid": SLEEP_PID,
-                "tid": tid,
-                "args": {"thread": thread},
-            }
-        )
+        self._add(_span(label, "lock wait (sleep)", start, end, SLEEP_PID, tid, thread))
 
     def to_json(self, title: str) -> str:
         meta: list[dict[str, Any]] = [
-            {
-                "name": "process_name",
-                "ph": "M",
-                "pid": CPU_PID,
-                "tid": 0,
-                "args": {"name": f"{title}: CPUs"},
-            },
-            {
-                "name": "process_name",
-                "ph": "M",
-                "pid": SLEEP_PID,
-                "tid": 0,
-                "args": {"name": "threads asleep on a lock"},
-            },
+            process_name(CPU_PID, f"{title}: CPUs"),
+            process_name(SLEEP_PID, "threads asleep on a lock"),
         ]
-        for cpu in sorted(self.cpus):
-            meta.append(
-                {
-                    "name": "thread_name",
-                    "ph": "M",
-                    "pid": CPU_PID,
-                    "tid": cpu,
-                    "args": {"name": f"CPU {cpu}"},
-                }
-            )
-        for name, tid in sorted(self.threads.items(), key=lambda kv: kv[1]):
-            meta.append(
-                {
-                    "name": "thread_name",
-                    "ph": "M",
-                    "pid": SLEEP_PID,
-                    "tid": tid,
-                    "args": {"name": name},
-                }
-            )
+        meta += [thread_name(CPU_PID, cpu, f"CPU {cpu}") for cpu in sorted(self.cpus)]
+        meta += [
+            thread_name(SLEEP_PID, tid, name)
+            for name, tid in sorted(self.threads.items(), key=lambda kv: kv[1])
+        ]
         # a spin wait starts inside its op's slice and must sort after it
         body = sorted(self.events, key=lambda e: (e["pid"], e["tid"], e["ts"], -e["dur"]))
         return json.dumps(
@@ -120,3 +62,10 @@ class TraceLog:
             },
             separators=(",", ":"),
         )
+
+
+def _span(
+    label: str, cat: str, start: int, end: int, pid: int, tid: int, thread: str
+) -> dict[str, Any]:
+    """A slice from ``start`` to ``end`` (simulated ns; the format counts us)."""
+    return complete(label, cat, start / 1000, (end - start) / 1000, pid, tid, {"thread": thread})

@@ -81,30 +81,55 @@ static int wake(int rounds)
 	return 0;
 }
 
-static int pageout(long pages, int sleepers, int iters, int forker, int cpu_pager, int cpu_forker)
+/* The pager's address space: 2 * PAGES pages written, SLEEPERS children
+ * forked that share them and sleep, then the first half unmapped and the second
+ * written with VAL: the pager's own folios, in an anon_vma hierarchy of
+ * SLEEPERS + 1 mms.  Returns the second half, or NULL. */
+static char *pager_setup(long pages, int sleepers, char val, pid_t **kids)
 {
 	long psz = sysconf(_SC_PAGESIZE);
 	size_t len = (size_t)pages * psz;
 	char *buf = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	volatile int *stop = mmap(NULL, psz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (buf == MAP_FAILED || stop == MAP_FAILED)
-		return 2;
-	pid_t *kids = calloc(sleepers + 1, sizeof(pid_t));
-	pin(cpu_pager);
+	if (buf == MAP_FAILED)
+		return NULL;
+	*kids = calloc(sleepers + 1, sizeof(pid_t));
 	for (long i = 0; i < 2 * pages; i++)
 		buf[i * psz] = 1;
 	for (int k = 0; k < sleepers; k++) {
-		kids[k] = fork();
-		if (kids[k] == 0) {
+		(*kids)[k] = fork();
+		if ((*kids)[k] == 0) {
 			for (;;)
 				pause();
 		}
 	}
 	if (munmap(buf, len) != 0)
-		return 2;
+		return NULL;
 	buf += len;
 	for (long i = 0; i < pages; i++)
-		buf[i * psz] = 0;
+		buf[i * psz] = val;
+	return buf;
+}
+
+static void reap_sleepers(pid_t *kids, int sleepers)
+{
+	for (int k = 0; k < sleepers; k++) {
+		kill(kids[k], SIGKILL);
+		waitpid(kids[k], NULL, 0);
+	}
+}
+
+static int pageout(long pages, int sleepers, int iters, int forker, int cpu_pager, int cpu_forker)
+{
+	long psz = sysconf(_SC_PAGESIZE);
+	size_t len = (size_t)pages * psz;
+	volatile int *stop = mmap(NULL, psz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (stop == MAP_FAILED)
+		return 2;
+	pid_t *kids;
+	pin(cpu_pager);
+	char *buf = pager_setup(pages, sleepers, 0, &kids);
+	if (buf == NULL)
+		return 2;
 	pid_t fk = -1;
 	uint64_t t_start = now_ns();
 	if (forker) {
@@ -141,10 +166,7 @@ static int pageout(long pages, int sleepers, int iters, int forker, int cpu_page
 	*stop = 1;
 	if (fk > 0)
 		waitpid(fk, NULL, 0);
-	for (int k = 0; k < sleepers; k++) {
-		kill(kids[k], SIGKILL);
-		waitpid(kids[k], NULL, 0);
-	}
+	reap_sleepers(kids, sleepers);
 	for (int it = 0; it < iters; it++)
 		printf("%llu\n", (unsigned long long)lat[it]);
 	printf("forks %d %llu\n", forker ? stop[1] : 0, (unsigned long long)elapsed);
@@ -171,25 +193,13 @@ static int reclaim(long pages, int sleepers, int ms, int forker, int cpu_pusher,
 	}
 	long psz = sysconf(_SC_PAGESIZE);
 	size_t len = (size_t)pages * psz;
-	char *buf = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	volatile long *stop = mmap(NULL, psz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (buf == MAP_FAILED || stop == MAP_FAILED)
+	if (stop == MAP_FAILED)
 		return 2;
-	pid_t *kids = calloc(sleepers + 1, sizeof(pid_t));
-	for (long i = 0; i < 2 * pages; i++)
-		buf[i * psz] = 1;
-	for (int k = 0; k < sleepers; k++) {
-		kids[k] = fork();
-		if (kids[k] == 0) {
-			for (;;)
-				pause();
-		}
-	}
-	if (munmap(buf, len) != 0)
+	pid_t *kids;
+	char *buf = pager_setup(pages, sleepers, 2, &kids);
+	if (buf == NULL)
 		return 2;
-	buf += len;
-	for (long i = 0; i < pages; i++)
-		buf[i * psz] = 2;
 	pid_t fk = -1, pu = -1;
 	if (forker) {
 		fk = fork();
@@ -232,10 +242,7 @@ static int reclaim(long pages, int sleepers, int ms, int forker, int cpu_pusher,
 	waitpid(pu, NULL, 0);
 	if (fk > 0)
 		waitpid(fk, NULL, 0);
-	for (int k = 0; k < sleepers; k++) {
-		kill(kids[k], SIGKILL);
-		waitpid(kids[k], NULL, 0);
-	}
+	reap_sleepers(kids, sleepers);
 	printf("reads %ld %llu forks %ld\n", stop[2], (unsigned long long)elapsed, stop[1]);
 	return 0;
 }

@@ -386,15 +386,12 @@ def zap_pte_range(m: Machine, mm: MmStruct, start: int, end: int) -> None:
     active = rt.current is not None
     for vpn, pte in list(mm.iter_ptes(start, end)):
         pfn = pte_pfn(pte) if pte_present(pte) else ZERO_PFN
+        folio = mem_map[pfn] if pfn != ZERO_PFN else None
         if active:  # the PTE, and the folio's count when it maps one
-            if pfn != ZERO_PFN:
-                lk.pte(mm, vpn, True, mem_map[pfn])
-            else:
-                lk.pte(mm, vpn, True)
+            lk.pte(mm, vpn, True, *([folio] if folio is not None else []))
         del pgd[vpn]
-        if pte_present(pte):
-            if pfn != ZERO_PFN:
-                folio_remove_rmap_pte(m, mem_map[pfn])
+        if folio is not None:
+            folio_remove_rmap_pte(m, folio)
         elif is_swap_pte(pte):
             free_swap_and_cache(m, swp_offset(pte))
         # else a migration entry (only while a migration runs): it just goes

@@ -231,3 +231,25 @@ def test_suite_input_errors_exit_2() -> None:
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output
+
+
+def test_a_pct_campaign_without_the_bounded_search_finds_the_race_by_pct_alone() -> None:
+    """--pct-only: no `explore` block, the serial executions still classify, and
+    the miss of the unstabilised walk (a one-preemption race) is found by the PCT
+    runs themselves; the stabilised design is clean on the same schedules."""
+    case = "referenced×munmap-partial@fork3"
+    args = ["explore", "--suite", "stabilisation", "--case", case, "--jobs", "1", "--json"]
+    designs = "cow_context[no_stabilisation],cow_context"
+    pct = ["--pct", "60", "--pct-chunk", "30", "--pct-only"]
+    result = CliRunner().invoke(main, [*args, "--design", designs, *pct])
+    assert result.exit_code == 1, result.output
+    broken, fixed = (json.loads(line) for line in result.stdout.splitlines())
+    assert "explore" not in broken and "explore" not in fixed
+    assert broken["verdict"] == "violation" and broken["kinds"] == ["missed"]
+    assert broken["serial_kinds"] == []
+    assert broken["pct"]["executions"] == 60 and broken["pct"]["parts"] == 2
+    assert fixed["verdict"] == "clean" and fixed["pct"]["executions"] == 60
+    refused = CliRunner().invoke(main, ["explore", "--suite", "stabilisation", "--pct-only"])
+    assert refused.exit_code == 2 and "--pct-only needs --pct" in refused.output
+    on_file = ["explore", "scenarios/races/mremap-rmap-locks.yaml", "--pct", "5", "--pct-only"]
+    assert CliRunner().invoke(main, on_file).exit_code == 2

@@ -84,6 +84,12 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
     "seeded (seed << 20) + k).",
 )
 @click.option(
+    "--pct-only",
+    is_flag=True,
+    help="With --suite --pct: skip the bounded exhaustive search (a PCT campaign over "
+    "cases already explored to the bound); the serial executions still run.",
+)
+@click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
@@ -114,6 +120,7 @@ def explore_command(
     suite: str | None,
     case_globs: tuple[str, ...],
     pct_chunk: int | None,
+    pct_only: bool,
     jobs: int | None,
     dask_address: str | None,
     html_path: Path | None,
@@ -146,6 +153,7 @@ def explore_command(
             bound=bound,
             pct_runs=pct_runs,
             pct_chunk=pct_chunk,
+            pct_only=pct_only,
             depth=depth,
             seed=seed,
             max_executions=max_executions,
@@ -159,6 +167,7 @@ def explore_command(
     for what, given in {
         "--case": bool(case_globs),
         "--pct-chunk": pct_chunk is not None,
+        "--pct-only": pct_only,
         "--jobs": jobs is not None,
         "--dask": dask_address is not None,
     }.items():
@@ -344,6 +353,7 @@ def _explore_suite(
     bound: int,
     pct_runs: int | None,
     pct_chunk: int | None,
+    pct_only: bool,
     depth: int,
     seed: int,
     max_executions: int | None,
@@ -381,6 +391,9 @@ def _explore_suite(
                 f"error: --case: no case of {suite!r} matches {' '.join(case_globs)}", err=True
             )
             sys.exit(EXIT_BAD_INPUT)
+    if pct_only and not pct_runs:
+        click.echo("error: --pct-only needs --pct N", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     designs = parse_designs(design)
     options = Options(
         bound=None if bound < 0 else bound,
@@ -389,6 +402,7 @@ def _explore_suite(
         seed=seed,
         max_executions=max_executions,
         pct_chunk=pct_chunk,
+        dpor=not pct_only,
     )
     by_name = {c.name: c for c in cases}
 

@@ -42,6 +42,9 @@ class Options:
     pct_chunk: int | None = None
     """Split each job's PCT runs into parts of this many, each a job of its own
     (the same chunk size gives the same results; None: one part)."""
+    dpor: bool = True
+    """Run the exhaustive search (False: PCT and the serial executions only, for
+    a PCT campaign over cases whose bounded search has already been run)."""
 
     def pct_parts(self) -> list[tuple[int, int]]:
         """(part, runs) of each PCT part a job is split into ([] unless chunked)."""
@@ -73,7 +76,8 @@ def run_case(suite: str, case: Case, design: str, options: Options) -> Result:
 
 
 def _main_job(suite: str, case: Case, design: str, options: Options) -> Result:
-    """DPOR, the serial executions, and PCT unless it is split into parts."""
+    """DPOR (unless ``options.dpor`` is off), the serial executions, and PCT
+    unless it is split into parts."""
     from cowctx.concurrency.explorer import explore, random_walks
     from cowctx.concurrency.program import ScenarioProgram
 
@@ -88,11 +92,12 @@ def _main_job(suite: str, case: Case, design: str, options: Options) -> Result:
     }
     try:
         program = ScenarioProgram(case.scenario, design)
-        dpor = explore(
-            program, program.names, bound=options.bound, max_executions=options.max_executions
-        )
+        reports = {}
+        if options.dpor:
+            reports["explore"] = explore(
+                program, program.names, bound=options.bound, max_executions=options.max_executions
+            )
         serial = explore(program, program.names, bound=0, max_executions=options.max_executions)
-        reports = {"explore": dpor}
         if options.pct and not options.pct_parts():
             reports["pct"] = random_walks(
                 program, program.names, options.pct, options.seed, pct_depth=options.depth

@@ -36,6 +36,11 @@ def check_cow_context_invariants(rmap: CowContextRmap) -> list[str]:
         )
         if ctx.refcount != expected:
             problems.append(f"C{ctx.ctx_id}: refcount {ctx.refcount}, expected {expected}")
+        if ctx.writers or ctx.walkers:
+            problems.append(
+                f"C{ctx.ctx_id}: {ctx.writers} write section(s) and {ctx.walkers} walker pin(s) "
+                "open with every operation done"
+            )
         if ctx.parent is not None and (ctx.parent.freed or ctx not in ctx.parent.children):
             problems.append(f"C{ctx.ctx_id}: not in its parent's children list")
         for child in ctx.children:

@@ -17,6 +17,7 @@ from cowctx.concurrency.program import ScenarioProgram
 from cowctx.concurrency.suite import stabilisation_suite
 from cowctx.designs import get_design
 from cowctx.designs.cow_context.structs import CowContext
+from cowctx.oracle.oracle import check_machine
 from cowctx.scenario.loader import load_scenario
 from cowctx.scenario.runner import run_scenario
 
@@ -158,3 +159,35 @@ def test_a_walk_beside_two_whole_unmaps_is_not_told_it_missed() -> None:
     report = explore(program, program.names, bound=2)
     assert report.complete and report.executions > 100
     assert not report.violations, report.violations
+
+
+def test_two_exits_cascade_once() -> None:
+    """Two exits at once at the bottom of a fork3 chain (c2, then its parent c1): each
+    ``__put_cow_context()`` drops a reference on C1, and exactly one of them must go on
+    to free it (``refcount_dec_and_test()``: the decrement and its test one step).  The
+    model once tested the parent's count at the next point, after ending its write
+    section on it: both threads saw 0 and freed C1 (``bug``: not in its parent's list,
+    ``uaf`` on C1, a write section on C0 left open, on which the final oracle walk then
+    spun for ever: the suite's ``*×exit+exit@fork3`` cases never ended)."""
+    (case,) = [c for c in stabilisation_suite() if c.name == "referenced×exit+exit@fork3"]
+    threads = {k: v for k, v in case.scenario.threads.items() if k != "walker"}
+    program = ScenarioProgram(case.scenario.model_copy(update={"threads": threads}), "cow_context")
+    report = explore(program, program.names, bound=2)
+    assert report.complete and report.executions > 50
+    assert not report.violations, report.violations
+    assert program.run is not None
+    rmap = program.run.machine.rmap
+    assert sorted(rmap.contexts) == [0]  # type: ignore[attr-defined]
+
+
+def test_a_section_left_open_is_reported_not_waited_for() -> None:
+    """Outside an execution no thread can end a write section: the oracle's walk does
+    not wait for it (it used to spin for ever) and the invariants name it."""
+    (case,) = [c for c in stabilisation_suite() if c.name == "referenced×exit@fork3"]
+    run = run_scenario(case.scenario, "cow_context", check=False)
+    rmap = run.machine.rmap
+    root: CowContext = rmap.contexts[0]  # type: ignore[attr-defined]
+    assert not check_machine(run.machine)
+    root.writers = 1
+    found = [(v.kind, v.detail) for v in check_machine(run.machine)]
+    assert found == [("invariant", "C0: writers 1, with no thread running")], found

@@ -214,8 +214,8 @@ class CowContextRmap(AnonRmap):
         its parent, and cascade up."""
         rt.point("store", ctx, "refcount", True)
         ctx.refcount -= 1
-        current: CowContext | None = ctx
-        while current is not None and current.refcount == 0:
+        current: CowContext | None = ctx if ctx.refcount == 0 else None
+        while current is not None:
             # write sections on the parent (its children list), then on the
             # context itself (a walker that pinned it from folio->mapping before
             # the folio moved away): ancestor first, the walkers' order
@@ -242,11 +242,16 @@ class CowContextRmap(AnonRmap):
             self.ledger.free("cow_context")
             self._stab_write_end(current)
             rt.kfree_rcu("cow_context", current)
+            current = None
             if parent is not None:
+                # the section ends while the child's reference still pins the
+                # parent; then refcount_dec_and_test(): the decrement and its
+                # test are one atomic step, so one of two racing puts cascades on
+                self._stab_write_end(parent)
                 rt.point("store", parent, "refcount", True)
                 parent.refcount -= 1
-                self._stab_write_end(parent)
-            current = parent
+                if parent.refcount == 0:
+                    current = parent
 
     def root_of(self, ctx: CowContext) -> CowContext:
         while ctx.parent is not None:
@@ -322,12 +327,15 @@ class CowContextRmap(AnonRmap):
     @staticmethod
     def _stab_pin(ctx: CowContext) -> None:
         """The walker pins ``ctx`` (``walkers``), then checks for a writer; if one
-        is in, it backs off and waits for it (a spin: it may hold RCU here)."""
+        is in, it backs off and waits for it (a spin: it may hold RCU here).
+        Outside an explorer's execution no writer can be in: a count left
+        non-zero is a section that never ended, which :meth:`check_invariants`
+        reports (the oracle's walk must not spin on it)."""
         while True:
             rt.point("store", ctx, "walkers", True)
             ctx.walkers += 1
             rt.point("load", ctx, "writers")
-            if not ctx.writers:
+            if not ctx.writers or not rt.active():
                 return
             rt.point("store", ctx, "walkers", True)
             ctx.walkers -= 1
@@ -341,14 +349,16 @@ class CowContextRmap(AnonRmap):
     def _stab_first(self, folio: Folio) -> CowContext:
         """``folio->mapping`` under RCU (contexts are freed by ``kfree_rcu()``),
         pinned before RCU is left; a context whose refcount is already 0 lost the
-        folio to a reuse or a migration meanwhile: read the mapping again."""
+        folio to a reuse or a migration meanwhile: read the mapping again
+        (outside an explorer's execution nothing can change it: a dead context
+        there is :meth:`check_invariants`' to report, not a reason to spin)."""
         while True:
             rt.rcu_read_lock()
             rt.point("load", folio, "mapping")
             ctx = cast(CowContext, folio.mapping)
             self._stab_pin(ctx)
             rt.point("load", ctx, "refcount")
-            alive = ctx.refcount > 0
+            alive = ctx.refcount > 0 or not rt.active()
             if not alive:
                 self._stab_unpin(ctx)
             rt.rcu_read_unlock()
@@ -815,4 +825,12 @@ class CowContextRmap(AnonRmap):
     def check_invariants(self) -> list[str]:
         from cowctx.designs.cow_context.checks import check_cow_context_invariants
 
-        return check_cow_context_invariants(self)
+        # between executions' steps every write section has ended and every pin
+        # has been dropped (a thread that died inside one leaves it counted)
+        leaked = [
+            f"C{c.ctx_id}: {what} {n}, with no thread running"
+            for c in self.contexts.values()
+            for what, n in (("writers", c.writers), ("walkers", c.walkers))
+            if n
+        ]
+        return check_cow_context_invariants(self) + leaked

@@ -244,14 +244,14 @@ class CowContextRmap(AnonRmap):
             rt.kfree_rcu("cow_context", current)
             current = None
             if parent is not None:
-                # the section on the parent ends while the child's reference
-                # still keeps it; then refcount_dec_and_test(): the decrement
-                # decides (a read after it could see another put's decrement
-                # too, and both would free the parent)
+                # the section ends while the child's reference still pins the
+                # parent; then refcount_dec_and_test(): the decrement and its
+                # test are one atomic step, so one of two racing puts cascades on
                 self._stab_write_end(parent)
                 rt.point("store", parent, "refcount", True)
                 parent.refcount -= 1
-                current = parent if parent.refcount == 0 else None
+                if parent.refcount == 0:
+                    current = parent
 
     def root_of(self, ctx: CowContext) -> CowContext:
         while ctx.parent is not None:
@@ -327,14 +327,15 @@ class CowContextRmap(AnonRmap):
     @staticmethod
     def _stab_pin(ctx: CowContext) -> None:
         """The walker pins ``ctx`` (``walkers``), then checks for a writer; if one
-        is in, it backs off and waits for it (a spin: it may hold RCU here)."""
+        is in, it backs off and waits for it (a spin: it may hold RCU here).
+        Outside an explorer's execution no writer can be in: a count left
+        non-zero is a section that never ended, which :meth:`check_invariants`
+        reports (the oracle's walk must not spin on it)."""
         while True:
             rt.point("store", ctx, "walkers", True)
             ctx.walkers += 1
             rt.point("load", ctx, "writers")
-            if not ctx.writers or rt.current is None:
-                # one operation at a time no section can be open; a leaked one
-                # is check_cow_context_invariants()'s to report, not a hang
+            if not ctx.writers or not rt.active():
                 return
             rt.point("store", ctx, "walkers", True)
             ctx.walkers -= 1
@@ -348,14 +349,16 @@ class CowContextRmap(AnonRmap):
     def _stab_first(self, folio: Folio) -> CowContext:
         """``folio->mapping`` under RCU (contexts are freed by ``kfree_rcu()``),
         pinned before RCU is left; a context whose refcount is already 0 lost the
-        folio to a reuse or a migration meanwhile: read the mapping again."""
+        folio to a reuse or a migration meanwhile: read the mapping again
+        (outside an explorer's execution nothing can change it: a dead context
+        there is :meth:`check_invariants`' to report, not a reason to spin)."""
         while True:
             rt.rcu_read_lock()
             rt.point("load", folio, "mapping")
             ctx = cast(CowContext, folio.mapping)
             self._stab_pin(ctx)
             rt.point("load", ctx, "refcount")
-            alive = ctx.refcount > 0
+            alive = ctx.refcount > 0 or not rt.active()
             if not alive:
                 self._stab_unpin(ctx)
             rt.rcu_read_unlock()

@@ -11,10 +11,23 @@ from typing import Any
 
 import pytest
 
-from cowctx.contend.costs import DATA_DIR, CostFileError, from_json, load
-from cowctx.contend.count import step_counts
+from cowctx.clients.referenced import folio_referenced
+from cowctx.concurrency import runtime as rt
+from cowctx.contend.costs import (
+    DATA_DIR,
+    CostFileError,
+    classify,
+    classify_object,
+    from_json,
+    load,
+)
+from cowctx.contend.count import Counter, step_counts
 from cowctx.contend.fit import fit, nnls
+from cowctx.contend.run import PROBE
 from cowctx.linux.timing import SERIES, SMALL, fit_costs, refit, scenario_of
+from cowctx.mm.constants import PAGE_SHIFT
+from cowctx.scenario import schema as S
+from cowctx.scenario.runner import run_scenario, run_step
 
 STORED = sorted(DATA_DIR.glob("*.json"))
 
@@ -158,3 +171,53 @@ def test_recount_finds_stale_counts_and_refits() -> None:
     bad["raw"][0]["series"] = "nope"
     with pytest.raises(ValueError, match=r"x: raw\[0\].series: unknown series 'nope'"):
         recount(bad, "x")
+
+
+class _Recorder(Counter):
+    """The counting runtime, also keeping every (object, field) a step names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[object, object]] = []
+
+    def point(self, kind: str, obj: object, fld: object, write: bool) -> None:
+        self.seen.append((obj, fld))
+        super().point(kind, obj, fld, write)
+
+    def points(self, kind: str, accesses: list[tuple[object, object, bool]]) -> None:
+        self.seen += [(o, f) for o, f, _ in accesses]
+        super().points(kind, accesses)
+
+
+@pytest.mark.parametrize("design", ["anon_vma", "cow_context", "cow_context_poc"])
+def test_classify_per_type_agrees_with_each_object(design: str) -> None:
+    """classify() keeps its answer per type of object: every object the model's
+    fork, CoW fault, rmap walk and exit name must get the class its own
+    attributes give (a model class whose instances differ would be charged
+    wrongly, and this fails)."""
+    run = run_scenario(PROBE, design, check=False)
+    rec = _Recorder()
+    prev, rt.current = rt.current, rec  # type: ignore[assignment]
+    try:
+        run_step(run, S.ForkStep(op="fork", proc="p0", child="c0"))
+        run_step(run, S.WriteStep(op="write", proc="c0", page=0, pages=1))
+        mm = run.procs["p0"].mm
+        assert mm is not None
+        folio = run.machine.folio_at(run.procs["p0"], max(mm.pgd) << PAGE_SHIFT)
+        assert folio is not None and folio.mapcount == 2
+        folio_referenced(run.machine, folio)
+        run_step(run, S.ExitStep(op="exit", proc="c0"))
+    finally:
+        rt.current = prev
+    kinds = {classify_object(o, f) for o, f in rec.seen}
+    assert {"pte", "folio", "vma", "rmap"} <= kinds
+    wrong = [(type(o).__name__, f) for o, f in rec.seen if classify(o, f) != classify_object(o, f)]
+    assert wrong == []
+    # and the check would see a type whose instances differ
+    odd = [_Odd(), _Odd()]
+    odd[1].vm_id = 1  # type: ignore[attr-defined]
+    assert [classify(o, "x") for o in odd] != [classify_object(o, "x") for o in odd]
+
+
+class _Odd:
+    pass

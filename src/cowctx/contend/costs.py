@@ -49,7 +49,25 @@ DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "calibration"
 
 
 def classify(obj: object, fld: object) -> str:
-    """The class of a load/store of ``obj``'s ``fld``."""
+    """The class of a load/store of ``obj``'s ``fld``.  The answer for a field
+    of an object is kept per type of the object (:func:`classify_object` looks
+    at attributes every instance of a model class has): this runs for every
+    model step of a simulation."""
+    if type(fld) is tuple:
+        return "pte"
+    if fld == "folio":
+        return classify_object(obj, fld)
+    c = _CLASS_OF_TYPE.get(type(obj))
+    if c is None:
+        c = _CLASS_OF_TYPE[type(obj)] = classify_object(obj, fld)
+    return c
+
+
+_CLASS_OF_TYPE: dict[type, str] = {}
+
+
+def classify_object(obj: object, fld: object) -> str:
+    """:func:`classify` from the object itself (no per-type answer)."""
     if isinstance(fld, tuple):
         return "pte"
     if hasattr(obj, "vm_id"):

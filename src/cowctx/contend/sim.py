@@ -90,6 +90,8 @@ class SimThread:
     held: list[Hold] = field(default_factory=list)
     walk: SimWalk | None = None
     local: dict[str, object] = field(default_factory=dict)
+    wake: Callable[[simpy.Event], None] | None = None
+    """The callback that resumes this thread when the event it waits on fires."""
     failed_trylocks: int = 0
     """Failed try-locks of an anon rmap lock during the current operation."""
     done: bool = False
@@ -200,6 +202,7 @@ class Simulator:
         try:
             for i, t in enumerate(self.threads):
                 t.glet = greenlet(self._wrap(t), parent=self.main)
+                t.wake = self._waker(t)
                 delay = starts[i] if starts else 0
                 self.env.process(self._drive(t, delay))
             self.env.run(until=duration_ns)
@@ -207,6 +210,12 @@ class Simulator:
             self.stats.end = int(self.env.now)
             self._kill()
             rt.current = prev
+
+    def _waker(self, t: SimThread) -> Callable[[simpy.Event], None]:
+        def wake(ev: simpy.Event) -> None:
+            self._resume(t, ev._value)
+
+        return wake
 
     def _wrap(self, t: SimThread) -> Callable[[], None]:
         def body(*_: object) -> None:
@@ -222,19 +231,33 @@ class Simulator:
         return body
 
     def _drive(self, t: SimThread, delay: int) -> Any:
+        """The thread's start: a SimPy process (its ``Initialize`` and start
+        delay), then :meth:`_resume` from event callbacks."""
         if delay:
             yield self.env.timeout(delay)
-        value: object = None
-        assert t.glet is not None
+        self._resume(t, None)
+
+    def _resume(self, t: SimThread, value: object) -> None:
+        """Switch into ``t`` until it hands back an event to wait on, and wait on
+        it with a callback.  This is what a SimPy process does for a generator
+        (``Process._resume``: the callback appended to a pending event, an event
+        already processed resumed at once), without a generator per thread: one
+        callback per event instead of a process step and a ``send``."""
+        glet = t.glet
+        assert glet is not None
         while True:
             self.running = t
             try:
-                ev = t.glet.switch(value)
+                ev = glet.switch(value)
             finally:
                 self.running = None
-            if t.glet.dead:
+            if glet.dead:
                 return
-            value = yield ev
+            cbs = ev.callbacks
+            if cbs is not None:
+                cbs.append(t.wake)
+                return
+            value = ev._value  # already processed: go on at once
 
     def _kill(self) -> None:
         self.dying = True
@@ -340,11 +363,11 @@ class Simulator:
         """One step making several accesses (the MMU's store: the PTE and the
         page): one step of the first access's class, as the explorer makes it
         one scheduling point named by the first."""
-        t = self._me()
-        if t is None or not accesses:
+        t = self.running
+        if t is None or self.dying or not accesses:
             return
         obj, fld, _ = accesses[0]
-        t.pending += t.table[classify(obj, fld)]
+        t.pending += t.table["pte" if type(fld) is tuple else classify(obj, fld)]
         if self.cond_waiters and any(w for _, _, w in accesses):
             self._store_wakes()
 

@@ -297,3 +297,24 @@ def test_lock_tracing_instance_is_private_and_removed() -> None:
     assert set(os.listdir(tracefs_root() / "instances")) - before == set()
     with _lock_tracing(False) as off:
         assert off is None
+
+
+def test_the_stored_hold_scale_refits_from_the_stored_validation() -> None:
+    """The calibration's hold block is what python -m cowctx.contend.hold gives
+    for the stored validation measurement (the kernel's pageout walks that slept
+    on the root, the model's hold per fork+exit simulated at scale 1); a
+    measurement without lock waits is refused, naming the file and field."""
+    from cowctx.contend.hold import fit_hold_scale
+
+    data = json.loads(STORED[-1].read_text())
+    measured = json.loads((DATA_DIR / "validation" / STORED[-1].name).read_text())["measured"]
+    block = fit_hold_scale(measured, load(STORED[-1]), "v.json")
+    assert block == {**data["hold"], "source": "v.json"}
+    assert 0 < block["scale"] < 1  # the model held the root longer than the kernel can
+    assert block["kernel_hold_per_cycle_ns_at_most"] == round(
+        block["kernel_read_waits"] / block["kernel_walks"] / block["kernel_forks_per_s"] * 1e9, 1
+    )
+    bad = copy.deepcopy(measured)
+    del bad["2cpu"]["lock_waits"]
+    with pytest.raises(ValueError, match=r"v.json: measured.2cpu: KeyError"):
+        fit_hold_scale(bad, load(STORED[-1]), "v.json")

@@ -163,6 +163,9 @@ class Simulator:
         unlock happen up to q ns early (fewer simulation events, a faster run);
         sleeping locks (mmap_lock, anon_vma, VMA locks) are always exact."""
         self.costs = costs
+        self.hold_ppm = round(costs.hold_scale * 1_000_000)
+        """:attr:`CostModel.hold_scale` in millionths (integer arithmetic: results
+        byte-identical)."""
         self.cpus = CpuPool(self.env, cpus)
         self.slice_ns = 750_000 * (1 + (min(cpus, 8).bit_length() - 1))
         """EEVDF's base slice (``sysctl_sched_base_slice``, 0.75 ms scaled by
@@ -487,11 +490,14 @@ class Simulator:
         t = self._me()
         if t is None:
             return
+        after = 0
+        if self.hold_ppm < 1_000_000 and kind in RMAP_LOCK_KINDS and mode == "write":
+            after = self._defer_past_hold(t, kind, obj)
         if kind in SPIN_KINDS:
             self.advance(t)
         else:
             self.settle(t)
-        t.pending += t.table["lock"]
+        t.pending += t.table["lock"] + after
         entry = self.locks.get((kind, id(obj)))
         if entry is None:
             self.violation("bad_unlock", f"{t.name}: unlock of an unheld {kind}")
@@ -516,6 +522,23 @@ class Simulator:
             del self.locks[key]
         if self.cond_waiters:
             self._recheck()
+
+    def _defer_past_hold(self, t: SimThread, kind: str, obj: object) -> int:
+        """The hold-time calibration (:attr:`CostModel.hold_scale`): of the
+        fitted cost of the steps ``t`` took under this rmap write lock, only the
+        scaled share is spent inside it; the rest of the still unspent cost is
+        taken out now and returned, to be spent right after the unlock (same
+        operation, same total: the whole-operation fit is kept)."""
+        key = (kind, id(obj))
+        h = next((h for h in reversed(t.held) if h.key == key and h.mode == "write"), None)
+        if h is None:
+            return 0
+        spent = self.now - h.since
+        inside = spent + t.pending
+        target = inside * self.hold_ppm // 1_000_000
+        d = min(t.pending, max(0, inside - max(target, spent)))
+        t.pending -= d
+        return d
 
     def rcu_read_lock(self) -> None:
         t = self._me()

@@ -100,12 +100,14 @@ def simulate_pageout(
         "p99_ns": percentile(lat, 0.99),
         "max_ns": max(lat) if lat else 0,
         "forks_per_s": round(sim.stats.units.get("forker", 0) / secs, 1) if secs else 0.0,
+        "forker_units": sim.stats.units.get("forker", 0),
         "violations": sim.violations,
         "locks": {
             k: {
                 "wait_by_holder_ns": v["wait_by_holder_ns"],
                 "acquisitions": v["acquisitions"],
                 "contended": v["contended"],
+                "hold_total_ns": v["hold"]["total_ns"],
                 "hold_p50_ns": v["hold"]["p50_ns"],
                 "hold_max_ns": v["hold"]["max_ns"],
             }

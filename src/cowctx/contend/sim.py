@@ -4,9 +4,12 @@ the cost model, with kernel lock semantics.
 It implements the hook interface of :mod:`cowctx.concurrency.runtime` (the
 methods :class:`~cowctx.concurrency.scheduler.Execution` has), so the *same*
 model operations run here as under the explorer: no second model.  Each model
-thread runs plain nested model calls in its own greenlet; a SimPy process per
-thread switches into it and waits on whatever event the thread hands back (a
-timeout for the time its steps cost, a CPU, a lock hand-off).
+thread runs plain nested model calls in its own greenlet; the simulator switches
+into it and waits on whatever event the thread hands back (a timeout for the time
+its steps cost, a CPU, a lock hand-off), resuming it from that event's callback.
+
+Write holds of an rmap lock are as long as the kernel's, not as the fitted
+per-step costs make them: :attr:`CostModel.hold_scale` (:meth:`Simulator._defer_past_hold`).
 
 Time is charged lazily: a load or store adds its cost to the thread's pending
 time, which is spent (a SimPy timeout) before the next synchronisation point

@@ -49,7 +49,25 @@ DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "calibration"
 
 
 def classify(obj: object, fld: object) -> str:
-    """The class of a load/store of ``obj``'s ``fld``."""
+    """The class of a load/store of ``obj``'s ``fld``.  The answer for a field
+    of an object is kept per type of the object (:func:`classify_object` looks
+    at attributes every instance of a model class has): this runs for every
+    model step of a simulation."""
+    if type(fld) is tuple:
+        return "pte"
+    if fld == "folio":
+        return classify_object(obj, fld)
+    c = _CLASS_OF_TYPE.get(type(obj))
+    if c is None:
+        c = _CLASS_OF_TYPE[type(obj)] = classify_object(obj, fld)
+    return c
+
+
+_CLASS_OF_TYPE: dict[type, str] = {}
+
+
+def classify_object(obj: object, fld: object) -> str:
+    """:func:`classify` from the object itself (no per-type answer)."""
     if isinstance(fld, tuple):
         return "pte"
     if hasattr(obj, "vm_id"):
@@ -73,6 +91,16 @@ class CostModel:
     HZ=1000 is a few jiffies)."""
     source: str = "?"
     meta: dict[str, Any] = field(default_factory=dict)
+    hold_scale: float = 1.0
+    """The share of the fitted cost of the steps an operation takes under an
+    rmap write lock (``anon_vma_lock_write()``, a CoW context's lock) that is
+    spent holding it; the rest is spent right after the unlock.  1.0: all of it
+    (what a whole-operation fit gives).  Calibrated from how often this kernel's
+    MADV_PAGEOUT walks find the root anon_vma write-held beside a forker
+    (the calibration file's ``hold`` block, written by ``python -m
+    cowctx.contend.hold``): the per-class fit puts a
+    fork's or exit's cost wherever its steps are, and many are under the lock
+    in the model where the kernel's time is mostly outside it."""
 
     def op_of(self, op: str) -> str:
         if op in self.step:
@@ -111,6 +139,7 @@ def from_json(data: dict[str, Any], source: str) -> CostModel:
         }
         wakeup = float(fit["wakeup_ns"])
         gp = float(fit.get("rcu_gp_ns", 1_000_000.0))
+        hold_scale = float(data.get("hold", {}).get("scale", 1.0))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CostFileError(f"{source}: field fit: {type(exc).__name__}: {exc}") from exc
     for op, per in step.items():
@@ -119,7 +148,9 @@ def from_json(data: dict[str, Any], source: str) -> CostModel:
                 raise CostFileError(f"{source}: fit.step_ns.{op}: unknown class {c!r}")
             if v < 0:
                 raise CostFileError(f"{source}: fit.step_ns.{op}.{c}: negative cost {v}")
-    return CostModel(base, step, wakeup, gp, source, dict(data.get("machine", {})))
+    if not 0.0 < hold_scale <= 1.0:
+        raise CostFileError(f"{source}: hold.scale: {hold_scale} is not in (0, 1]")
+    return CostModel(base, step, wakeup, gp, source, dict(data.get("machine", {})), hold_scale)
 
 
 def load(path: Path | None = None) -> CostModel:

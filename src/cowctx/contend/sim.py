@@ -4,9 +4,12 @@ the cost model, with kernel lock semantics.
 It implements the hook interface of :mod:`cowctx.concurrency.runtime` (the
 methods :class:`~cowctx.concurrency.scheduler.Execution` has), so the *same*
 model operations run here as under the explorer: no second model.  Each model
-thread runs plain nested model calls in its own greenlet; a SimPy process per
-thread switches into it and waits on whatever event the thread hands back (a
-timeout for the time its steps cost, a CPU, a lock hand-off).
+thread runs plain nested model calls in its own greenlet; the simulator switches
+into it and waits on whatever event the thread hands back (a timeout for the time
+its steps cost, a CPU, a lock hand-off), resuming it from that event's callback.
+
+Write holds of an rmap lock are as long as the kernel's, not as the fitted
+per-step costs make them: :attr:`CostModel.hold_scale` (:meth:`Simulator._defer_past_hold`).
 
 Time is charged lazily: a load or store adds its cost to the thread's pending
 time, which is spent (a SimPy timeout) before the next synchronisation point
@@ -90,6 +93,8 @@ class SimThread:
     held: list[Hold] = field(default_factory=list)
     walk: SimWalk | None = None
     local: dict[str, object] = field(default_factory=dict)
+    wake: Callable[[simpy.Event], None] | None = None
+    """The callback that resumes this thread when the event it waits on fires."""
     failed_trylocks: int = 0
     """Failed try-locks of an anon rmap lock during the current operation."""
     done: bool = False
@@ -161,6 +166,9 @@ class Simulator:
         unlock happen up to q ns early (fewer simulation events, a faster run);
         sleeping locks (mmap_lock, anon_vma, VMA locks) are always exact."""
         self.costs = costs
+        self.hold_ppm = round(costs.hold_scale * 1_000_000)
+        """:attr:`CostModel.hold_scale` in millionths (integer arithmetic: results
+        byte-identical)."""
         self.cpus = CpuPool(self.env, cpus)
         self.slice_ns = 750_000 * (1 + (min(cpus, 8).bit_length() - 1))
         """EEVDF's base slice (``sysctl_sched_base_slice``, 0.75 ms scaled by
@@ -200,6 +208,7 @@ class Simulator:
         try:
             for i, t in enumerate(self.threads):
                 t.glet = greenlet(self._wrap(t), parent=self.main)
+                t.wake = self._waker(t)
                 delay = starts[i] if starts else 0
                 self.env.process(self._drive(t, delay))
             self.env.run(until=duration_ns)
@@ -207,6 +216,12 @@ class Simulator:
             self.stats.end = int(self.env.now)
             self._kill()
             rt.current = prev
+
+    def _waker(self, t: SimThread) -> Callable[[simpy.Event], None]:
+        def wake(ev: simpy.Event) -> None:
+            self._resume(t, ev._value)
+
+        return wake
 
     def _wrap(self, t: SimThread) -> Callable[[], None]:
         def body(*_: object) -> None:
@@ -222,19 +237,33 @@ class Simulator:
         return body
 
     def _drive(self, t: SimThread, delay: int) -> Any:
+        """The thread's start: a SimPy process (its ``Initialize`` and start
+        delay), then :meth:`_resume` from event callbacks."""
         if delay:
             yield self.env.timeout(delay)
-        value: object = None
-        assert t.glet is not None
+        self._resume(t, None)
+
+    def _resume(self, t: SimThread, value: object) -> None:
+        """Switch into ``t`` until it hands back an event to wait on, and wait on
+        it with a callback.  This is what a SimPy process does for a generator
+        (``Process._resume``: the callback appended to a pending event, an event
+        already processed resumed at once), without a generator per thread: one
+        callback per event instead of a process step and a ``send``."""
+        glet = t.glet
+        assert glet is not None
         while True:
             self.running = t
             try:
-                ev = t.glet.switch(value)
+                ev = glet.switch(value)
             finally:
                 self.running = None
-            if t.glet.dead:
+            if glet.dead:
                 return
-            value = yield ev
+            cbs = ev.callbacks
+            if cbs is not None:
+                cbs.append(t.wake)
+                return
+            value = ev._value  # already processed: go on at once
 
     def _kill(self) -> None:
         self.dying = True
@@ -340,11 +369,11 @@ class Simulator:
         """One step making several accesses (the MMU's store: the PTE and the
         page): one step of the first access's class, as the explorer makes it
         one scheduling point named by the first."""
-        t = self._me()
-        if t is None or not accesses:
+        t = self.running
+        if t is None or self.dying or not accesses:
             return
         obj, fld, _ = accesses[0]
-        t.pending += t.table[classify(obj, fld)]
+        t.pending += t.table["pte" if type(fld) is tuple else classify(obj, fld)]
         if self.cond_waiters and any(w for _, _, w in accesses):
             self._store_wakes()
 
@@ -464,11 +493,14 @@ class Simulator:
         t = self._me()
         if t is None:
             return
+        after = 0
+        if self.hold_ppm < 1_000_000 and kind in RMAP_LOCK_KINDS and mode == "write":
+            after = self._defer_past_hold(t, kind, obj)
         if kind in SPIN_KINDS:
             self.advance(t)
         else:
             self.settle(t)
-        t.pending += t.table["lock"]
+        t.pending += t.table["lock"] + after
         entry = self.locks.get((kind, id(obj)))
         if entry is None:
             self.violation("bad_unlock", f"{t.name}: unlock of an unheld {kind}")
@@ -493,6 +525,23 @@ class Simulator:
             del self.locks[key]
         if self.cond_waiters:
             self._recheck()
+
+    def _defer_past_hold(self, t: SimThread, kind: str, obj: object) -> int:
+        """The hold-time calibration (:attr:`CostModel.hold_scale`): of the
+        fitted cost of the steps ``t`` took under this rmap write lock, only the
+        scaled share is spent inside it; the rest of the still unspent cost is
+        taken out now and returned, to be spent right after the unlock (same
+        operation, same total: the whole-operation fit is kept)."""
+        key = (kind, id(obj))
+        h = next((h for h in reversed(t.held) if h.key == key and h.mode == "write"), None)
+        if h is None:
+            return 0
+        spent = self.now - h.since
+        inside = spent + t.pending
+        target = inside * self.hold_ppm // 1_000_000
+        d = min(t.pending, max(0, inside - max(target, spent)))
+        t.pending -= d
+        return d
 
     def rcu_read_lock(self) -> None:
         t = self._me()

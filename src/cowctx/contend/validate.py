@@ -100,11 +100,14 @@ def simulate_pageout(
         "p99_ns": percentile(lat, 0.99),
         "max_ns": max(lat) if lat else 0,
         "forks_per_s": round(sim.stats.units.get("forker", 0) / secs, 1) if secs else 0.0,
+        "forker_units": sim.stats.units.get("forker", 0),
         "violations": sim.violations,
         "locks": {
             k: {
                 "wait_by_holder_ns": v["wait_by_holder_ns"],
+                "acquisitions": v["acquisitions"],
                 "contended": v["contended"],
+                "hold_total_ns": v["hold"]["total_ns"],
                 "hold_p50_ns": v["hold"]["p50_ns"],
                 "hold_max_ns": v["hold"]["max_ns"],
             }
@@ -128,6 +131,18 @@ def side_by_side(
             row[f"measured_{key}"] = mv
             row[f"simulated_{key}"] = sv
             row[f"error_{key}"] = round((sv - mv) / mv, 3) if mv else 0.0
+        waits = m.get("lock_waits")
+        if waits:  # the kernel's pager walks that slept on the root (found it write-held)
+            walks = len(m["runs"]) * int(measured["iters"]) * pages
+            row["measured_read_waits"] = sum(int(w["READ"]["n"]) for w in waits)
+            row["measured_walks"] = walks
+            row["measured_read_wait_rate"] = round(row["measured_read_waits"] / walks, 5)
+        lk = sim["locks"].get("anon_vma:read", {})
+        row["simulated_read_wait_rate"] = (
+            round(int(lk.get("contended", 0)) / int(lk["acquisitions"]), 5)
+            if lk.get("acquisitions")
+            else 0.0
+        )
         if forker:
             mf = sorted(m["forks_per_s"])[len(m["forks_per_s"]) // 2]
             row["measured_forks_per_s"] = mf
@@ -198,8 +213,12 @@ def simulate_reclaim(
 
 
 def reclaim_side_by_side(measured: dict[str, Any], costs: CostModel) -> list[dict[str, Any]]:
-    """Folios kept because the rmap try-lock failed, measured (``nr_ref_keep`` of
-    the anon LRU over the pager's idle folios) and simulated, at 1 and 2 CPUs."""
+    """Folios kept, measured (``nr_ref_keep`` of the harness's anon LRU) and
+    simulated (the pager's folios rotated on a failed try-lock), at 1 and 2 CPUs.
+    ``nr_ref_keep`` is not only failed try-locks (docs/contention.md): with the
+    ``2cpu-outside`` measurement (the forker outside the pager's anon_vma
+    hierarchy) the 2-CPU row also has the kept rate that is left when fork and
+    exit never lock the pager's anon_vma, and the difference."""
     pages, sleepers = int(measured["pages"]), int(measured["sleepers"])
     rows = []
     for name, cpus in (("1cpu", 1), ("2cpu", 2)):
@@ -216,5 +235,13 @@ def reclaim_side_by_side(measured: dict[str, Any], costs: CostModel) -> list[dic
                 "simulated_kept": sim["rotations"],
                 "simulated_rate": sim["rotation_rate"],
             }
+        )
+    out = measured.get("2cpu-outside")
+    if out is not None and out.get("nr_scanned"):
+        rows[-1]["measured_outside_scanned"] = out["nr_scanned"]
+        rows[-1]["measured_outside_kept"] = out["nr_ref_keep"]
+        rows[-1]["measured_outside_rate"] = out["ref_keep_rate"]
+        rows[-1]["measured_rate_minus_outside"] = round(
+            rows[-1]["measured_rate"] - out["ref_keep_rate"], 4
         )
     return rows

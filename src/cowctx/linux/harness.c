@@ -33,6 +33,9 @@
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif
+#ifndef MADV_COLD
+#define MADV_COLD 20
+#endif
 
 static uint64_t now_ns(void)
 {
@@ -180,9 +183,33 @@ static int pageout(long pages, int sleepers, int iters, int forker, int cpu_page
  *   CPU_PUSHER, reads FILE round and round: its page cache charges the cgroup past
  *   its limit, and its direct reclaim scans the pager's idle folios:
  *   folio_referenced() with try_lock, which keeps a folio (FOLIOREF_KEEP) only
- *   when the try-lock fails.  With FORKER a forker on CPU_FORKER forks and reaps
- *   children in the pager's anon_vma hierarchy.  For MS milliseconds.  Prints
+ *   when the try-lock fails.  With FORKER 1 a forker on CPU_FORKER forks and reaps
+ *   children in the pager's anon_vma hierarchy; with FORKER 2 the same forker is
+ *   forked before the pager maps its pages (its forks and exits never lock their
+ *   anon_vma).  For MS milliseconds.  Prints
  *   "reads N ELAPSED_NS forks M". */
+static pid_t start_forker(volatile long *stop, int cpu)
+{
+	pid_t fk = fork();
+	if (fk == 0) {
+		pin(cpu);
+		long n = 0;
+		while (!stop[3]) /* the pager's set-up is done */
+			usleep(1000);
+		while (!stop[0]) {
+			pid_t g = fork();
+			if (g == 0)
+				_exit(0);
+			if (g > 0)
+				waitpid(g, NULL, 0);
+			n++;
+		}
+		stop[1] = n;
+		_exit(0);
+	}
+	return fk;
+}
+
 static int reclaim(long pages, int sleepers, int ms, int forker, int cpu_pusher, int cpu_forker,
 		   const char *procs, const char *file)
 {
@@ -197,27 +224,23 @@ static int reclaim(long pages, int sleepers, int ms, int forker, int cpu_pusher,
 	if (stop == MAP_FAILED)
 		return 2;
 	pid_t *kids;
+	pid_t fk = -1, pu = -1;
+	if (forker == 2) /* forked before the pager's mapping: outside its anon_vma hierarchy */
+		fk = start_forker(stop, cpu_forker);
 	char *buf = pager_setup(pages, sleepers, 2, &kids);
 	if (buf == NULL)
 		return 2;
-	pid_t fk = -1, pu = -1;
-	if (forker) {
-		fk = fork();
-		if (fk == 0) {
-			pin(cpu_forker);
-			long n = 0;
-			while (!stop[0]) {
-				pid_t g = fork();
-				if (g == 0)
-					_exit(0);
-				if (g > 0)
-					waitpid(g, NULL, 0);
-				n++;
-			}
-			stop[1] = n;
-			_exit(0);
-		}
+	/* idle for real: the set-up's writes left the pager's PTEs young, and a
+	 * folio with one young PTE is kept once (folio_check_references():
+	 * FOLIOREF_KEEP, counted in nr_ref_keep like a failed try-lock);
+	 * MADV_COLD clears the young bits and PG_referenced */
+	if (madvise(buf, len, MADV_COLD) != 0) {
+		perror("madvise(MADV_COLD)");
+		return 2;
 	}
+	stop[3] = 1;
+	if (forker == 1)
+		fk = start_forker(stop, cpu_forker);
 	pu = fork();
 	if (pu == 0) {
 		pin(cpu_pusher);

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from cowctx.cli import main
 from cowctx.concurrency.explorer import explore
 from cowctx.concurrency.program import ScenarioProgram
+from cowctx.concurrency.suite import stabilisation_suite
 from cowctx.designs.cow_context.poc import CowContextPoc
 from cowctx.designs.cow_context.stabilise_tolerant import TolerantPoc
 from cowctx.scenario.loader import load_scenario
@@ -116,3 +117,33 @@ def test_migration_restores_what_it_recorded(monkeypatch: pytest.MonkeyPatch) ->
     assert restored and all(r for r in restored)
     assert all(len(set(r)) == len(r) for r in restored)
     assert any(len(r) == 2 for r in restored)  # parent and child, when the fork came first
+
+
+def _suite_case(name: str) -> ScenarioProgram:
+    (case,) = [c for c in stabilisation_suite() if c.name == name]
+    return ScenarioProgram(case.scenario, "cow_context_poc[no_exclusive_abort,stab_tolerant]")
+
+
+def test_a_vma_split_between_the_re_check_and_the_probe_is_looked_up_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The suite found it (``referenced×munmap-partial@fork2``, bound 1): the walker
+    re-checked c1's VMA, then the munmap of its first half split it, leaving the
+    VMA object on the removed half, and the probe (``page_vma_mapped_walk()``
+    checks the address against the VMA) found nothing.  Re-reading the range after
+    an empty probe and looking up again fixes it; without that the miss is back."""
+    name = "referenced×munmap-partial@fork2"
+    program = _suite_case(name)
+    assert not explore(program, program.names, bound=1, naive=True).violations
+    original = TolerantPoc.rwc_walk_one
+
+    def always_a_hit(folio: Any, vma: Any, address: int, rwc: Any) -> bool:
+        hits = rwc.cost.cost["hits"]
+        ret = original(folio, vma, address, rwc)
+        rwc.cost.cost["hits"] = hits + 1  # the re-read after the probe never fires
+        return ret
+
+    monkeypatch.setattr(TolerantPoc, "rwc_walk_one", staticmethod(always_a_hit))
+    program = _suite_case(name)
+    found = explore(program, program.names, bound=1, naive=True).violations
+    assert "missed" in _kinds(set(found)), sorted(found)

@@ -63,6 +63,8 @@ from cowctx.mm.mm_types import MmStruct, VmAreaStruct
 from cowctx.rmap.protocol import RmapWalkControl
 
 Pair = tuple[MmStruct, int]
+VMA_RECHECK = "cow_context.vma_recheck"
+"""The ledger's name of a VMA lookup done again after a failed re-check."""
 
 
 def _u64(offset: int) -> int:
@@ -302,18 +304,33 @@ class TolerantPoc(CowContextPoc):
     ) -> bool:
         """The VMA covering ``address`` in ``mm`` (``vma_lookup()`` under RCU),
         re-checked, handed to ``rwc_walk_one()``: its ``page_vma_mapped_walk()``
-        reads the PTE.  No ``vm_pgoff`` check."""
-        rwc.cost.cost["vma_lookups"] += 1
+        reads the PTE.  No ``vm_pgoff`` check.  A VMA that fails the re-check
+        (reused by another mm, or a split or a munmap moved it off the address
+        since the lookup), before the probe or, when the probe found nothing,
+        after it (``page_vma_mapped_walk()`` checks the address against the
+        VMA's range too), means the tree changed: look again, as
+        ``lock_vma_under_rcu()``'s callers do."""
         if address < 0 or address + (1 << PAGE_SHIFT) > mm.task_size:
+            rwc.cost.cost["vma_lookups"] += 1
             return True
-        rt.point("load", mm, "mm_mt")
-        if rt.active():
-            rt.walk_unmapping(mm.mm_id, lambda a: bool(mm.vmas_in_range(a, a + 1)))
-        for vma in mm.vmas_in_range(address, address + (1 << PAGE_SHIFT)):
-            rt.point("load", vma, "range")  # READ_ONCE(vm_start), READ_ONCE(vm_end)
-            if vma.vm_mm is not mm or not vma.vm_start <= address < vma.vm_end:
-                continue  # reused by another mm, or moved off the address
-            hold.vmas += 1
-            if not self.rwc_walk_one(folio, vma, address, rwc):
-                return False
-        return True
+        while True:
+            rwc.cost.cost["vma_lookups"] += 1
+            rt.point("load", mm, "mm_mt")
+            if rt.active():
+                rt.walk_unmapping(mm.mm_id, lambda a: bool(mm.vmas_in_range(a, a + 1)))
+            again = False
+            for vma in mm.vmas_in_range(address, address + (1 << PAGE_SHIFT)):
+                rt.point("load", vma, "range")  # READ_ONCE(vm_start), READ_ONCE(vm_end)
+                if vma.vm_mm is not mm or not vma.vm_start <= address < vma.vm_end:
+                    again = True
+                    break
+                hold.vmas += 1
+                hits = rwc.cost.cost["hits"]
+                if not self.rwc_walk_one(folio, vma, address, rwc):
+                    return False
+                if rwc.cost.cost["hits"] == hits:  # nothing there: re-read after the probe
+                    rt.point("load", vma, "range")
+                    again = not vma.vm_start <= address < vma.vm_end
+            if not again:
+                return True
+            self.ledger.unlock(self._lock(VMA_RECHECK, "retry", "cow_context_walk"))

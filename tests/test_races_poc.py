@@ -1,8 +1,8 @@
 """The CoW context PoC's races (issue 11 item 3, docs/stabilisation.md): each file of
 scenarios/races/poc/ fails on the PoC at a preemption bound of at most 2, its
 committed schedule replays the violation, and the stabilisation schemes
-(cow_context_poc[stab_rwsem], [stab_seqcount], [stab_refcount]) make it clean,
-or are shown not to."""
+(cow_context_poc[stab_rwsem], [stab_seqcount], [stab_refcount], [stab_ranged],
+[stab_tolerant]) make it clean, or are shown not to."""
 
 from __future__ import annotations
 
@@ -88,7 +88,11 @@ LEFT: dict[tuple[str, str], set[str]] = {
     # ... and the end state of a reclaim that raced a fork is the PoC's sequential
     # exclusive shortcut (scenarios/poc/poc-exclusive-abort.yaml), the oracle's "missed"
     ("poc-sleep-under-rcu.yaml", "stab_seqcount"): {"sleep_in_atomic", "missed"},
+    # the tolerant walk stays under RCU over the callbacks too (tests/test_stab_tolerant.py)
+    ("poc-fork-unmap-exclusive.yaml", "stab_tolerant"): {"sleep_in_atomic"},
+    ("poc-sleep-under-rcu.yaml", "stab_tolerant"): {"sleep_in_atomic", "missed"},
 }
+SCHEMES = ["stab_rwsem", "stab_seqcount", "stab_refcount", "stab_ranged", "stab_tolerant"]
 
 
 @cache
@@ -100,7 +104,11 @@ def _violations(path: Path, design: str, naive: bool, bound: int = 2) -> frozens
 def test_every_race_file_is_in_the_table() -> None:
     assert sorted(p.name for p in POC.glob("*.yaml")) == sorted(FOUND) == sorted(FIXES)
     stems = sorted(p.stem for p in POC.glob("*.yaml"))
-    assert sorted(p.stem for p in SCHEDULES.glob("*.json")) == stems
+    # FILE.json: the race on its design; FILE.SCHEME.json: what a scheme leaves
+    assert sorted(p.stem for p in SCHEDULES.glob("*.json") if "." not in p.stem) == stems
+    for p in SCHEDULES.glob("*.*.json"):
+        race, scheme = p.stem.split(".")
+        assert race in stems and scheme in SCHEMES, p.name
 
 
 @pytest.mark.parametrize("name", sorted(FOUND))
@@ -128,7 +136,7 @@ def test_committed_schedule_replays(name: str) -> None:
     assert (kind, doc["detail"]) in {(v["kind"], v["detail"]) for v in out["explore"]["violations"]}
 
 
-@pytest.mark.parametrize("scheme", ["stab_rwsem", "stab_seqcount", "stab_refcount"])
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_scheme_makes_the_race_file_clean(name: str, scheme: str) -> None:
     """Every schedule within :data:`CLEAN_BOUND` preemptions (naive: no dependence
@@ -154,6 +162,8 @@ def test_the_schemes_leave_the_sequential_model_alone() -> None:
             "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_rwsem]",
             "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_seqcount]",
             "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_refcount]",
+            "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_ranged]",
+            "cow_context_poc[no_exclusive_abort,dynarray_insert,stab_tolerant]",
         )
     }
     graphs = {d: r.machine.rmap.graph() for d, r in runs.items()}
@@ -168,6 +178,11 @@ def test_scheme_names() -> None:
         get_design("cow_context_poc[stab_rwsem,stab_seqcount]")
     with pytest.raises(KeyError, match="exclusive"):
         get_design("cow_context_poc[stab_refcount,stab_rwsem]")
+    with pytest.raises(KeyError, match="exclusive"):
+        get_design("cow_context_poc[stab_ranged,stab_tolerant]")
+    assert get_design("cow_context_poc[stab_tolerant,no_exclusive_abort]").name == (
+        "cow_context_poc[no_exclusive_abort,stab_tolerant]"
+    )
     with pytest.raises(KeyError, match="stab_rwsem"):
         get_design("cow_context_poc[stab_nothing]")
 

@@ -117,7 +117,7 @@ class CowContextPoc(CowContextRmap):
         self.dyn = Dynarrays(
             Kmalloc(self._kmalloc_report),
             self.fixes.dynarray_insert,
-            rcu_realloc=self.stab.stab_seqcount,
+            rcu_realloc=self.stab.rcu_free,
         )
         self._dontunmap: tuple[VmAreaStruct, object] | None = None
         self._adjust: dict[int, tuple[int, int, int]] = {}
@@ -244,7 +244,7 @@ class CowContextPoc(CowContextRmap):
         ctx.mm = None
         self._write_end(ctx)
         self.put_cow_context(ctx)
-        if self.stab.stab_seqcount:  # the scheme: the mm outlives RCU readers
+        if self.stab.rcu_free:  # the scheme: the mm outlives RCU readers
             rt.kfree_rcu("mm_struct", mm)
         else:
             rt.slab_free("mm_struct", mm, False)  # free_mm(): kmem_cache_free()
@@ -987,7 +987,7 @@ def _poc_design(fixes: frozenset[str]) -> type[CowContextPoc]:
             raise KeyError(f"cow_context_poc: {', '.join(stab.enabled())} are exclusive")
         _CACHE[fixes] = type(
             "CowContextPocFixed",
-            (CowContextPoc,),
+            (stab.design_base(CowContextPoc),),
             {
                 "name": name,
                 "fixes": PocFixes(**dict.fromkeys(fixes & set(PocFixes.names()), True)),

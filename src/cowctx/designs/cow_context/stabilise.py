@@ -46,11 +46,31 @@ What a walker does differs:
   and waits (sleeping) until ``walkers`` drains to 0, then changes the context;
   the walker's references are dropped when the walk ends.  ``rmap_one`` may
   sleep; writers wait for every walk that reached their context.
+- **(a) ephemeral ranged locks** (``stab_ranged``,
+  :mod:`~cowctx.designs.cow_context.stabilise_ranged`): the same write
+  sections, each a range of the context's pgoff space taken in a per-context
+  range lock for the operation only (a node on the locker's stack, no object
+  per mapping); the walker takes ``[folio->index]`` for read in each context it
+  reaches, without RCU, so ``rmap_one`` may sleep.
+- **(b) walks that tolerate races** (``stab_tolerant``,
+  :mod:`~cowctx.designs.cow_context.stabilise_tolerant`): no write sections;
+  the walk stays under RCU, probes page tables at each candidate address
+  rather than trusting a VMA's ``vm_pgoff`` (type-safe VMAs re-checked),
+  re-reads the remap entry until no new offset appears, visits parents before
+  children (a fork lists the child before ``copy_page_range()``), remap
+  dynarrays are copied and published rather than shifted in place, the
+  ``mm_struct`` is freed after a grace period, and migration records the
+  (mm, address) pairs it converted for ``remove_migration_ptes()``.
+  ``rmap_one`` may not sleep (the seed's "MMU notifier a nightmare").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cowctx.designs.cow_context.poc import CowContextPoc
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,14 @@ class Stabilisation:
     one moved (RCU-deferred frees of dynarrays and mm_structs)."""
     stab_refcount: bool = False
     """A per-context walker count that writers wait to drain, without RCU."""
+    stab_ranged: bool = False
+    """Ephemeral ranged locks: per-context range locks over pgoff ranges, held
+    by writers for their operation and by the walker over the folio's index in
+    each context on its path, without RCU (seed, last slide, 1c)."""
+    stab_tolerant: bool = False
+    """Walks that tolerate races: page-table probes, re-checked type-safe VMAs,
+    re-read remap entries, parent-first order, copy-and-publish dynarrays,
+    RCU-freed mm, recorded migration pairs; under RCU (seed, last slide, 2)."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -74,10 +102,30 @@ class Stabilisation:
 
     @property
     def any(self) -> bool:
-        return self.stab_rwsem or self.stab_seqcount or self.stab_refcount
+        """Whether the scheme has write sections (every one but ``stab_tolerant``)."""
+        return self.stab_rwsem or self.stab_seqcount or self.stab_refcount or self.stab_ranged
+
+    @property
+    def rcu_free(self) -> bool:
+        """Whether what a reader under RCU can hold is freed after a grace period:
+        the array a dynarray grow replaces and the ``mm_struct``."""
+        return self.stab_seqcount or self.stab_tolerant
 
     @property
     def rcu_walk(self) -> bool:
         """Whether the walk runs under ``rcu_read_lock()`` (the PoC's and the
         seqcount scheme's; not the rwsem's or the walker count's)."""
-        return not (self.stab_rwsem or self.stab_refcount)
+        return not (self.stab_rwsem or self.stab_refcount or self.stab_ranged)
+
+    def design_base(self, base: type[CowContextPoc]) -> type[CowContextPoc]:
+        """The class a design with this scheme derives from: the PoC's own, or
+        the subclass that implements the scheme."""
+        if self.stab_ranged:
+            from cowctx.designs.cow_context.stabilise_ranged import RangedPoc
+
+            return RangedPoc
+        if self.stab_tolerant:
+            from cowctx.designs.cow_context.stabilise_tolerant import TolerantPoc
+
+            return TolerantPoc
+        return base

@@ -173,8 +173,8 @@ class Execution:
         self.ptl_held: dict[int, int] = {}
         """Page-table locks held, by mm id: the walks sample the other mms."""
         self._maps_dirty = False
-        self._pte_store = False
-        """The step that runs stores a PTE."""
+        """A PTE store or a PTL release since the walks were last sampled: set
+        when such a step is chosen, the sampling done before the next choice."""
         self._choose: Callable[[Execution, list[int]], int] | None = None
         self._oids: dict[int, int] = {}
         self._seen: list[object] = []
@@ -248,8 +248,6 @@ class Execution:
         if not first:
             if self.rcu.callbacks:
                 self._run_callbacks(self.trace[-1])
-            if self._pte_store:
-                self._maps_dirty = True
             if self._maps_dirty and self.mappings_of is not None:
                 self._sample_walks()
         enabled = self.enabled() if self._nready else self._live
@@ -259,8 +257,9 @@ class Execution:
             return None
         t = self.threads[self._choose(self, enabled)]  # type: ignore[misc]
         self.trace.append(_tuple_new(Event, (t.tid, t.pending, t.label)))
-        self._pte_store = t.pte_store  # only point() and points() set it
-        t.pte_store = False
+        if t.pte_store:  # only point() and points() set it: sampled after the step
+            self._maps_dirty = True
+            t.pte_store = False
         if t.ready is not None:
             t.ready, t.waiting, t.waits_on = None, "", None
             self._nready -= 1
@@ -278,8 +277,6 @@ class Execution:
         try:
             if self.rcu.callbacks:
                 self._run_callbacks(self.trace[-1])
-            if self._pte_store:
-                self._maps_dirty = True
             if self._maps_dirty and self.mappings_of is not None:
                 self._sample_walks()
             enabled = self.enabled() if self._nready else self._live
@@ -294,8 +291,9 @@ class Execution:
             self.main.switch(_STOP)  # type: ignore[union-attr]
             return  # pragma: no cover - main never switches back
         self.trace.append(_tuple_new(Event, (t.tid, t.pending, t.label)))
-        self._pte_store = t.pte_store
-        t.pte_store = False
+        if t.pte_store:
+            self._maps_dirty = True
+            t.pte_store = False
         if t.ready is not None:
             t.ready, t.waiting, t.waits_on = None, "", None
             self._nready -= 1
@@ -577,17 +575,19 @@ class Execution:
             t.spin -= 1
 
     def rcu_read_lock(self) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
-        self._park([(RCU_KEY, True)], "rcu_read_lock")
+        t.pending, t.label = [(RCU_KEY, True)], "rcu_read_lock"
+        self._yield()
         self.rcu.read_lock(t.tid)
 
     def rcu_read_unlock(self) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
-        self._park([(RCU_KEY, True)], "rcu_read_unlock")
+        t.pending, t.label = [(RCU_KEY, True)], "rcu_read_unlock"
+        self._yield()
         if not self.rcu.read_unlock(t.tid):
             self.violation("bad_unlock", f"{t.name}: unbalanced rcu_read_unlock")
 

@@ -35,8 +35,9 @@ _LOCK_OPS = {
 }
 """A lock step's verb by (read mode, trylock)."""
 _STOP = object()
-_tuple_new = tuple.__new__
 """A thread tells main that no thread can run any more."""
+_tuple_new = tuple.__new__
+"""Makes an :class:`Event` from a tuple without a Python-level call."""
 
 
 Label = str | tuple[str, object, object]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import random
 import re
 import types
 from pathlib import Path
@@ -264,3 +265,19 @@ def test_the_walk_probe_is_a_full_scan() -> None:
     b = ScenarioProgram(scenario, "anon_vma[revert_mremap_rmap_locks]")
     b.start = types.MethodType(blind, b)  # type: ignore[method-assign]
     assert set(explore(b, b.names, bound=2).violations) != set(scanned.violations)
+
+
+def test_the_uniform_chooser_draws_as_randrange() -> None:
+    """explorer._Uniform makes randrange()'s draws in place (seeded random runs
+    must stay what they were); a chooser that skips the draw when one thread is
+    enabled, or draws differently, must disagree."""
+    rng, ref = random.Random(7), random.Random(7)
+    choose = explorer._Uniform(rng)
+    sizes = [1, 2, 3, 2, 1, 5, 2, 4, 3, 1] * 50
+    got = [choose(None, list(range(n))) for n in sizes]  # type: ignore[arg-type]
+    assert got == [ref.randrange(n) for n in sizes]
+    assert rng.random() == ref.random()  # the same number of draws
+
+    skip, ref2 = random.Random(7), random.Random(7)
+    lazy = [0 if n == 1 else skip.randrange(n) for n in sizes]
+    assert lazy != [ref2.randrange(n) for n in sizes]

@@ -57,6 +57,8 @@ class Report:
     ) -> None:
         self.executions += 1
         self.final_states.add(state)
+        if not ex.violations and not found:
+            return
         schedule = [names[e.tid] for e in ex.trace]
         for kind, detail in [*ex.violations, *found]:
             old = self.violations.get((kind, detail))
@@ -355,12 +357,21 @@ def random_walks(
 
 
 class _Uniform:
+    """``enabled[rng.randrange(len(enabled))]``, with the draws of CPython's
+    ``Random._randbelow_with_getrandbits()`` (what ``randrange(n)`` does after
+    its argument checks) made here: the same numbers, one call fewer per step
+    (tests/test_concurrency_explorer.py checks they agree)."""
+
     def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
+        self.getrandbits = rng.getrandbits
 
     def __call__(self, ex: Execution, enabled: list[int]) -> int:
-        # randrange(n) is _randbelow(n) after argument checks: the same draws
-        return enabled[self.rng._randbelow(len(enabled))]  # type: ignore[attr-defined]
+        n = len(enabled)
+        k = n.bit_length()  # as _randbelow_with_getrandbits: draws even when n is 1
+        r = self.getrandbits(k)
+        while r >= n:
+            r = self.getrandbits(k)
+        return enabled[r]
 
 
 class _Pct:

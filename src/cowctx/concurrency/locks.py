@@ -71,6 +71,8 @@ class LockState:
     """The dependence key of releases, read by trylocks."""
     labels: dict[str, str] = field(default_factory=dict)
     """Step labels by operation (``lock``, ``down_read_trylock``, ...), made once."""
+    ptl_mm: int | None = None
+    """For a page-table lock: the id of the mm whose page table it locks."""
 
     def op_label(self, op: str) -> str:
         label = self.labels.get(op)
@@ -79,8 +81,12 @@ class LockState:
         return label
 
     def can_take(self, tid: int, mode: str) -> bool:
-        if mode == "read":
-            return self.writer is None
+        return self.can_read() if mode == "read" else self.can_write()
+
+    def can_read(self) -> bool:
+        return self.writer is None
+
+    def can_write(self) -> bool:
         return self.writer is None and not self.readers
 
     def take(self, tid: int, mode: str) -> None:

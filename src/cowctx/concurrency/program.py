@@ -100,9 +100,10 @@ class ScenarioProgram:
 
 
 def _thread_step(run: ScenarioRun, step: S.Step) -> str | None:
-    action = lower(step)
-    if not isinstance(action, ClientCall):
+    if not isinstance(step, S.ClientStep):  # lower() makes a ClientCall of these only
         return run_step(run, step)[0]
+    action = lower(step)
+    assert isinstance(action, ClientCall)
     m = run.machine
     task = run.procs[step.proc]
     if task.exit_state or task.mm is None:
@@ -200,14 +201,16 @@ def stale_entries(m: Machine) -> list[_Found]:
     """``stale``: a migration entry left behind once every thread is done, or a
     PTE to a folio that was freed (migration's old folio)."""
     out = []
+    mem_map = m.mem_map
     for mm in m.live_mms():
         for vpn, pte in sorted(mm.pgd.items()):
-            where = f"mm#{mm.mm_id} at {vpn << PAGE_SHIFT:#x}"
             if is_migration_entry(pte):
+                where = f"mm#{mm.mm_id} at {vpn << PAGE_SHIFT:#x}"
                 out.append(
                     _Found("stale", f"migration entry of pfn {pte_pfn(pte)} left at {where}")
                 )
-            elif pte_present(pte) and pte_pfn(pte) not in m.mem_map:
+            elif pte_present(pte) and pte_pfn(pte) not in mem_map:
+                where = f"mm#{mm.mm_id} at {vpn << PAGE_SHIFT:#x}"
                 out.append(_Found("stale", f"PTE to freed pfn {pte_pfn(pte)} at {where}"))
     return out
 

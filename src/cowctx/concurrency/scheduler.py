@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from greenlet import GreenletExit, greenlet
 
@@ -36,6 +36,8 @@ _LOCK_OPS = {
 """A lock step's verb by (read mode, trylock)."""
 _STOP = object()
 """A thread tells main that no thread can run any more."""
+_tuple_new = tuple.__new__
+"""Makes an :class:`Event` from a tuple without a Python-level call."""
 
 
 Label = str | tuple[str, object, object]
@@ -49,15 +51,13 @@ def format_label(label: Label) -> str:
     return f"{verb} {rt.describe(obj)}{rt.describe_field(fld)}"
 
 
-class Event:
-    """One step of one thread, as executed."""
+class Event(NamedTuple):
+    """One step of one thread, as executed.  A named tuple: the scheduler makes
+    one per step with ``tuple.__new__`` (no Python-level ``__init__``)."""
 
-    __slots__ = ("accesses", "raw_label", "tid")
-
-    def __init__(self, tid: int, accesses: list[Access], raw_label: Label) -> None:
-        self.tid = tid
-        self.accesses = accesses
-        self.raw_label = raw_label
+    tid: int
+    accesses: list[Access]
+    raw_label: Label
 
     def __repr__(self) -> str:
         return f"Event({self.tid}, {self.accesses!r}, {self.label!r})"
@@ -136,7 +136,8 @@ class Thread:
     done: bool = False
     spin: int = 0
     """Spinlocks held (atomic context)."""
-    held: list[tuple[LockState, str]] = field(default_factory=list)
+    held: list[tuple[LockState, str, int]] = field(default_factory=list)
+    """Locks held: (state, mode, :func:`held_rank`)."""
     walk: Walk | None = None
     local: dict[str, object] = field(default_factory=dict)
     pte_store: bool = False
@@ -173,13 +174,19 @@ class Execution:
         self.ptl_held: dict[int, int] = {}
         """Page-table locks held, by mm id: the walks sample the other mms."""
         self._maps_dirty = False
-        self._pte_store = False
-        """The step that runs stores a PTE."""
+        """A PTE store or a PTL release since the walks were last sampled: set
+        when such a step is chosen, the sampling done before the next choice."""
         self._choose: Callable[[Execution, list[int]], int] | None = None
         self._oids: dict[int, int] = {}
         self._seen: list[object] = []
         self._objkeys: list[tuple[str, int]] = []
         """``("obj", oid)`` for each oid: built once, not at every access."""
+        self._live = [t.tid for t in self.threads]
+        """The threads not done, in order (a new list at each change: a chooser
+        may keep the one it was given)."""
+        self._nready = 0
+        """Threads waiting on a ``ready`` condition: while none does, the enabled
+        threads are ``_live``."""
         self.blocked: list[Event] = []
         """When the run ended (done, deadlocked or abandoned): the pending step of
         each thread that could not run (a wait, a blocking lock), for DPOR."""
@@ -242,40 +249,57 @@ class Execution:
         if not first:
             if self.rcu.callbacks:
                 self._run_callbacks(self.trace[-1])
-            if self._pte_store:
-                self._maps_dirty = True
             if self._maps_dirty and self.mappings_of is not None:
                 self._sample_walks()
-        threads = self.threads
-        enabled = [t.tid for t in threads if not t.done and (t.ready is None or t.ready())]
+        enabled = self.enabled() if self._nready else self._live
         if not enabled:
-            if any(not t.done for t in threads):
+            if any(not t.done for t in self.threads):
                 self.violation("deadlock", self._cycle())
             return None
-        t = threads[self._choose(self, enabled)]  # type: ignore[misc]
-        self.trace.append(Event(t.tid, t.pending, t.label))
-        if t.pte_store:  # only point() and points() set it; other parks leave it False
-            self._pte_store = True
+        t = self.threads[self._choose(self, enabled)]  # type: ignore[misc]
+        self.trace.append(_tuple_new(Event, (t.tid, t.pending, t.label)))
+        if t.pte_store:  # only point() and points() set it: sampled after the step
+            self._maps_dirty = True
             t.pte_store = False
-        else:
-            self._pte_store = False
         if t.ready is not None:
             t.ready, t.waiting, t.waits_on = None, "", None
+            self._nready -= 1
         self.running = t
         return t
 
     def _yield(self) -> None:
         """The running thread parks (its pending step set): the step it ran is
-        over.  Returns when this thread is chosen to run its pending step."""
+        over.  Returns when this thread is chosen to run its pending step.
+
+        :meth:`_next` inlined (the explorer's hottest path): the same work in
+        the same order."""
         me = self.running
+        self.running = None
         try:
-            t = self._next()
+            if self.rcu.callbacks:
+                self._run_callbacks(self.trace[-1])
+            if self._maps_dirty and self.mappings_of is not None:
+                self._sample_walks()
+            enabled = self.enabled() if self._nready else self._live
+            if enabled:
+                t = self.threads[self._choose(self, enabled)]  # type: ignore[misc]
+            elif any(not t.done for t in self.threads):
+                self.violation("deadlock", self._cycle())
         except BaseException as exc:  # the chooser abandons the execution
             self.main.switch(exc)  # type: ignore[union-attr]
             raise  # pragma: no cover - main never switches back
-        if t is None:
+        if not enabled:
             self.main.switch(_STOP)  # type: ignore[union-attr]
-        elif t is not me:
+            return  # pragma: no cover - main never switches back
+        self.trace.append(_tuple_new(Event, (t.tid, t.pending, t.label)))
+        if t.pte_store:
+            self._maps_dirty = True
+            t.pte_store = False
+        if t.ready is not None:
+            t.ready, t.waiting, t.waits_on = None, "", None
+            self._nready -= 1
+        self.running = t
+        if t is not me:
             t.glet.switch()  # type: ignore[union-attr]
 
     def _body(self, t: Thread) -> Callable[[], None]:
@@ -290,6 +314,7 @@ class Execution:
                 t.done = True
                 t.label = "done"
                 t.pending = []
+                self._live = [tid for tid in self._live if tid != t.tid]
 
         return body
 
@@ -326,11 +351,13 @@ class Execution:
         # a walker (which takes the PTL to look) cannot see the states inside one
         assert self.mappings_of is not None
         probe = self.probe
-        frozen = frozenset(mm for mm, n in self.ptl_held.items() if n)
+        frozen: frozenset[int] | None = None
         for t in self.threads:
             w = t.walk
             if w is None:
                 continue
+            if frozen is None:  # made once, and only when a walk runs
+                frozen = frozenset(mm for mm, n in self.ptl_held.items() if n)
             # its own unmaps are of mappings it visited
             if probe is not None:
                 w.update_probe(probe, frozen)
@@ -406,16 +433,22 @@ class Execution:
             )
 
     def points(self, kind: str, accesses: list[tuple[object, object, bool]]) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
         pending: list[Access] = []
+        oids, objkeys = self._oids, self._objkeys
+        pte_store = False
         for obj, fld, write in accesses:
-            o = self.oid(obj)
-            pending += [((o, fld), write), (self._objkeys[o], False)]
+            o = oids.get(id(obj))
+            if o is None:
+                o = self.oid(obj)
+            pending.append(((o, fld), write))
+            pending.append((objkeys[o], False))
+            if write and isinstance(fld, tuple):
+                pte_store = True
         obj, fld, _ = accesses[0]
-        t.pending, t.label = pending, (kind, obj, fld)
-        t.pte_store = any(w and isinstance(f, tuple) for _, f, w in accesses)
+        t.pending, t.label, t.pte_store = pending, (kind, obj, fld), pte_store
         self._yield()
 
     def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
@@ -453,44 +486,60 @@ class Execution:
                 f"{kind} of {rt.describe(obj)}",
                 lock_key=("lock", kind, o),
                 unlocked_key=("unlocked", kind, o),
+                ptl_mm=_mm_id(obj) if kind == "ptl" else None,
             )
         return state
 
     def lock(self, kind: str, obj: object, mode: str, try_only: bool) -> bool:
+        # the explorer's second-hottest hook: LockState's can_take()/take() and
+        # held_rank() inlined (held locks carry their rank), the same checks
         t = self.running
         if t is None or self.dying:
             return True
-        state = self._lock_state(kind, obj)
+        o = self._oids.get(id(obj))
+        state = self.locks.get((kind, o)) if o is not None else None
+        if state is None:
+            state = self._lock_state(kind, obj)
         lk = state.kind
+        read = mode == "read"
+        op = _LOCK_OPS[read, try_only]
+        label = state.labels.get(op) or state.op_label(op)
         if not try_only:
             if lk.sleeps and (t.spin or self.rcu.in_reader(t.tid)):
                 where = "under a spinlock" if t.spin else "in an RCU read-side section"
                 self.violation("sleep_in_atomic", f"{t.name}: {state.label} ({mode}) {where}")
-            for held, held_mode in t.held:
-                if held_rank(held.kind, held_mode) > lk.rank:
+            rank = lk.rank
+            for held, _, rank_held in t.held:
+                if rank_held > rank:
                     self.violation(
                         "lock_order", f"{t.name}: {state.label} taken while holding {held.label}"
                     )
                     break
-        label = state.op_label(_LOCK_OPS[mode == "read", try_only])
-        key = state.lock_key
-        if not try_only:
-            t.pending, t.label = [(key, mode != "read")], label
-            t.ready = lambda: state.can_take(t.tid, mode)
+            t.pending, t.label = [(state.lock_key, not read)], label
+            t.ready = state.can_read if read else state.can_write
+            self._nready += 1
             t.waiting = state.label
             t.waits_on = state.holders
             self._yield()
         else:
             # a trylock's result also depends on releases: see unlock()
-            self._park([(key, True), (state.unlocked_key, False)], label)
-        if not state.can_take(t.tid, mode):
+            t.pending, t.label, t.pte_store = (
+                [(state.lock_key, True), (state.unlocked_key, False)],
+                label,
+                False,
+            )
+            self._yield()
+        if state.writer is not None or (not read and state.readers):  # not can_take()
             assert try_only
             return False
-        state.take(t.tid, mode)
-        t.held.append((state, mode))
-        if kind == "ptl":
-            mm_id = _mm_id(obj)
-            self.ptl_held[mm_id] = self.ptl_held.get(mm_id, 0) + 1
+        if read:
+            readers = state.readers
+            readers[t.tid] = readers.get(t.tid, 0) + 1
+        else:
+            state.writer = t.tid
+        t.held.append((state, mode, held_rank(lk, mode)))
+        if state.ptl_mm is not None:
+            self.ptl_held[state.ptl_mm] = self.ptl_held.get(state.ptl_mm, 0) + 1
         if not lk.sleeps:
             t.spin += 1
         return True
@@ -499,36 +548,47 @@ class Execution:
         t = self.running
         if t is None or self.dying:
             return
-        state = self._lock_state(kind, obj)
+        o = self._oids.get(id(obj))
+        state = self.locks.get((kind, o)) if o is not None else None
+        if state is None:
+            state = self._lock_state(kind, obj)
         # A release is dependent only on trylocks: a blocking acquisition races
         # with the previous acquisition (that is the reordering that matters),
         # as in Nidhugg and the source-DPOR paper's treatment of locks.
-        self._park([(state.unlocked_key, True)], state.op_label("unlock"))
+        t.pending, t.label, t.pte_store = (
+            [(state.unlocked_key, True)],
+            state.labels.get("unlock") or state.op_label("unlock"),
+            False,
+        )
+        self._yield()
         if not state.release(t.tid, mode):
             self.violation("bad_unlock", f"{t.name}: unlock of {state.label} it does not hold")
             return
-        if kind == "ptl":
-            self.ptl_held[_mm_id(obj)] -= 1
+        if state.ptl_mm is not None:
+            self.ptl_held[state.ptl_mm] -= 1
             self._maps_dirty = True  # what changed inside the section is visible now
-        for i in range(len(t.held) - 1, -1, -1):
-            if t.held[i][0] is state and t.held[i][1] == mode:
-                del t.held[i]
+        held = t.held
+        for i in range(len(held) - 1, -1, -1):
+            if held[i][0] is state and held[i][1] == mode:
+                del held[i]
                 break
         if not state.kind.sleeps:
             t.spin -= 1
 
     def rcu_read_lock(self) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
-        self._park([(RCU_KEY, True)], "rcu_read_lock")
+        t.pending, t.label = [(RCU_KEY, True)], "rcu_read_lock"
+        self._yield()
         self.rcu.read_lock(t.tid)
 
     def rcu_read_unlock(self) -> None:
-        t = self._me()
-        if t is None:
+        t = self.running
+        if t is None or self.dying:
             return
-        self._park([(RCU_KEY, True)], "rcu_read_unlock")
+        t.pending, t.label = [(RCU_KEY, True)], "rcu_read_unlock"
+        self._yield()
         if not self.rcu.read_unlock(t.tid):
             self.violation("bad_unlock", f"{t.name}: unbalanced rcu_read_unlock")
 
@@ -543,6 +603,7 @@ class Execution:
             return
         t.pending, t.label = [(RCU_KEY, True)], "synchronize_rcu: grace period ends"
         t.ready = lambda: self.rcu.completed(gp)
+        self._nready += 1
         t.waiting = "a grace period"
         t.waits_on = lambda: self.rcu.blocking(gp)
         self._yield()
@@ -599,6 +660,7 @@ class Execution:
             f"wait {kind} {rt.describe(obj)}.{fld}",
         )
         t.ready = ready
+        self._nready += 1
         t.waiting = f"{kind} {rt.describe(obj)}.{fld}"
         t.waits_on = lambda: []
         self._yield()

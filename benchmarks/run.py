@@ -229,9 +229,17 @@ def main() -> int:
         print(f"\n[{design}]")
         for key, value in figures.items():
             print(f"  {key:55s} {value:14,.2f}")
-    from explore import bench_reduction, bench_speed  # type: ignore[import-not-found]
+    from explore import (  # type: ignore[import-not-found]
+        bench_bare_scheduler,
+        bench_reduction,
+        bench_speed,
+    )
 
-    explorer = {**bench_speed(200 if quick else 2000), **bench_reduction()}
+    explorer = {
+        **bench_speed(200 if quick else 2000),
+        **bench_bare_scheduler(200 if quick else 2000),
+        **bench_reduction(),
+    }
     results["explorer"] = explorer
     print("\n[explorer: anon_vma, two threads; DPOR against naive on scenarios/races]")
     for key, value in explorer.items():

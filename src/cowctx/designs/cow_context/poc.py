@@ -784,6 +784,10 @@ class CowContextPoc(CowContextRmap):
         if reached is not None:
             reached.append((ctx, ctx.seq))
 
+    def _walk_leave(self, ctx: CowContext) -> None:
+        """The walk is done with ``ctx`` and its subtree (post-order): nothing
+        for the PoC and the schemes here; the range lock drops its node."""
+
     def _walk_finish(self, reached: list[tuple[CowContext, int]]) -> bool:
         """End of one pass: release what :meth:`_walk_enter` took (or re-check
         the counts: True means run again), leave RCU, then run the ``__mmdrop()``
@@ -833,6 +837,7 @@ class CowContextPoc(CowContextRmap):
             if curr is root:
                 return
             yield curr
+            self._walk_leave(curr)
             parent = curr.parent
             assert parent is not None
             rt.point("load", parent, "children")

@@ -312,46 +312,15 @@ class RangedPoc(CowContextPoc):
         path.append((ctx, node))
         self.ledger.unlock(self._lock(RANGE_LOCK, "read", "cow_context_walk"))
 
-    def _leave(self, ctx: CowContext) -> None:
-        """The walk is done with ``ctx`` and its subtree: drop its node."""
+    def _walk_leave(self, ctx: CowContext) -> None:
+        """The walk is done with ``ctx`` and its subtree: drop its node.  The
+        PoC's ``traverse_contexts()`` calls it after each post-order visit; no
+        RCU is needed there, the held parent keeps the child on its list."""
         path = self._path[self._who()]
         for i in range(len(path) - 1, 0, -1):
             if path[i][0] is ctx:
                 self._release(ctx, path.pop(i)[1])
                 return
-
-    def traverse_contexts(self, root: CowContext) -> Iterator[CowContext]:
-        """``traverse_contexts()`` as the PoC's (root first, then post-order,
-        newest child first), each context range-locked when first reached and
-        unlocked once it and its subtree are visited.  No RCU: the held parent
-        keeps the child on its list."""
-        self._walk_enter(root)
-        yield root
-        parent: CowContext | None = None
-        curr = root
-        while True:
-            if curr is not parent:
-                rt.point("load", curr, "children")
-                first = curr.children[0] if curr.children else None
-                if first is not None:
-                    self._walk_enter(first)
-                    curr = first
-                    continue
-            if curr is root:
-                return
-            yield curr
-            self._leave(curr)
-            parent = curr.parent
-            assert parent is not None
-            rt.point("load", parent, "children")
-            siblings = parent.children
-            i = siblings.index(curr)
-            nxt = siblings[i + 1] if i + 1 < len(siblings) else None
-            if nxt is not None:
-                self._walk_enter(nxt)
-                curr = nxt
-            else:
-                curr = parent
 
     def _walk_done(self, me: int) -> None:
         """Drop every node still held (children first), the pin, then run a

@@ -253,3 +253,35 @@ def test_a_pct_campaign_without_the_bounded_search_finds_the_race_by_pct_alone()
     assert refused.exit_code == 2 and "--pct-only needs --pct" in refused.output
     on_file = ["explore", "scenarios/races/mremap-rmap-locks.yaml", "--pct", "5", "--pct-only"]
     assert CliRunner().invoke(main, on_file).exit_code == 2
+
+
+def test_a_campaign_resumes_from_its_earlier_output(tmp_path: Path) -> None:
+    """--resume reuses the rows an earlier --json run holds (here one is doctored:
+    the resumed run must carry it, not recompute it), runs the rest, and gives the
+    same rows in the same order as one whole run; rows computed with other options
+    and lines that are not results are refused, naming the file and line."""
+    cases = ["referenced×fork@fork2", "referenced×cow@fork2", "referenced×munmap-whole@fork2"]
+    base = ["explore", "--suite", "stabilisation", "--design", "anon_vma", "--jobs", "1"]
+    pick = [a for c in cases for a in ("--case", c)]
+    whole = CliRunner().invoke(main, [*base, *pick, "--json"])
+    assert whole.exit_code == 0, whole.output
+    rows = [json.loads(line) for line in whole.stdout.splitlines()]
+    assert sorted(r["case"] for r in rows) == sorted(cases)  # in the suite's order
+    assert all(r["options"]["bound"] == 2 for r in rows)
+    earlier = tmp_path / "earlier.jsonl"
+    doctored = {**rows[0], "verdict": "violation", "kinds": ["missed"]}
+    earlier.write_text(json.dumps(doctored) + "\n\n" + json.dumps(rows[1]) + "\n")
+    resumed = CliRunner().invoke(main, [*base, *pick, "--json", "--resume", str(earlier)])
+    assert resumed.exit_code == 1, resumed.output  # the doctored row's violation
+    again = [json.loads(line) for line in resumed.stdout.splitlines()]
+    assert again[0] == doctored and again[1] == rows[1]
+    assert strip_wall_clock(again[2]) == strip_wall_clock(rows[2])
+    assert "2 results of" in resumed.stderr and "[1/1]" in resumed.stderr
+    other = tmp_path / "bound1.jsonl"
+    other.write_text(json.dumps({**rows[0], "options": {**rows[0]["options"], "bound": 1}}) + "\n")
+    refused = CliRunner().invoke(main, [*base, *pick, "--resume", str(other)])
+    assert refused.exit_code == 2 and "row 1" in refused.stderr and "bound=1" in refused.stderr
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    refused = CliRunner().invoke(main, [*base, *pick, "--resume", str(junk)])
+    assert refused.exit_code == 2 and f"{junk}:2" in refused.stderr

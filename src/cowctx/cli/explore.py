@@ -90,6 +90,14 @@ SCHEDULE_FORMAT = "cowctx-schedule/1"
     "cases already explored to the bound); the serial executions still run.",
 )
 @click.option(
+    "--resume",
+    "resume_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --suite: the --json output of an earlier run with the same options; the "
+    "(case, design) results it holds are reused, not run again (a campaign in pieces).",
+)
+@click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
@@ -121,6 +129,7 @@ def explore_command(
     case_globs: tuple[str, ...],
     pct_chunk: int | None,
     pct_only: bool,
+    resume_path: Path | None,
     jobs: int | None,
     dask_address: str | None,
     html_path: Path | None,
@@ -154,6 +163,7 @@ def explore_command(
             pct_runs=pct_runs,
             pct_chunk=pct_chunk,
             pct_only=pct_only,
+            resume_path=resume_path,
             depth=depth,
             seed=seed,
             max_executions=max_executions,
@@ -168,6 +178,7 @@ def explore_command(
         "--case": bool(case_globs),
         "--pct-chunk": pct_chunk is not None,
         "--pct-only": pct_only,
+        "--resume": resume_path is not None,
         "--jobs": jobs is not None,
         "--dask": dask_address is not None,
     }.items():
@@ -354,6 +365,7 @@ def _explore_suite(
     pct_runs: int | None,
     pct_chunk: int | None,
     pct_only: bool,
+    resume_path: Path | None,
     depth: int,
     seed: int,
     max_executions: int | None,
@@ -405,6 +417,7 @@ def _explore_suite(
         dpor=not pct_only,
     )
     by_name = {c.name: c for c in cases}
+    done = _resume(resume_path, options) if resume_path is not None else None
 
     def progress(done: int, total: int, r: dict[str, Any] | PctPart) -> None:
         if isinstance(r, PctPart):
@@ -422,7 +435,14 @@ def _explore_suite(
 
     results = []
     for r in run_suite(
-        suite, cases, designs, options, jobs=jobs, dask_address=dask_address, progress=progress
+        suite,
+        cases,
+        designs,
+        options,
+        jobs=jobs,
+        dask_address=dask_address,
+        progress=progress,
+        done=done,
     ):
         found = shortest_violations(r)
         if schedule_dir is not None and found:
@@ -441,6 +461,32 @@ def _explore_suite(
         click.echo(f"report written to {html_path}", err=as_json)
     failed = any(r["verdict"] != "clean" for r in results)
     sys.exit(EXIT_FAIL if failed else EXIT_OK)
+
+
+def _resume(path: Path, options: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """``--resume``: the reusable rows of an earlier ``--json`` run (exit 2 on a
+    line that is not one, or on a row computed with other options)."""
+    from cowctx.concurrency.suite.run import resumable
+
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "case" not in row or "design" not in row:
+                raise ValueError("not a suite result (no case and design)")
+        except ValueError as err:
+            click.echo(f"error: --resume: {path}:{n}: {err}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        rows.append(row)
+    try:
+        done = resumable(rows, options)
+    except ValueError as err:
+        click.echo(f"error: --resume: {path}: {err}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"--resume: {len(done)} results of {path} reused", err=True)
+    return done
 
 
 def _write_case(directory: Path, scenario: Scenario) -> str:

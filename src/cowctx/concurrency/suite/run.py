@@ -14,7 +14,7 @@ wall-clock fields (:data:`WALL_CLOCK`).  PCT uses the same seed in every job
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,18 @@ class Options:
     dpor: bool = True
     """Run the exhaustive search (False: PCT and the serial executions only, for
     a PCT campaign over cases whose bounded search has already been run)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """What a result was computed with (a resumed run must match it)."""
+        return {
+            "bound": self.bound,
+            "pct": self.pct,
+            "depth": self.depth,
+            "seed": self.seed,
+            "max_executions": self.max_executions,
+            "pct_chunk": self.pct_chunk,
+            "dpor": self.dpor,
+        }
 
     def pct_parts(self) -> list[tuple[int, int]]:
         """(part, runs) of each PCT part a job is split into ([] unless chunked)."""
@@ -89,6 +101,7 @@ def _main_job(suite: str, case: Case, design: str, options: Options) -> Result:
         "writers": list(case.writers),
         "shape": case.shape,
         "design": design,
+        "options": options.to_json(),
     }
     try:
         program = ScenarioProgram(case.scenario, design)
@@ -177,21 +190,60 @@ def run_suite(
     jobs: int | None = None,
     dask_address: str | None = None,
     progress: Progress | None = None,
+    done: Mapping[tuple[str, str], Result] | None = None,
 ) -> Iterator[Result]:
     """Every case × design, case-major, yielded in that order as soon as every
     earlier one is done; ``progress`` on each finished job (a (case, design)'s
     main job, or one of its PCT parts).  ``jobs`` local worker processes (1: in
-    this process), or the Dask scheduler at ``dask_address``."""
+    this process), or the Dask scheduler at ``dask_address``.  ``done``: results
+    of an earlier run with the same options (:func:`resumable`), by (case,
+    design): yielded in their place, not run again."""
+    done = done or {}
     parts = options.pct_parts()
     work: list[tuple[Case, str, tuple[int, int] | None]] = [
-        (case, design, part) for case in cases for design in designs for part in [None, *parts]
+        (case, design, part)
+        for case in cases
+        for design in designs
+        if (case.name, design) not in done
+        for part in [None, *parts]
     ]
     outputs = _execute(suite, work, options, jobs, dask_address, progress)
-    for _ in range(len(cases) * len(designs)):
-        main = next(outputs)
-        assert isinstance(main, dict)
-        done = [next(outputs) for _ in parts]
-        yield _assemble(main, [p for p in done if isinstance(p, PctPart)])
+    for case in cases:
+        for design in designs:
+            if (case.name, design) in done:
+                yield done[(case.name, design)]
+                continue
+            main = next(outputs)
+            assert isinstance(main, dict)
+            finished = [next(outputs) for _ in parts]
+            yield _assemble(main, [p for p in finished if isinstance(p, PctPart)])
+
+
+def resumable(rows: Iterable[Result], options: Options) -> dict[tuple[str, str], Result]:
+    """The results of an earlier ``--json`` run that ``options`` may reuse, by
+    (case, design): those computed with the same options (rows of a run from
+    before results carried them: the same bound, and PCT only if asked for).
+    Rows that raised are run again.  Raises ValueError on a row computed
+    otherwise: mixing them would make a matrix of two different searches."""
+    want = options.to_json()
+    out: dict[tuple[str, str], Result] = {}
+    for i, row in enumerate(rows, 1):
+        if row.get("verdict") == "error":
+            continue
+        have = row.get("options")
+        if have is None:
+            bound = row.get("explore", {}).get("bound", options.bound)
+            have = {**want, "bound": bound, "pct": want["pct"] if "pct" in row else None}
+        if have != want:
+            diff = sorted(k for k in want if have.get(k) != want[k])
+            raise ValueError(
+                f"row {i} ({row.get('case')} on {row.get('design')}): computed with "
+                + ", ".join(f"{k}={have.get(k)!r}" for k in diff)
+                + ", not "
+                + ", ".join(f"{k}={want[k]!r}" for k in diff)
+            )
+        out[(row["case"], row["design"])] = row
+    return out
 
 
 def _job(

@@ -240,6 +240,11 @@ class _Recorder(Counter):
         self.seen += [(o, f) for o, f, _ in accesses]
         super().points(kind, accesses)
 
+    def pte(self, mm: object, vpn: int, write: bool, folios: tuple[object, ...]) -> None:
+        self.seen.append((mm, ("pte", vpn)))
+        self.seen += [(f, fld) for f in folios for fld in ("mapcount", "refcount")]
+        super().pte(mm, vpn, write, folios)
+
 
 @pytest.mark.parametrize("design", ["anon_vma", "cow_context", "cow_context_poc"])
 def test_classify_per_type_agrees_with_each_object(design: str) -> None:

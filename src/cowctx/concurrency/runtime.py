@@ -6,6 +6,12 @@ sequential model.  Under an explorer, ``current`` is the running
 :class:`~cowctx.concurrency.scheduler.Execution` and each hook is a scheduling
 point of the calling thread (a greenlet).
 
+The page-table step, the most frequent, is not a function here: the model's
+:func:`cowctx.mm.locking.pte` calls the running object's ``pte(mm, vpn, write,
+folios)`` directly, the same step as :func:`points` of ``(mm, ("pte", vpn),
+write)`` and each folio's ``mapcount`` and ``refcount`` stores, built by the
+implementation only as far as it needs them.
+
 Keys: an access is to ``(object, field)``.  Fields are coarse on purpose (one
 ``range`` for ``vm_start``/``vm_end``/``vm_pgoff``) so that two steps touching
 the same kernel word are always seen as dependent.

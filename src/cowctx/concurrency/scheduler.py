@@ -258,7 +258,7 @@ class Execution:
             return None
         t = self.threads[self._choose(self, enabled)]  # type: ignore[misc]
         self.trace.append(_tuple_new(Event, (t.tid, t.pending, t.label)))
-        if t.pte_store:  # only point() and points() set it: sampled after the step
+        if t.pte_store:  # only point(), points() and pte() set it: sampled after the step
             self._maps_dirty = True
             t.pte_store = False
         if t.ready is not None:
@@ -450,6 +450,42 @@ class Execution:
         obj, fld, _ = accesses[0]
         t.pending, t.label, t.pte_store = pending, (kind, obj, fld), pte_store
         self._yield()
+
+    def pte(self, mm: object, vpn: int, write: bool, folios: tuple[object, ...]) -> None:
+        """A PTE step (:func:`cowctx.mm.locking.pte`): exactly :meth:`point` of
+        ``(mm, ("pte", vpn))`` without ``folios``, else :meth:`points` of it and
+        each folio's ``mapcount`` and ``refcount`` stores (:func:`~cowctx.mm.locking.counts`)."""
+        t = self.running
+        if t is None or self.dying:
+            return
+        oids, objkeys = self._oids, self._objkeys
+        o = oids.get(id(mm))
+        if o is None:
+            o = self.oid(mm)
+        fld = ("pte", vpn)
+        pending: list[Access] = [((o, fld), write), (objkeys[o], False)]
+        for folio in folios:
+            f = oids.get(id(folio))
+            if f is None:
+                f = self.oid(folio)
+            fkey = objkeys[f]
+            pending += (
+                ((f, "mapcount"), True),
+                (fkey, False),
+                ((f, "refcount"), True),
+                (fkey, False),
+            )
+        # a PTE store: the page tables are sampled after it
+        t.pending, t.label, t.pte_store = pending, ("store" if write else "load", mm, fld), write
+        self._yield()
+        if folios or not self.slab.freed:
+            return
+        cache = self.slab.is_freed(mm)  # as point() checks, when the access happens
+        if cache is not None:
+            kind = "store" if write else "load"
+            self.violation(
+                "uaf", f"{t.name}: {kind} {rt.describe(mm)}.{fld} after kmem_cache_free({cache})"
+            )
 
     def _access(self, obj: object, fld: object, write: bool, extra: list[Access]) -> None:
         verb = "store" if write else "load"

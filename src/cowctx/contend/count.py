@@ -50,6 +50,10 @@ class Counter:
             obj, fld, _ = accesses[0]
             self.counts[classify(obj, fld)] += 1
 
+    def pte(self, mm: object, vpn: int, write: bool, folios: tuple[object, ...]) -> None:
+        """One ``pte`` step (the class of its first access, the PTE)."""
+        self.counts["pte"] += 1
+
     def guarded_store(self, obj: object, fld: str, kind: str, lock_obj: object) -> None:
         self.counts[classify(obj, fld)] += 1
 

@@ -377,6 +377,16 @@ class Simulator:
         if self.cond_waiters and any(w for _, _, w in accesses):
             self._store_wakes()
 
+    def pte(self, mm: object, vpn: int, write: bool, folios: tuple[object, ...]) -> None:
+        """A PTE step (:func:`cowctx.mm.locking.pte`): one ``pte`` step, as
+        :meth:`point` or :meth:`points` charges it; the folios' count stores
+        are stores."""
+        t = self.running
+        if t is not None and not self.dying:
+            t.pending += t.table["pte"]
+            if self.cond_waiters and (write or folios):
+                self._store_wakes()
+
     def _store_wakes(self) -> None:
         """A store may make a waiter's condition true (a context's ``writing``
         or ``seq``): re-check the waiters once the storing thread next hands

@@ -99,12 +99,15 @@ def fault_unlock(mm: MmStruct, vma: VmAreaStruct | None) -> None:
 
 def pte(mm: MmStruct, vpn: int, write: bool, *folios: Folio) -> None:
     """A load or store of the PTE of ``vpn`` in ``mm``; ``folios``: those whose
-    mapcount the step changes too (:func:`counts`)."""
-    if rt.current is not None:
-        if folios:
-            rt.points("store" if write else "load", [(mm, ("pte", vpn), write), *counts(*folios)])
-        else:
-            rt.point("store" if write else "load", mm, ("pte", vpn), write)
+    mapcount the step changes too (:func:`counts`).
+
+    The runtime's ``pte()`` hook, called directly (the model's most frequent
+    point: a fork or exit makes one per PTE): the same step as
+    ``rt.points("store" if write else "load", [(mm, ("pte", vpn), write),
+    *counts(*folios)])`` (``rt.point()`` without folios), without the lists."""
+    ex = rt.current
+    if ex is not None:
+        ex.pte(mm, vpn, write, folios)
 
 
 def counts(*folios: Folio) -> list[tuple[object, object, bool]]:

@@ -249,7 +249,9 @@ def write_protect_page(m: Machine, vma: VmAreaStruct, address: int, folio: Folio
     ``folio`` (``page_vma_mapped_walk()``); a writable, dirty or exclusive
     mapping is write-protected only if nobody else holds a reference
     (``folio_mapcount() + 1 + swapcache != folio_ref_count()`` fails: the 1 is
-    ksmd's own).  Returns the write-protected PTE (``orig_pte``), None on failure.
+    ksmd's own), and the folio is no longer exclusive
+    (``folio_try_share_anon_rmap_pte()``: a write fault copies instead of
+    reusing it).  Returns the write-protected PTE (``orig_pte``), None on failure.
 
     Deliberate differences: the PTE keeps its dirty bit (the model's replace_page
     copies the flags); the references of the LRU batches are left out of the
@@ -269,6 +271,8 @@ def write_protect_page(m: Machine, vma: VmAreaStruct, address: int, folio: Folio
             refs = folio_ref_count(m, folio) - m.fbatches.refs(folio)
             if folio.mapcount + 1 + swapped != refs:
                 return None  # GUP, migration's isolation, a walker's reference
+            # folio_try_share_anon_rmap_pte(): no fault may reuse it any more
+            folio.anon_exclusive = False
         pte = pte_wrprotect(pte)
         mm.pgd[vpn] = pte
         return pte

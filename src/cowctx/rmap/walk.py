@@ -76,8 +76,6 @@ def rmap_walk(
     """``rmap_walk()``: KSM folios through their stable node, anon folios through
     the design; costs go to ``record`` (from ``m.ledger.walk(...)``)."""
     rwc = RmapWalkControl(rmap_one=rmap_one, cost=record, done=done, try_lock=try_lock)
-    if rt.current is not None:  # folio_test_ksm() reads folio->mapping (KSM sets it)
-        rt.point("load", folio, "mapping")
     if folio.ksm:
         m.ksm.rmap_walk_ksm(folio, rwc)
     else:

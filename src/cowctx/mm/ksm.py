@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cowctx.concurrency import runtime as rt
 from cowctx.mm.constants import VM_MERGEABLE
 from cowctx.mm.folio import Folio
 from cowctx.mm.mm_types import MmStruct, VmAreaStruct
@@ -32,6 +33,10 @@ class KsmStableNode:
 
     folio: Folio
     rmap_items: list[KsmRmapItem] = field(default_factory=list)
+    merging: int = 0
+    """Merges into this node in flight: ksmd has installed (or made KSM)
+    mappings of the folio that are not listed yet, and holds its reference on
+    the folio until they are (``cmp_and_merge_page()``)."""
 
     def __repr__(self) -> str:
         return f"<stable node pfn={self.folio.pfn} rmap_items={len(self.rmap_items)}>"
@@ -78,10 +83,23 @@ class Ksm:
     def rmap_walk_ksm(self, folio: Folio, rwc: RmapWalkControl) -> None:
         """``rmap_walk_ksm()``: each rmap_item's anchor is walked, first for the
         rmap_item's own mm, then again for mms forked from it since the merge
-        (they map the KSM page at the same address)."""
+        (they map the KSM page at the same address).
+
+        A mapping ksmd installed and has not listed yet (``replace_page()``, or
+        the new KSM page's own before ``stable_tree_insert()``) is not found: the
+        kernel's walk misses it too, and its callers cope (ksmd's reference on
+        the folio fails migration's refcount check in ``folio_migrate_mapping()``;
+        ``folio_referenced()`` is an estimate).  Such a walk is marked incomplete
+        for the explorer's checker (``rt.walk_abandon()``): it decides nothing."""
         node = folio.mapping
         assert isinstance(node, KsmStableNode)
+        if rt.current is not None:
+            rt.point("load", node, "rmap_items")
+            if node.merging:
+                rt.walk_abandon()
         for search_new_forks in (False, True):
             for item in list(node.rmap_items):
                 if not self.machine.rmap.rmap_walk_ksm_item(folio, item, rwc, search_new_forks):
                     return
+        if rt.current is not None and node.merging:
+            rt.walk_abandon()

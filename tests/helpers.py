@@ -52,3 +52,13 @@ def objects(result, kind: str) -> tuple[int, int, int]:
 
 def errnos(result) -> list[str | None]:
     return [s.errno for s in result.steps]
+
+
+def sigint_as_from_a_terminal() -> None:
+    """``preexec_fn`` for a child a test will interrupt: SIGINT back to its default.
+    A background job of a non-interactive shell (``make test &``, nohup) starts with
+    SIGINT ignored (POSIX), and Python then installs no KeyboardInterrupt handler, so
+    a test of Ctrl-C would test nothing the user does."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -22,6 +22,8 @@ from cowctx.linux.tracefs import INSTANCE_PREFIX, TraceInstance, tracefs_root
 from cowctx.scenario.loader import parse_scenario
 from cowctx.scenario.schema import Scenario
 
+from .helpers import sigint_as_from_a_terminal
+
 pytestmark = pytest.mark.kernel
 
 
@@ -143,6 +145,7 @@ def _fuzzing_cowctx(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, list[
         [COWCTX, "kernel-fuzz", "--seed", "5", "--scenarios", "100000", "--out", str(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "stderr", "wb"),  # noqa: SIM115 - the child owns it
+        preexec_fn=sigint_as_from_a_terminal,
     )
     root = tracefs_root()
     deadline = time.monotonic() + 60

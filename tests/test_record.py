@@ -24,6 +24,8 @@ from cowctx.trace.images import read_elf
 from cowctx.trace.recorder import record, recording_unavailable_reason
 from cowctx.trace.replay import replay
 
+from .helpers import sigint_as_from_a_terminal
+
 TRACEFS = Path("/sys/kernel/tracing")
 COWCTX = [sys.executable, "-m", "cowctx"]
 
@@ -342,6 +344,7 @@ def test_killed_recorder_leaves_nothing(sig: int, point: str, tmp_path: Path) ->
         [*COWCTX, "record", "--out", str(out), "--", "sh", "-c", f"sleep {marker} | cat"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=sigint_as_from_a_terminal,
     )
     if point == "armed":
         _wait_for(lambda: _instances(proc.pid))

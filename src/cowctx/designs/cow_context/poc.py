@@ -264,10 +264,7 @@ class CowContextPoc(CowContextRmap):
         """A scheme's write section on ``ctx`` (nothing in the PoC)."""
         if not self.stab.any:
             return
-        key = (self._who(), ctx.ctx_id)
-        depth = self._sections.get(key, 0)
-        self._sections[key] = depth + 1
-        if depth:
+        if not self._section_enter(ctx):
             return
         if self.stab.stab_rwsem:
             rt.lock("cow_context", ctx, "write")
@@ -288,12 +285,8 @@ class CowContextPoc(CowContextRmap):
     def _write_end(self, ctx: CowContext) -> None:
         if not self.stab.any:
             return
-        key = (self._who(), ctx.ctx_id)
-        depth = self._sections[key] - 1
-        if depth:
-            self._sections[key] = depth
+        if not self._section_leave(ctx):
             return
-        del self._sections[key]
         if self.stab.stab_rwsem:
             rt.unlock("cow_context", ctx, "write")
         elif self.stab.stab_refcount:

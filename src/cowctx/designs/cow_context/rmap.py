@@ -294,6 +294,24 @@ class CowContextRmap(AnonRmap):
         ex = rt.current
         return ex.running.tid if ex is not None and ex.running is not None else -1
 
+    def _section_enter(self, ctx: CowContext) -> bool:
+        """Count a write section of the running thread on ``ctx``; True for the
+        outermost (sections of one thread nest, only the outermost acts)."""
+        key = (self._who(), ctx.ctx_id)
+        depth = self._sections.get(key, 0)
+        self._sections[key] = depth + 1
+        return not depth
+
+    def _section_leave(self, ctx: CowContext) -> bool:
+        """End one of :meth:`_section_enter`'s sections; True when the outermost ends."""
+        key = (self._who(), ctx.ctx_id)
+        depth = self._sections[key] - 1
+        if depth:
+            self._sections[key] = depth
+            return False
+        del self._sections[key]
+        return True
+
     def _stab_write_begin(self, ctx: CowContext) -> None:
         """A write section on ``ctx``: announce the writer (``writers``), then
         wait (sleeping) until no walker holds the context.  Sections of one
@@ -301,10 +319,7 @@ class CowContextRmap(AnonRmap):
         lock for its data: ``list_write_lock``, the remap tree's, the mmap lock)."""
         if self.options.no_stabilisation:
             return
-        key = (self._who(), ctx.ctx_id)
-        depth = self._sections.get(key, 0)
-        self._sections[key] = depth + 1
-        if depth:
+        if not self._section_enter(ctx):
             return
         rt.may_sleep("waiting for the context's walkers")
         rt.point("store", ctx, "writers", True)
@@ -315,12 +330,8 @@ class CowContextRmap(AnonRmap):
     def _stab_write_end(self, ctx: CowContext) -> None:
         if self.options.no_stabilisation:
             return
-        key = (self._who(), ctx.ctx_id)
-        depth = self._sections[key] - 1
-        if depth:
-            self._sections[key] = depth
+        if not self._section_leave(ctx):
             return
-        del self._sections[key]
         rt.point("store", ctx, "writers", True)
         ctx.writers -= 1
 
